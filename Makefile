@@ -1,0 +1,57 @@
+# radlake: `make demo` and `make test` are the two set-up commands (see README.md).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export LAKE_HOME ?= $(CURDIR)/lakehouse
+export DAGSTER_HOME ?= $(LAKE_HOME)/dagster_home
+export GX_ANALYTICS_ENABLED := false
+export DAGSTER_DISABLE_TELEMETRY := 1
+export MPLBACKEND := Agg
+
+.PHONY: install demo test ui lint format bench clean-lake
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "radlake needs Python 3.11"'
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/radlake init
+	@if [ -z "$$(find "$(LAKE_HOME)/landing" -type f -print -quit 2>/dev/null)" ]; then \
+		$(BIN)/radlake demo-data; \
+	else echo "landing zone in $(LAKE_HOME)/landing already has files: not generating demo data"; fi
+	$(BIN)/radlake materialize --select '*'
+	@echo
+	@echo "radlake demo is ready."
+	@$(BIN)/radlake paths
+	@echo
+	$(BIN)/radlake sql "select table_name, estimated_size as rows from duckdb_tables() union all select view_name, null from duckdb_views() where not internal order by 1" --max-rows 60
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+ui: install
+	$(BIN)/radlake init
+	$(BIN)/dagster dev -w workspace.yaml
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+clean-lake:
+	rm -rf "$(LAKE_HOME)"

@@ -1,0 +1,1 @@
+"""Clinical outcomes, feature tables computed elsewhere, the shared feature pivot."""

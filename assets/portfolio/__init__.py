@@ -1,0 +1,1 @@
+"""Research portfolio: grants, publications, their links and funding-trend figures."""

@@ -1,0 +1,1 @@
+"""Radiomics: pyradiomics parameter files, incremental parallel feature extraction."""

@@ -1,0 +1,1 @@
+"""Studies: study YAML -> split, feature pipeline, models, metrics, survival, figures, report."""

@@ -1,0 +1,127 @@
+"""The DuckDB catalog: one view per lake table plus every SQL file in sql/, rebuilt atomically.
+
+Parquet is the truth; ``catalog.duckdb`` only holds views (absolute paths to ``lake/<table>/*.parquet``).
+It is written by exactly one asset into a temporary file beside it, checkpointed, closed and then
+``os.replace``d onto ``catalog.duckdb``: a reader that has the old file open keeps reading the old
+inode, a new reader opens the new file, nobody waits on a lock. Pure module (no Dagster import).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from dagster_project.lake import Lake
+
+SQL_DIR = Path(os.environ.get("RADLAKE_SQL_DIR", Path(__file__).resolve().parents[1] / "sql"))
+SQL_LAYERS = ("views", "cohorts", "portfolio")
+_VIEW_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass
+class CatalogReport:
+    path: Path
+    table_views: list[str] = field(default_factory=list)
+    sql_views: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # view -> one-line error
+
+
+def sql_files(sql_dir: Path = SQL_DIR, layers: tuple[str, ...] = SQL_LAYERS) -> dict[str, Path]:
+    """View name (file stem) -> SQL file, over ``sql/<layer>/*.sql``. Stems must be unique."""
+    found: dict[str, Path] = {}
+    for layer in layers:
+        for path in sorted((sql_dir / layer).glob("*.sql")):
+            name = path.stem
+            if not _VIEW_NAME.match(name):
+                raise ValueError(f"{path}: SQL file names must be lowercase snake_case (view names)")
+            if name in found:
+                raise ValueError(f"{path}: view name {name!r} already defined by {found[name]}")
+            found[name] = path
+    return found
+
+
+def read_select(path: Path) -> str:
+    """The SELECT of a SQL file, without a trailing semicolon (a view body)."""
+    text = path.read_text(encoding="utf-8").strip()
+    return text[:-1].rstrip() if text.endswith(";") else text
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def table_view_sql(lake: Lake, table: str) -> str:
+    glob = lake.table_glob(table).replace("'", "''")
+    return (
+        f"create or replace view {quote_ident(table)} as "
+        f"select * from read_parquet('{glob}', union_by_name = true)"
+    )
+
+
+def create_views(
+    con: duckdb.DuckDBPyConnection,
+    lake: Lake,
+    sql_dir: Path = SQL_DIR,
+    layers: tuple[str, ...] = SQL_LAYERS,
+    report: CatalogReport | None = None,
+) -> CatalogReport:
+    """Create the table views, then the SQL-file views (retrying in rounds so views may use views)."""
+    report = report or CatalogReport(path=Path(":memory:"))
+    for table in lake.tables():
+        con.execute(table_view_sql(lake, table))
+        report.table_views.append(table)
+    pending = {name: read_select(path) for name, path in sql_files(sql_dir, layers).items()}
+    pending = {n: s for n, s in pending.items() if n not in report.table_views}
+    while pending:
+        errors: dict[str, str] = {}
+        for name, select in pending.items():
+            try:
+                con.execute(f"create or replace view {quote_ident(name)} as {select}")
+                report.sql_views.append(name)
+            except duckdb.Error as exc:
+                errors[name] = str(exc).splitlines()[0]
+        if len(errors) == len(pending):  # no progress: the rest reference what does not exist
+            report.failed.update(errors)
+            break
+        pending = {n: pending[n] for n in errors}
+    return report
+
+
+def build_catalog(lake: Lake, sql_dir: Path = SQL_DIR) -> CatalogReport:
+    """Rebuild ``catalog.duckdb`` in a temporary file and swap it in atomically."""
+    target = lake.catalog_path
+    tmp = lake.home / f".catalog-{uuid.uuid4().hex}.duckdb"
+    report = CatalogReport(path=target)
+    try:
+        con = duckdb.connect(str(tmp))
+        try:
+            create_views(con, lake, sql_dir, report=report)
+            con.execute("checkpoint")
+        finally:
+            con.close()
+        Path(f"{tmp}.wal").unlink(missing_ok=True)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return report
+
+
+def lake_connection(lake: Lake, sql_dir: Path = SQL_DIR, with_sql_views: bool = True) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB over the lake's current Parquet (for assets that run SQL): no catalog lock."""
+    con = duckdb.connect(":memory:")
+    create_views(con, lake, sql_dir, layers=SQL_LAYERS if with_sql_views else ())
+    return con
+
+
+def open_catalog(lake: Lake) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the catalog (raises FileNotFoundError when there is none yet)."""
+    if not lake.catalog_path.exists():
+        raise FileNotFoundError(
+            f"no catalog at {lake.catalog_path}: run `make demo` or materialize the `catalog` asset"
+        )
+    return duckdb.connect(str(lake.catalog_path), read_only=True)

@@ -1,0 +1,166 @@
+"""The `radlake` command: query the catalog, generate demo data, materialize, show where things are."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from dagster_project.lake import Lake
+
+EXAMPLE_QUERY = "select center_id, count(*) as patients from clinical group by all order by 1"
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"radlake: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from dagster_project.catalog import open_catalog
+
+    text = args.query
+    candidate = Path(text)
+    if text.strip().lower().endswith(".sql"):
+        if not candidate.is_file():
+            return _fail(f"sql: no such SQL file: {candidate}")
+        text = candidate.read_text(encoding="utf-8")
+    lake = Lake.at(create=False)
+    try:
+        con = open_catalog(lake)
+    except FileNotFoundError as exc:
+        return _fail(f"sql: {exc}")
+    except duckdb.Error as exc:
+        return _fail(f"sql: cannot open catalog {lake.catalog_path}: {str(exc).splitlines()[0]}")
+    try:
+        relation = con.sql(text)
+        if relation is None:
+            return _fail("sql: the statement returned no rows (radlake sql is read-only: use SELECT)")
+        if args.csv:
+            relation.write_csv(str(args.csv))
+            print(f"wrote {relation.count('*').fetchall()[0][0]} rows to {args.csv}")
+        elif args.parquet:
+            relation.write_parquet(str(args.parquet))
+            print(f"wrote {relation.count('*').fetchall()[0][0]} rows to {args.parquet}")
+        else:
+            _print_table(relation, args.max_rows)
+    except duckdb.Error as exc:
+        return _fail(f"sql: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    finally:
+        con.close()
+    return 0
+
+
+def _print_table(relation, max_rows: int) -> None:
+    import polars as pl
+
+    frame = relation.limit(max_rows + 1).pl()
+    total = relation.count("*").fetchall()[0][0] if frame.height > max_rows else frame.height
+    with pl.Config(
+        tbl_rows=max_rows,
+        tbl_cols=-1,
+        tbl_width_chars=200,
+        fmt_str_lengths=60,
+        tbl_hide_dataframe_shape=True,
+    ):
+        print(frame.head(max_rows))
+    shown = min(total, max_rows)
+    print(f"{total} row{'s' if total != 1 else ''}" + (f" (first {shown} shown; --max-rows N for more)" if total > shown else ""))
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from dagster_project.demo_data import generate_demo
+
+    lake = Lake.at()
+    try:
+        counts = generate_demo(lake.home, patients=args.patients, seed=args.seed, centers=args.centers, force=args.force)
+    except FileExistsError as exc:
+        return _fail(f"demo-data: {exc}")
+    print(f"demo landing zone written to {lake.landing}")
+    for key, value in counts.items():
+        print(f"  {key}: {value}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from dagster_project.instance import ensure_dagster_home
+
+    lake = Lake.at()
+    home = ensure_dagster_home(lake)
+    print(f"LAKE_HOME={lake.home}")
+    print(f"DAGSTER_HOME={home}")
+    return 0
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    from dagster_project.instance import ensure_dagster_home
+
+    lake = Lake.at()
+    ensure_dagster_home(lake)
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    dagster = Path(sys.executable).with_name("dagster")
+    command = [str(dagster), "asset", "materialize", "-m", "dagster_project.definitions", "--select", args.select]
+    return subprocess.call(command)
+
+
+def cmd_paths(args: argparse.Namespace) -> int:
+    from dagster_project.instance import dagster_home
+
+    lake = Lake.at(create=False)
+    print(f"lake home      {lake.home}")
+    print(f"landing zone   {lake.landing}")
+    print(f"tables         {lake.lake_dir}  ({', '.join(lake.tables()) or 'none yet'})")
+    print(f"catalog        {lake.catalog_path}{'' if lake.catalog_path.exists() else '  (not built yet)'}")
+    print(f"reports        {lake.reports_dir}")
+    print(f"models         {lake.models_dir}")
+    print(f"dagster home   {dagster_home(lake)}")
+    print(f'try            radlake sql "{EXAMPLE_QUERY}"')
+    print("browse lineage make ui   (Dagster UI on workspace.yaml)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="radlake", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sql = sub.add_parser("sql", help="read-only SQL on catalog.duckdb (a query or a .sql file)")
+    sql.add_argument("query", help='a SELECT, or a path to a .sql file (e.g. sql/portfolio/grants_per_year.sql)')
+    out = sql.add_mutually_exclusive_group()
+    out.add_argument("--csv", type=Path, help="write the result to this CSV file")
+    out.add_argument("--parquet", type=Path, help="write the result to this Parquet file")
+    sql.add_argument("--max-rows", type=int, default=40, help="rows printed on the terminal (default 40)")
+    sql.set_defaults(func=cmd_sql)
+
+    demo = sub.add_parser("demo-data", help="write a realistic demo landing zone into LAKE_HOME")
+    demo.add_argument("--patients", type=int, default=120)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--centers", type=int, default=2)
+    demo.add_argument("--force", action="store_true", help="write even if landing/ already has files")
+    demo.set_defaults(func=cmd_demo_data)
+
+    init = sub.add_parser("init", help="create LAKE_HOME folders and the shared DAGSTER_HOME")
+    init.set_defaults(func=cmd_init)
+
+    mat = sub.add_parser("materialize", help="materialize assets with the shared DAGSTER_HOME")
+    mat.add_argument("--select", default="*", help="Dagster asset selection (default: everything)")
+    mat.set_defaults(func=cmd_materialize)
+
+    paths = sub.add_parser("paths", help="where the lake, catalog, reports and Dagster home are")
+    paths.set_defaults(func=cmd_paths)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The radlake code location: every domain's assets and checks, the core assets, jobs, resources.
+
+Domains live in ``assets/<domain>/defs.py`` (each exposes ``defs: dagster.Definitions``). Heavy
+libraries are imported inside asset bodies so this module loads fast.
+"""
+
+
+import importlib
+import importlib.util
+import os
+
+import dagster as dg
+
+from dagster_project.core_assets import INGEST_TAG, build_core_assets
+from dagster_project.resources import ExtractionBackend, LakeResource
+
+DOMAINS = ("imaging", "radiomics", "clinical", "portfolio", "studies")
+
+
+def domain_definitions() -> list[dg.Definitions]:
+    found = []
+    for domain in DOMAINS:
+        name = f"assets.{domain}.defs"
+        if importlib.util.find_spec(name) is not None:
+            found.append(importlib.import_module(name).defs)
+    return found
+
+
+def _asset_keys(definitions: list[dg.Definitions], layer: str | None = None) -> list[dg.AssetKey]:
+    keys: list[dg.AssetKey] = []
+    for d in definitions:
+        for item in d.assets or []:
+            specs = item.specs if isinstance(item, dg.AssetsDefinition) else [item]
+            keys.extend(s.key for s in specs if layer is None or (s.tags or {}).get(INGEST_TAG) == layer)
+    return keys
+
+
+def _executor() -> dg.ExecutorDefinition:
+    # In-process by default: the quality gate imports Great Expectations once per run, not once per step.
+    if os.environ.get("RADLAKE_EXECUTOR", "in_process") == "multiprocess":
+        return dg.multiprocess_executor
+    return dg.in_process_executor
+
+
+def build_definitions() -> dg.Definitions:
+    domains = domain_definitions()
+    core = build_core_assets(upstream=_asset_keys(domains), ingest=_asset_keys(domains, "ingest"))
+    everything = dg.define_asset_job(
+        "materialize_everything",
+        selection=dg.AssetSelection.all(),
+        description="Every asset: ingest, quality gate, features, studies, catalog.",
+    )
+    base = dg.Definitions(
+        assets=[a for a in core if not isinstance(a, dg.AssetChecksDefinition)],
+        asset_checks=[a for a in core if isinstance(a, dg.AssetChecksDefinition)],
+        jobs=[everything],
+        resources={"lake": LakeResource(), "extraction": ExtractionBackend()},
+        executor=_executor(),
+    )
+    return dg.Definitions.merge(*domains, base)
+
+
+defs = build_definitions()

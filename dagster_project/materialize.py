@@ -1,0 +1,54 @@
+"""What every table asset returns: row counts, schema, a preview, the path and a content data version."""
+
+import hashlib
+
+import dagster as dg
+import polars as pl
+
+from dagster_project.lake import Lake
+
+PREVIEW_ROWS = 5
+
+
+def frame_version(frame: pl.DataFrame) -> str:
+    """A content hash of a table (schema + rows): unchanged input -> same Dagster data version."""
+    digest = hashlib.sha256(str(frame.schema).encode())
+    if frame.height:
+        digest.update(frame.hash_rows(seed=0).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _schema(frame: pl.DataFrame) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])
+
+
+def _preview(frame: pl.DataFrame) -> str:
+    head = frame.head(PREVIEW_ROWS)
+    cols = head.columns[:12]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in head.select(cols).iter_rows():
+        lines.append("| " + " | ".join(str(v)[:40] for v in row) + " |")
+    return "\n".join(lines)
+
+
+def table_result(
+    lake: Lake,
+    table: str,
+    frame: pl.DataFrame,
+    stats: dict | None = None,
+    extra: dict | None = None,
+) -> dg.MaterializeResult:
+    """MaterializeResult for a table just written: ``stats`` holds landed/ingested/quarantined/merged."""
+    metadata: dict = {
+        "dagster/row_count": frame.height,
+        "dagster/column_schema": _schema(frame),
+        "path": dg.MetadataValue.path(str(lake.table_dir(table))),
+        "preview": dg.MetadataValue.md(_preview(frame)) if frame.height else "empty",
+    }
+    for key, value in (stats or {}).items():
+        if isinstance(value, bool | int | float | str):
+            metadata[key] = value
+        elif value is not None:
+            metadata[key] = dg.MetadataValue.json(value)
+    metadata.update(extra or {})
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(frame_version(frame)))

@@ -1,0 +1,109 @@
+"""The lake core: LAKE_HOME folders, atomic writes that survive a crash, pseudonymization."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import polars as pl
+import pytest
+
+from dagster_project.lake import LAKE_SUBDIRS, Lake, lake_home
+from dagster_project.pseudonym import KEY_FILE, Pseudonymizer, load_secret
+from dagster_project.quarantine import Reject, read_quarantine, write_quarantine
+
+
+def test_lake_home_resolution_and_folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAKE_HOME", str(tmp_path / "somewhere"))
+    assert lake_home() == (tmp_path / "somewhere").resolve()
+    lake = Lake.at()
+    for sub in LAKE_SUBDIRS:
+        assert (lake.home / sub).is_dir()
+    monkeypatch.delenv("LAKE_HOME")
+    monkeypatch.chdir(tmp_path)
+    assert lake_home() == (tmp_path / "lakehouse").resolve()
+
+
+def test_write_table_replaces_and_keeps_history(lake):
+    lake.write_table("clinical", pl.DataFrame({"patient_key": ["a"], "age": [50]}))
+    time.sleep(0.01)
+    lake.write_table("clinical", pl.DataFrame({"patient_key": ["a"], "age": [51]}), keep_history=True)
+    assert lake.read_table("clinical")["age"].to_list() == [51]
+    (old,) = lake.history("clinical")
+    assert pl.read_parquet(old)["age"].to_list() == [50]
+    # history is outside the table's glob: readers of the table never see old rows
+    assert [p.name for p in lake.table_files("clinical")] == ["clinical.parquet"]
+    assert not list(lake.tmp_dir.iterdir())
+
+
+def test_write_part_union_and_bad_names(lake):
+    lake.write_part("quarantine", "imaging", pl.DataFrame({"x": [1]}))
+    lake.write_part("quarantine", "clinical", pl.DataFrame({"x": [2, 3]}))
+    assert sorted(lake.read_table("quarantine")["x"].to_list()) == [1, 2, 3]
+    with pytest.raises(ValueError, match="snake_case"):
+        lake.write_table("Bad-Name", pl.DataFrame({"x": [1]}))
+    with pytest.raises(ValueError, match="part name"):
+        lake.write_part("quarantine", "../escape", pl.DataFrame({"x": [1]}))
+
+
+WRITER = """
+import sys, numpy as np, polars as pl
+from dagster_project.lake import Lake
+lake = Lake.at(sys.argv[1])
+rng = np.random.default_rng(0)
+frame = pl.DataFrame({f"c{i}": rng.random(3_000_000) for i in range(12)})
+print("writing", flush=True)
+lake.write_table("big", frame)
+print("finished", flush=True)
+"""
+
+
+def test_killed_writer_leaves_previous_version_readable(lake):
+    """SIGKILL in the middle of a write: the old table stays intact and visible, nothing torn."""
+    lake.write_table("big", pl.DataFrame({"c0": [1.0, 2.0]}))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(lake.home)], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
+    )
+    assert proc.stdout.readline().strip() == "writing"
+    deadline = time.time() + 60
+    while not list(lake.tmp_dir.glob("*.tmp")) and time.time() < deadline:
+        time.sleep(0.005)
+    assert list(lake.tmp_dir.glob("*.tmp")), "the writer never started its temporary file"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert lake.read_table("big")["c0"].to_list() == [1.0, 2.0]
+    assert [p.name for p in lake.table_files("big")] == ["big.parquet"]
+
+
+def test_pseudonymizer_is_keyed_and_stable(tmp_path, monkeypatch):
+    monkeypatch.delenv("LAKE_PSEUDONYM_KEY", raising=False)
+    secret = load_secret(tmp_path)
+    key_file = tmp_path / KEY_FILE
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert load_secret(tmp_path) == secret  # generated once, then reused
+    keyer = Pseudonymizer(secret)
+    key = keyer("C1", "GZ2019-004711")
+    assert len(key) == 32 and int(key, 16) >= 0
+    assert keyer("C1", " GZ2019-004711 ") == key
+    assert keyer("C2", "GZ2019-004711") != key  # same hospital id, other center
+    assert Pseudonymizer(b"another secret")("C1", "GZ2019-004711") != key
+    assert keyer("C1", 123.0) == keyer("C1", "123")  # Excel turns ids into floats
+    assert "GZ2019" not in repr(keyer)
+    monkeypatch.setenv("LAKE_PSEUDONYM_KEY", "from-env")
+    assert load_secret(tmp_path) == b"from-env"
+    with pytest.raises(ValueError):
+        keyer("C1", "  ")
+
+
+def test_quarantine_parts_are_replaced_per_source(lake):
+    write_quarantine(lake, "clinical", [Reject("clinical/a.csv", "clinical", "missing_id", "row 3 has no patient_id", "row 3")])
+    write_quarantine(lake, "grants", [Reject("portfolio/grants/g.csv", "grants", "negative_amount", "amount -5 < 0", "row 2")] * 2)
+    assert read_quarantine(lake).height == 3
+    write_quarantine(lake, "clinical", [])
+    assert read_quarantine(lake, "clinical").height == 0
+    assert read_quarantine(lake, "grants")["rule"].to_list() == ["negative_amount"] * 2
