@@ -67,3 +67,10 @@ def test_code_location_does_not_import_heavy_libraries():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_dg_check_defs_passes():
+    dg_cli = Path(sys.executable).with_name("dg")
+    out = subprocess.run([str(dg_cli), "check", "defs"], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "All definitions loaded successfully" in out.stdout + out.stderr

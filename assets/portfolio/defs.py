@@ -1,0 +1,203 @@
+"""Dagster layer of the portfolio domain: thin assets over assets.portfolio (pure logic).
+
+- ``grants``: landing/portfolio/grants/* -> lake/grants (ingest).
+- ``publications`` (multi-asset): landing/portfolio/publications/* -> lake/publications,
+  lake/publication_authors, lake/publication_grants (ingest; grant links resolved against grants).
+- one asset per ``sql/portfolio/*.sql`` file (the same SELECT the catalog exposes as a view),
+  showing its result in the asset metadata.
+- ``funding_trends_figure``: reports/portfolio/funding_trends.png from grants_per_year, shown in
+  the asset metadata.
+"""
+
+import re
+from pathlib import Path
+
+import dagster as dg
+
+from dagster_project.core_assets import INGEST_TAG
+from dagster_project.materialize import table_result
+from dagster_project.quarantine import write_quarantine
+from dagster_project.resources import LakeResource
+from quality.checks import accounting_check, suite_check
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql" / "portfolio"
+TABLES = ("grants", "publications", "publication_authors", "publication_grants")
+PREVIEW_ROWS = 20
+
+
+def _markdown(frame, rows: int = PREVIEW_ROWS) -> str:
+    """A markdown table of the first rows of a polars frame."""
+    if frame.height == 0:
+        return "no rows"
+    head = frame.head(rows)
+    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
+    for row in head.iter_rows():
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(c.replace("|", "/")[:60] for c in cells) + " |")
+    return "\n".join(lines)
+
+
+@dg.asset(
+    group_name="portfolio",
+    kinds={"python", "parquet"},
+    tags={INGEST_TAG: "ingest"},
+    description=(
+        "One row per grant from landing/portfolio/grants/*.csv (NSFC exports, NIH ExPORTER and "
+        "project_io files); duplicates merged by grant id, amount in whole currency units."
+    ),
+)
+def grants(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    from assets.portfolio.grants import load_grants
+    from dagster_project.lake import iter_files
+
+    home = lake.lake()
+    files = iter_files(home.landing / "portfolio" / "grants")
+    table, rejects, stats = load_grants(files, home.landing)
+    home.write_table("grants", table, keep_history=True)
+    write_quarantine(home, "grants", rejects)
+    for reject in rejects:
+        context.log.warning(str(reject))
+    return table_result(home, "grants", table, stats)
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "publications",
+            deps=["grants"],
+            group_name="portfolio",
+            kinds={"python", "parquet"},
+            tags={INGEST_TAG: "ingest"},
+            description=(
+                "One row per publication from landing/portfolio/publications/* (the group's "
+                "export, MEDLINE, PubMed XML); duplicates merged by DOI, PMID, title + year."
+            ),
+        ),
+        dg.AssetSpec(
+            "publication_authors",
+            deps=["grants"],
+            group_name="portfolio",
+            kinds={"python", "parquet"},
+            description="One row per author of a publication: pub_id, position, name as written.",
+        ),
+        dg.AssetSpec(
+            "publication_grants",
+            deps=["grants"],
+            group_name="portfolio",
+            kinds={"python", "parquet"},
+            description=(
+                "One row per publication and grant reference (PubMed GrantList, MEDLINE GR, "
+                "grant numbers in the text), resolved to grants.grant_id where possible."
+            ),
+        ),
+    ]
+)
+def publications(context: dg.AssetExecutionContext, lake: LakeResource):
+    from assets.portfolio.publications import load_publications
+    from dagster_project.lake import iter_files
+
+    home = lake.lake()
+    files = iter_files(home.landing / "portfolio" / "publications")
+    known = home.read_table("grants") if home.has_table("grants") else None
+    pubs, authors, links, rejects, stats = load_publications(files, home.landing, grants=known)
+    write_quarantine(home, "publications", rejects)
+    for reject in rejects:
+        context.log.warning(str(reject))
+    outputs = (
+        ("publications", pubs, stats),
+        ("publication_authors", authors, {"rows": authors.height}),
+        (
+            "publication_grants",
+            links,
+            {"rows": links.height, "linked": int(links["linked"].sum()) if links.height else 0},
+        ),
+    )
+    for name, frame, extra in outputs:
+        home.write_table(name, frame, keep_history=True)
+        result = table_result(home, name, frame, extra)
+        yield dg.MaterializeResult(
+            asset_key=name, metadata=result.metadata, data_version=result.data_version
+        )
+
+
+def _sql_deps(sql: str) -> list[str]:
+    return [t for t in TABLES if re.search(rf"\b(?:from|join)\s+{t}\b", sql)]
+
+
+def _sql_description(sql: str) -> str:
+    lines = [line[2:].strip() for line in sql.splitlines() if line.startswith("--")]
+    return " ".join(lines) or "A portfolio query."
+
+
+def _sql_asset(path: Path) -> dg.AssetsDefinition:
+    """An asset running one sql/portfolio file over the lake (no catalog lock)."""
+    sql = path.read_text(encoding="utf-8")
+
+    @dg.asset(
+        name=path.stem,
+        deps=_sql_deps(sql),
+        group_name="portfolio",
+        kinds={"sql", "duckdb"},
+        description=_sql_description(sql),
+    )
+    def _query(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        from dagster_project.catalog import lake_connection, read_select
+
+        con = lake_connection(lake.lake(), with_sql_views=False)
+        try:
+            frame = con.sql(read_select(path)).pl()
+        finally:
+            con.close()
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": frame.height,
+                "result": dg.MetadataValue.md(_markdown(frame)),
+                "sql": dg.MetadataValue.path(str(path)),
+            }
+        )
+
+    return _query
+
+
+SQL_ASSETS = [_sql_asset(path) for path in sorted(SQL_DIR.glob("*.sql"))]
+
+
+@dg.asset(
+    group_name="portfolio",
+    kinds={"python", "png"},
+    deps=["grants_per_year"],
+    description="Projects (bars) and amount (line) per year: reports/portfolio/funding_trends.png.",
+)
+def funding_trends_figure(
+    context: dg.AssetExecutionContext, lake: LakeResource
+) -> dg.MaterializeResult:
+    import base64
+
+    from assets.portfolio.figures import save_funding_trends_figure
+    from dagster_project.catalog import lake_connection, read_select
+
+    home = lake.lake()
+    con = lake_connection(home, with_sql_views=False)
+    try:
+        per_year = con.sql(read_select(SQL_DIR / "grants_per_year.sql")).pl()
+    finally:
+        con.close()
+    path = save_funding_trends_figure(per_year, home.reports_dir)
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "figure": dg.MetadataValue.md(f"![funding trends](data:image/png;base64,{encoded})"),
+            "years": per_year.filter(per_year["year"].is_not_null()).height,
+        }
+    )
+
+
+defs = dg.Definitions(
+    assets=[grants, publications, *SQL_ASSETS, funding_trends_figure],
+    asset_checks=[
+        *[suite_check(table) for table in TABLES],
+        accounting_check("grants"),
+        accounting_check("publications"),
+    ],
+)
