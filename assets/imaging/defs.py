@@ -1,0 +1,122 @@
+"""Dagster layer of the imaging domain: thin assets over assets.imaging (pure logic).
+
+- ``imaging_series``: scan landing/imaging (incremental: the per-file index lives in
+  ``state/imaging_files.parquet``, never in the lake or the catalog).
+- ``cases``: image/mask pairs with mask QC; the real landing paths of each case (locators) are
+  kept in ``state/case_locators.json`` (0600) for the radiomics extractor.
+"""
+
+import os
+import uuid
+from pathlib import Path
+
+import dagster as dg
+
+from dagster_project.core_assets import INGEST_TAG
+from dagster_project.materialize import table_result
+from dagster_project.quarantine import write_quarantine
+from dagster_project.resources import LakeResource
+from quality.checks import accounting_check, suite_check
+
+
+class CasesConfig(dg.Config):
+    """Mask QC settings: the smallest ROI, and whether 3D features need an ROI thicker than one slice."""
+
+    min_voxels: int = 2
+    require_3d: bool = True
+    tolerance: float = 1e-3
+    resample_tolerance: float = 0.5
+
+
+def _read_private(path: Path):
+    import polars as pl
+
+    try:
+        return pl.read_parquet(path) if path.exists() else None
+    except Exception:  # a damaged index only costs a full re-scan
+        return None
+
+
+def _write_private(path: Path, frame) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        frame.write_parquet(tmp)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dg.asset(
+    group_name="imaging",
+    kinds={"python", "parquet"},
+    tags={INGEST_TAG: "ingest"},
+    description="One row per DICOM series or NIfTI/NRRD volume under landing/imaging/<center_id>/, "
+    "with the acquisition protocol; headers only, re-reading only new or changed files.",
+)
+def imaging_series(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    from assets.imaging.dicom_scan import INDEX_FILE, scan_imaging
+
+    home = lake.lake()
+    index_path = home.state_dir / INDEX_FILE
+    result = scan_imaging(home.landing, lake.pseudonymizer(), previous=_read_private(index_path))
+    home.write_table("imaging_series", result.series, keep_history=True)
+    _write_private(index_path, result.files)
+    write_quarantine(home, "imaging_series", result.rejects)
+    for reject in result.rejects:
+        context.log.warning(str(reject))
+    stats = result.stats
+    context.log.info(
+        f"imaging_series: {stats['series']} series from {stats['ingested']} files; "
+        f"headers read {stats['read']}, unchanged {stats['reused']}, quarantined {stats['quarantined']}"
+    )
+    return table_result(home, "imaging_series", result.series, stats)
+
+
+@dg.asset(
+    group_name="imaging",
+    kinds={"python", "parquet"},
+    tags={INGEST_TAG: "ingest"},
+    deps=["imaging_series"],
+    description="One row per image/mask pair (cases.csv or the naming convention) that passed mask QC.",
+)
+def cases(
+    context: dg.AssetExecutionContext, lake: LakeResource, config: CasesConfig
+) -> dg.MaterializeResult:
+    from assets.imaging.cases import LOCATORS_FILE, load_cases, write_locators
+    from assets.imaging.dicom_scan import INDEX_FILE
+
+    home = lake.lake()
+    result = load_cases(
+        home.landing,
+        home.read_table("imaging_series"),
+        lake.pseudonymizer(),
+        previous=home.read_table("cases") if home.has_table("cases") else None,
+        scan_files=_read_private(home.state_dir / INDEX_FILE),
+        min_voxels=config.min_voxels,
+        require_3d=config.require_3d,
+        tolerance=config.tolerance,
+        resample_tolerance=config.resample_tolerance,
+    )
+    home.write_table("cases", result.cases, keep_history=True)
+    write_locators(home.state_dir / LOCATORS_FILE, result.locators)
+    write_quarantine(home, "cases", result.rejects)
+    for reject in result.rejects:
+        context.log.warning(str(reject))
+    stats = result.stats
+    context.log.info(
+        f"cases: {stats['ingested']} cases ({stats['checked']} QC'd, {stats['reused']} unchanged), "
+        f"quarantined {stats['quarantined']}"
+    )
+    return table_result(home, "cases", result.cases, stats)
+
+
+defs = dg.Definitions(
+    assets=[imaging_series, cases],
+    asset_checks=[
+        suite_check("imaging_series"),
+        accounting_check("imaging_series"),
+        suite_check("cases"),
+        accounting_check("cases"),
+    ],
+)

@@ -1,0 +1,712 @@
+"""The imaging_series table: scan landing/imaging/<center_id>/** for DICOM series and volumes.
+
+What is a series:
+- DICOM image files (headers read with ``stop_before_pixels`` and only ``io.HEADER_TAGS``) grouped
+  by (center, SeriesInstanceUID); slices ordered by ImagePositionPatient along the slice normal.
+- each NIfTI (.nii, .nii.gz) / NRRD (.nrrd) file, except masks: files named as Mask in a cases.csv
+  and, anywhere, volumes named like masks (``*_mask``, ``*_label``, ``*-label``, ``*_seg``, ...; see
+  ``layout.MASK_MARKERS``) unless a cases.csv names them as Image. Volume headers are read with
+  SimpleITK's ``ImageFileReader.ReadImageInformation`` (no voxels loaded).
+- cases.csv files, masks, DICOM SEG and RTSTRUCT objects are not series: they belong to cases
+  (``cases.load_cases`` takes them, or quarantines them); they count as ``for_cases``.
+- anything else (text, corrupt files, DICOMDIR indexes, SR, files outside a center folder,
+  symlinks leaving landing/) is a ``Reject`` with a rule and reason.
+
+Patient: a cases.csv ``patient_id`` for the image (the volume file or the series folder) wins;
+else the DICOM PatientID; for volumes the file name (``P001_image.nii.gz`` -> ``P001``). A DICOM
+series without any patient id is quarantined (``missing_patient_id``).
+
+Ids and paths (no identifier leaves this module):
+- ``series_id`` = pseudonymizer(center, "dicom-series" + SeriesInstanceUID) for DICOM and
+  pseudonymizer(center, "volume" + path) for volumes: keyed (HMAC), stable within one lake.
+- ``source_path``: relative to landing/; each path component containing the PatientID,
+  PatientName (or a name part of 3+ characters), birth date, AccessionNumber or StudyID of that
+  series, or the cases.csv patient_id / study_id, is replaced by the patient_key (file suffix
+  kept). SeriesDescription and ProtocolName are masked the same way.
+
+Incremental: the returned ``files`` frame is a per-file index without raw paths or identifiers
+(``path_key`` is a keyed digest of the path; identifiers are kept as keyed digests so later runs
+can still scrub the paths of rejected files). Pass it back as ``previous``: a file is read again
+only when its size, mtime_ns or cases.csv patient id changed. The Dagster layer keeps it in
+``lake.state_dir`` (it is not a lake table).
+
+Stats (unit: files): ``files_seen`` = every file under landing/imaging (links included) =
+``landed`` + ``for_cases`` (cases.csv, masks, SEG, RTSTRUCT: the cases' units); ``landed`` =
+``ingested`` (in a series) + ``quarantined`` + ``merged`` (a SOP instance landed twice, or a
+symlink to a file inside landing/ that is scanned at its target: ``links_inside``);
+``read`` / ``reused`` count header reads vs index hits; ``series`` counts series.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import re
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from assets.imaging import layout
+from assets.imaging.io import HEADER_TAGS, ImagingError, order_slices, read_header, sop_kind
+from dagster_project.quarantine import Reject
+
+TARGET = "imaging_series"
+INDEX_FILE = (
+    "imaging_files.parquet"  # where the Dagster layer keeps ``ScanResult.files`` (state_dir)
+)
+# Read only to find them in folder and file names (never stored): folders are often named after
+# the birth date or the accession number (DICOM PS3.15 removes both when de-identifying).
+_SCAN_TAGS = (*HEADER_TAGS, "PatientBirthDate", "AccessionNumber", "StudyID")
+
+SERIES_SCHEMA: dict[str, Any] = {
+    "series_id": pl.String,
+    "patient_key": pl.String,
+    "center_id": pl.String,
+    "modality": pl.String,
+    "manufacturer": pl.String,
+    "slice_thickness_mm": pl.Float64,
+    "pixel_spacing_mm": pl.Float64,
+    "n_slices": pl.Int64,
+    "acquired_on": pl.Date,
+    "source_path": pl.String,
+    "manufacturer_model": pl.String,
+    "kvp": pl.Float64,
+    "convolution_kernel": pl.String,
+    "contrast_agent": pl.String,
+    "phase": pl.String,
+    "field_strength_t": pl.Float64,
+    "sequence_name": pl.String,
+    "echo_time_ms": pl.Float64,
+    "repetition_time_ms": pl.Float64,
+    "rows": pl.Int64,
+    "columns": pl.Int64,
+    "pixel_spacing_col_mm": pl.Float64,
+    "spacing_z_mm": pl.Float64,
+    "spacing_uniform": pl.Boolean,
+    "n_positions": pl.Int64,
+    "series_description": pl.String,
+    "body_part": pl.String,
+    "file_format": pl.String,
+    "n_files": pl.Int64,
+}
+
+_HEADER_COLUMNS: dict[str, Any] = {
+    "modality": pl.String,
+    "manufacturer": pl.String,
+    "manufacturer_model": pl.String,
+    "kvp": pl.Float64,
+    "convolution_kernel": pl.String,
+    "contrast_agent": pl.String,
+    "contrast_route": pl.String,
+    "series_description": pl.String,
+    "protocol_name": pl.String,
+    "body_part": pl.String,
+    "field_strength_t": pl.Float64,
+    "sequence_name": pl.String,
+    "echo_time_ms": pl.Float64,
+    "repetition_time_ms": pl.Float64,
+    "slice_thickness_mm": pl.Float64,
+    "pixel_spacing_mm": pl.Float64,
+    "pixel_spacing_col_mm": pl.Float64,
+    "rows": pl.Int64,
+    "columns": pl.Int64,
+    "n_frames": pl.Int64,
+    "position": pl.List(pl.Float64),
+    "orientation": pl.List(pl.Float64),
+    "instance_number": pl.Int64,
+    "acquired_on": pl.Date,
+    "volume_spacing": pl.List(pl.Float64),
+    "volume_size": pl.List(pl.Int64),
+}
+
+FILES_SCHEMA: dict[str, Any] = {
+    "path_key": pl.String,  # keyed digest of the path relative to landing/
+    "center_id": pl.String,
+    "size": pl.Int64,
+    "mtime_ns": pl.Int64,
+    "cases_digest": pl.String,  # keyed digest of the cases.csv patient id used ('' if none)
+    "kind": pl.String,  # image / volume / seg / rtstruct / rejected
+    "file_format": pl.String,
+    "rule": pl.String,
+    "detail": pl.String,
+    "series_id": pl.String,
+    "patient_key": pl.String,
+    "instance_key": pl.String,  # sha256 of SOPInstanceUID (duplicate detection)
+    "safe_path": pl.String,
+    "id_digests": pl.List(pl.String),  # "<length>:<keyed digest>" of identifier tokens
+    **_HEADER_COLUMNS,
+}
+
+_TODO = {
+    "not_dicom": "remove it from landing/imaging or land it elsewhere",
+    "corrupt_dicom": "re-export the file from the PACS",
+    "unreadable_file": "check the file's permissions",
+    "unreadable_image": "re-export the volume",
+    "non_image_dicom": "it is not used; remove it from landing/imaging",
+    "missing_patient_id": "add a patient_id for this series folder in cases.csv",
+    "inconsistent_patient": "split the series or fix the PatientID",
+    "no_center": "move it into landing/imaging/<center_id>/",
+    "path_outside_landing": "copy the file into landing/ instead of linking to it",
+    "missing_series_uid": "re-export the file from the PACS",
+}
+
+
+@dataclass
+class ScanResult:
+    """``series`` (imaging_series), ``files`` (the incremental index), ``rejects``, ``stats``.
+
+    Unpacks like every pure ingest: ``series, rejects, stats = scan_imaging(...)``.
+    """
+
+    series: pl.DataFrame
+    files: pl.DataFrame
+    rejects: list[Reject]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter((self.series, self.rejects, self.stats))
+
+
+# --- what cases.csv files say about the scan --------------------------------------------------
+@dataclass
+class _CasesHints:
+    mask_paths: set[Path] = field(default_factory=set)
+    image_ids: dict[Path, str] = field(default_factory=dict)  # real image path -> patient_id
+    image_studies: dict[Path, str] = field(default_factory=dict)  # real image path -> study_id
+    image_modality: dict[Path, str] = field(default_factory=dict)
+    image_paths: set[Path] = field(default_factory=set)
+    # center -> (patient_id, study_id) of every row: identifiers to scrub from reject paths
+    pids: dict[str, list[tuple[str | None, str | None]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+
+
+def _cases_hints(landing: Path) -> _CasesHints:
+    hints = _CasesHints()
+    for center_dir in layout.center_dirs(landing):
+        for csv_path in layout.cases_csv_files(center_dir):
+            rows, _problem = layout.read_cases_csv(csv_path)
+            for row in rows:  # unsafe or missing paths are the cases' business: ignored here
+                image = (
+                    layout.resolve_inside(landing, csv_path.parent / row.image)
+                    if row.image
+                    else None
+                )
+                mask = (
+                    layout.resolve_inside(landing, csv_path.parent / row.mask) if row.mask else None
+                )
+                if mask is not None:
+                    hints.mask_paths.add(mask)
+                if image is not None:
+                    hints.image_paths.add(image)
+                    if row.patient_id:
+                        hints.image_ids.setdefault(image, row.patient_id)
+                    if row.study_id:
+                        hints.image_studies.setdefault(image, row.study_id)
+                    if row.modality:
+                        hints.image_modality.setdefault(image, row.modality)
+                if row.patient_id or row.study_id:
+                    hints.pids[center_dir.name].append((row.patient_id, row.study_id))
+    return hints
+
+
+# --- header extraction -----------------------------------------------------------------------
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    if hasattr(value, "__iter__") and not isinstance(value, str | bytes):
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value)
+    text = text.strip()
+    return text or None
+
+
+def _float(value) -> float | None:
+    try:
+        if value is None or str(value).strip() == "":
+            return None
+        if hasattr(value, "__iter__") and not isinstance(value, str | bytes):
+            value = list(value)[0]
+        return float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _int(value) -> int | None:
+    number = _float(value)
+    return int(number) if number is not None else None
+
+
+def _floats(value, n: int) -> list[float] | None:
+    try:
+        items = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+    return items if len(items) == n else None
+
+
+def _dicom_date(*values) -> date | None:
+    for value in values:
+        text = re.sub(r"[^0-9]", "", str(value or ""))
+        if len(text) >= 8:
+            try:
+                return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+            except ValueError:
+                continue
+    return None
+
+
+def _dicom_row(dataset) -> dict[str, Any]:
+    """Header fields of one DICOM image file (identifiers excluded)."""
+    get = dataset.get
+    spacing = _floats(get("PixelSpacing"), 2) if get("PixelSpacing") is not None else None
+    return {
+        "modality": _text(get("Modality")),
+        "manufacturer": _text(get("Manufacturer")),
+        "manufacturer_model": _text(get("ManufacturerModelName")),
+        "kvp": _float(get("KVP")),
+        "convolution_kernel": _text(get("ConvolutionKernel")),
+        "contrast_agent": _text(get("ContrastBolusAgent")),
+        "contrast_route": _text(get("ContrastBolusRoute")),
+        "series_description": _text(get("SeriesDescription")),
+        "protocol_name": _text(get("ProtocolName")),
+        "body_part": _text(get("BodyPartExamined")),
+        "field_strength_t": _float(get("MagneticFieldStrength")),
+        "sequence_name": _text(get("SequenceName")) or _text(get("ScanningSequence")),
+        "echo_time_ms": _float(get("EchoTime")),
+        "repetition_time_ms": _float(get("RepetitionTime")),
+        "slice_thickness_mm": _float(get("SliceThickness")),
+        "pixel_spacing_mm": spacing[0] if spacing else None,  # row spacing (between rows)
+        "pixel_spacing_col_mm": spacing[1] if spacing else None,
+        "rows": _int(get("Rows")),
+        "columns": _int(get("Columns")),
+        "n_frames": _int(get("NumberOfFrames")) or 1,
+        "position": _floats(get("ImagePositionPatient"), 3)
+        if get("ImagePositionPatient") is not None
+        else None,
+        "orientation": _floats(get("ImageOrientationPatient"), 6)
+        if get("ImageOrientationPatient") is not None
+        else None,
+        "instance_number": _int(get("InstanceNumber")),
+        "acquired_on": _dicom_date(
+            get("AcquisitionDate"), get("SeriesDate"), get("StudyDate"), get("ContentDate")
+        ),
+        "file_format": "dicom",
+    }
+
+
+def _volume_row(path: Path) -> dict[str, Any]:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()  # header only, no voxels
+    except Exception as exc:
+        raise ImagingError(
+            "unreadable_image", "is named like a NIfTI/NRRD volume but its header cannot be read"
+        ) from exc
+    size = list(reader.GetSize())
+    spacing = [float(s) for s in reader.GetSpacing()]
+    size3 = size + [1] * (3 - len(size))
+    spacing3 = spacing + [None] * (3 - len(spacing))
+    return {
+        "rows": int(size3[1]),
+        "columns": int(size3[0]),
+        "n_frames": int(size3[2]),
+        "pixel_spacing_mm": spacing3[1],
+        "pixel_spacing_col_mm": spacing3[0],
+        "slice_thickness_mm": spacing3[2],  # NIfTI/NRRD carry no thickness: the z spacing
+        "volume_spacing": spacing,
+        "volume_size": [int(s) for s in size],
+        "file_format": layout.volume_format(path.name),
+    }
+
+
+# --- phase -----------------------------------------------------------------------------------
+_PHASES = [
+    (
+        "non_contrast",
+        r"\b(non ?contrast|noncon|nc|plain|native|pre ?contrast|unenhanced|without contrast)\b",
+    ),
+    ("arterial", r"\b(arterial|art|ap|hepatic arterial|late arterial|early arterial)\b"),
+    ("portal_venous", r"\b(portal ?venous|portal|venous|pv|pvp|vp)\b"),
+    ("delayed", r"\b(delayed|delay|equilibrium|late|excretory)\b"),
+]
+
+
+def contrast_phase(
+    description: str | None, protocol: str | None = None, agent: str | None = None
+) -> str:
+    """portal_venous / arterial / delayed / non_contrast from SeriesDescription or ProtocolName;
+    'contrast' when a ContrastBolusAgent is recorded without a phase word; else 'unknown'."""
+    text = re.sub(r"[^a-z0-9]+", " ", f"{description or ''} {protocol or ''}".lower())
+    for phase, pattern in _PHASES:
+        if re.search(pattern, text):
+            return phase
+    return "contrast" if agent else "unknown"
+
+
+# --- the scan --------------------------------------------------------------------------------
+def scan_imaging(
+    landing: Path,
+    pseudonymize: layout.Pseudonymize,
+    previous: pl.DataFrame | None = None,
+) -> ScanResult:
+    """Scan ``landing/imaging/<center_id>/**`` into imaging_series rows (see the module doc)."""
+    landing = Path(landing)
+    digest = layout.digest_fn(pseudonymize)
+    hints = _cases_hints(landing)
+    cache = _index(previous)
+    stats = defaultdict(int)
+    rows: list[dict[str, Any]] = []  # file index rows of this run
+    pending_rejects: list[tuple[str | None, str, str, str]] = []  # (center, real rel, rule, detail)
+    volume_rows: list[tuple[dict[str, Any], layout.LandedFile, Path]] = []
+
+    for landed in layout.walk_imaging(landing):
+        stats["files_seen"] += 1
+        if landed.is_link:
+            if layout.resolve_inside(landing, landed.path) is None:
+                pending_rejects.append(
+                    (
+                        landed.center_id,
+                        landed.rel,
+                        "path_outside_landing",
+                        "is a symbolic link that leads outside landing/",
+                    )
+                )
+            else:
+                stats["links_inside"] += 1  # the target is scanned where it really is
+            continue
+        if landed.center_id is None:
+            pending_rejects.append((None, landed.rel, "no_center", "is not inside a center folder"))
+            continue
+        real = Path(os.path.realpath(landed.path))
+        name = landed.path.name
+        fmt = layout.volume_format(name)
+        if name == layout.CASES_CSV or real in hints.mask_paths:
+            stats["for_cases"] += 1
+            continue
+        if fmt and layout.mask_base(name) and real not in hints.image_paths:
+            stats["for_cases"] += 1  # a mask by the naming convention
+            continue
+        pid = hints.image_ids.get(real) or (None if fmt else hints.image_ids.get(real.parent))
+        study = hints.image_studies.get(real) or (
+            None if fmt else hints.image_studies.get(real.parent)
+        )
+        try:
+            stat = landed.path.stat()
+        except OSError:
+            pending_rejects.append(
+                (landed.center_id, landed.rel, "unreadable_file", "cannot be opened")
+            )
+            continue
+        key = layout.file_key(pseudonymize, landed.center_id, landed.rel)
+        # the cases.csv ids of a file decide its patient and path scrubbing: part of the cache key
+        cases_digest = digest(f"{pid or ''}\x1f{study or ''}") if (pid or study) else ""
+        row = cache.get(key)
+        if row is not None and (row["size"], row["mtime_ns"], row["cases_digest"]) == (
+            stat.st_size,
+            stat.st_mtime_ns,
+            cases_digest,
+        ):
+            stats["reused"] += 1
+        else:
+            stats["read"] += 1
+            base = {
+                "path_key": key,
+                "center_id": landed.center_id,
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "cases_digest": cases_digest,
+            }
+            if fmt:
+                row = _read_volume(landed, base)
+            else:
+                row = _read_dicom(landed, base, pid, study, pseudonymize, digest)
+        rows.append(row)
+        if row["kind"] == "volume":
+            volume_rows.append((row, landed, real))
+        elif row["kind"] in ("seg", "rtstruct"):
+            stats["for_cases"] += 1
+        elif row["kind"] == "rejected":
+            pending_rejects.append((landed.center_id, landed.rel, row["rule"], row["detail"]))
+
+    # scrubbers that know every identifier of a center (as keyed digests) for reject paths
+    center_scrubbers: dict[str | None, layout.Scrubber] = defaultdict(
+        lambda: layout.Scrubber(digest)
+    )
+    everywhere = layout.Scrubber(digest)  # for files outside any center folder
+    seen: set[tuple] = set()
+    for row in rows:
+        entries = tuple(row.get("id_digests") or ())
+        if entries and (row["center_id"], entries) not in seen:  # files of a series share them
+            seen.add((row["center_id"], entries))
+            for scrubber in (center_scrubbers[row["center_id"]], everywhere):
+                scrubber.add_digests(entries, row.get("patient_key") or "redacted")
+    for center, pairs in hints.pids.items():
+        for pid, study in pairs:
+            replacement = pseudonymize(center, pid) if pid else "redacted"
+            for scrubber in (center_scrubbers[center], everywhere):
+                scrubber.add(layout.identifier_tokens(pid, study), replacement)
+
+    series_rows, series_rejects, merged, ingested = _dicom_series(rows)
+    stats["merged"] += merged
+    stats["ingested"] += ingested
+    for row in series_rejects:
+        pending_rejects.append((row["center_id"], row["safe_path"], row["rule"], row["detail"]))
+
+    for row, landed, real in volume_rows:
+        pid = hints.image_ids.get(real) or layout.image_base(landed.path.name)
+        patient_key = pseudonymize(landed.center_id, pid)
+        tokens = layout.identifier_tokens(pid, hints.image_studies.get(real))
+        center_scrubbers[landed.center_id].add(tokens, patient_key)
+        scrubber = layout.Scrubber()
+        scrubber.add(tokens, patient_key)
+        safe = center_scrubbers[landed.center_id].scrub(scrubber.scrub(landed.rel))
+        row["patient_key"] = patient_key
+        row["series_id"] = layout.volume_series_id(pseudonymize, landed.center_id, landed.rel)
+        row["safe_path"] = safe
+        series_rows.append(_volume_series(row, hints.image_modality.get(real)))
+        stats["ingested"] += 1
+
+    rejects = []
+    for center, rel, rule, detail in pending_rejects:
+        if center is None:
+            safe = everywhere.scrub(rel, keep=1)
+        else:
+            safe = everywhere.scrub(center_scrubbers[center].scrub(rel))
+        todo = _TODO.get(rule, "fix or remove the file")
+        rejects.append(Reject(safe, TARGET, rule, f"{rule}: {safe} {detail} ({todo})"))
+    stats["quarantined"] = len(rejects)
+    stats["series"] = len(series_rows)
+    stats["merged"] += stats["links_inside"]  # a link inside landing/ duplicates its target
+    stats["landed"] = stats["files_seen"] - stats["for_cases"]
+    for name in ("ingested", "merged", "links_inside", "read", "reused"):
+        stats.setdefault(name, 0)
+
+    series = pl.DataFrame(series_rows, schema=SERIES_SCHEMA).sort(
+        ["center_id", "source_path", "series_id"]
+    )
+    files = pl.DataFrame([{k: r.get(k) for k in FILES_SCHEMA} for r in rows], schema=FILES_SCHEMA)
+    return ScanResult(series=series, files=files, rejects=rejects, stats=dict(stats))
+
+
+def _index(previous: pl.DataFrame | None) -> dict[str, dict[str, Any]]:
+    if previous is None or previous.is_empty() or "path_key" not in previous.columns:
+        return {}
+    frame = previous
+    for name, dtype in FILES_SCHEMA.items():  # an index from an older version: missing columns
+        if name not in frame.columns:
+            frame = frame.with_columns(pl.lit(None, dtype=dtype).alias(name))
+    return {row["path_key"]: row for row in frame.select(list(FILES_SCHEMA)).iter_rows(named=True)}
+
+
+def _read_volume(landed: layout.LandedFile, base: dict[str, Any]) -> dict[str, Any]:
+    row = dict(base)
+    try:
+        row.update(_volume_row(landed.path))
+        row["kind"] = "volume"
+    except ImagingError as exc:
+        row.update(kind="rejected", rule=exc.rule, detail=exc.detail)
+    return row
+
+
+def _read_dicom(
+    landed: layout.LandedFile,
+    base: dict[str, Any],
+    cases_pid: str | None,
+    cases_study: str | None,
+    pseudonymize: layout.Pseudonymize,
+    digest,
+) -> dict[str, Any]:
+    row = dict(base, file_format="dicom")
+    try:
+        dataset = read_header(landed.path, [*_SCAN_TAGS])
+        kind = sop_kind(dataset)
+    except ImagingError as exc:
+        return dict(row, kind="rejected", rule=exc.rule, detail=exc.detail)
+    except Exception as exc:  # a value that breaks while decoding
+        return dict(
+            row,
+            kind="rejected",
+            rule="corrupt_dicom",
+            detail=f"has an unreadable header ({type(exc).__name__})",
+        )
+    if kind in ("seg", "rtstruct"):
+        return dict(row, kind=kind)
+    if kind == "dicomdir":
+        return dict(
+            row, kind="rejected", rule="non_image_dicom", detail="is a DICOMDIR index, not an image"
+        )
+    if kind != "image":
+        return dict(
+            row,
+            kind="rejected",
+            rule="non_image_dicom",
+            detail=f"is a DICOM object without image slices ({kind[6:]})",
+        )
+    series_uid = _text(dataset.get("SeriesInstanceUID"))
+    if not series_uid:
+        return dict(
+            row, kind="rejected", rule="missing_series_uid", detail="has no SeriesInstanceUID"
+        )
+    patient_id = cases_pid or _text(dataset.get("PatientID"))
+    study_id = _text(dataset.get("StudyID"))
+    tokens = layout.identifier_tokens(
+        cases_pid,
+        cases_study,
+        dataset.get("PatientID"),
+        dataset.get("PatientName"),
+        dataset.get("PatientBirthDate"),
+        dataset.get("AccessionNumber"),
+        study_id if study_id and len(layout.normalize_token(study_id)) >= 4 else None,  # not "1"
+    )
+    if not patient_id:
+        # identifiers (a name) may still be in the path: keep them as digests for scrubbing
+        row["id_digests"] = layout.token_digests(tokens, digest)
+        return dict(
+            row,
+            kind="rejected",
+            rule="missing_patient_id",
+            detail="has no PatientID and no cases.csv patient_id",
+        )
+    patient_key = pseudonymize(landed.center_id, patient_id)
+    row.update(_dicom_row(dataset))
+    row["series_description"] = layout.scrub_text(row["series_description"], tokens)
+    row["protocol_name"] = layout.scrub_text(row["protocol_name"], tokens)
+    scrubber = layout.Scrubber()
+    scrubber.add(tokens, patient_key)
+    row.update(
+        kind="image",
+        series_id=layout.dicom_series_id(pseudonymize, landed.center_id, series_uid),
+        patient_key=patient_key,
+        instance_key=hashlib.sha256(str(dataset.get("SOPInstanceUID", "")).encode()).hexdigest()[
+            :32
+        ]
+        if dataset.get("SOPInstanceUID")
+        else None,
+        safe_path=scrubber.scrub(landed.rel),
+        id_digests=layout.token_digests(tokens, digest),
+    )
+    return row
+
+
+def _dicom_series(rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict], int, int]:
+    """Series rows from the image files; files of broken series become rejects."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["kind"] == "image":
+            groups[(row["center_id"], row["series_id"])].append(row)
+    series_rows, rejects = [], []
+    merged = ingested = 0
+    for (_center, _series_id), members in sorted(groups.items()):
+        members = sorted(members, key=lambda r: r["safe_path"] or "")
+        patients = {m["patient_key"] for m in members}
+        if len(patients) > 1:
+            for m in members:
+                rejects.append(
+                    dict(
+                        m,
+                        rule="inconsistent_patient",
+                        detail=f"belongs to a series whose {len(members)} files carry {len(patients)} different patient ids",
+                    )
+                )
+            continue
+        unique, seen = [], set()
+        for m in members:
+            if m["instance_key"] and m["instance_key"] in seen:
+                merged += 1  # the same SOP instance landed twice
+                continue
+            seen.add(m["instance_key"])
+            unique.append(m)
+        ingested += len(unique)
+        series_rows.append(_series_row(unique))
+    return series_rows, rejects, merged, ingested
+
+
+def _series_row(members: list[dict[str, Any]]) -> dict[str, Any]:
+    order, along = order_slices(
+        [m["position"] for m in members],
+        [m["orientation"] for m in members],
+        [m["instance_number"] for m in members],
+    )
+    ordered = [members[i] for i in order]
+    positions = sorted({round(a, 4) for a in along if a is not None})
+    steps = [b - a for a, b in itertools.pairwise(positions)]
+    spacing_z = statistics.median(steps) if steps else None
+    uniform = (
+        None if not steps else max(abs(s - spacing_z) for s in steps) <= max(1e-3, 0.01 * spacing_z)
+    )
+
+    def first(name: str):
+        return next((m[name] for m in ordered if m.get(name) is not None), None)
+
+    n_frames = sum(m["n_frames"] or 1 for m in ordered)
+    paths = [m["safe_path"] for m in ordered]
+    folder = os.path.commonpath([p.rsplit("/", 1)[0] for p in paths]) if paths else None
+    return {
+        "series_id": ordered[0]["series_id"],
+        "patient_key": ordered[0]["patient_key"],
+        "center_id": ordered[0]["center_id"],
+        "modality": first("modality"),
+        "manufacturer": first("manufacturer"),
+        "slice_thickness_mm": first("slice_thickness_mm"),
+        "pixel_spacing_mm": first("pixel_spacing_mm"),
+        "n_slices": n_frames,
+        "acquired_on": first("acquired_on"),
+        "source_path": Path(folder).as_posix() if folder else None,
+        "manufacturer_model": first("manufacturer_model"),
+        "kvp": first("kvp"),
+        "convolution_kernel": first("convolution_kernel"),
+        "contrast_agent": first("contrast_agent"),
+        "phase": contrast_phase(
+            first("series_description"), first("protocol_name"), first("contrast_agent")
+        ),
+        "field_strength_t": first("field_strength_t"),
+        "sequence_name": first("sequence_name"),
+        "echo_time_ms": first("echo_time_ms"),
+        "repetition_time_ms": first("repetition_time_ms"),
+        "rows": first("rows"),
+        "columns": first("columns"),
+        "pixel_spacing_col_mm": first("pixel_spacing_col_mm"),
+        "spacing_z_mm": spacing_z,
+        "spacing_uniform": uniform,
+        "n_positions": len(positions) or None,
+        "series_description": first("series_description"),
+        "body_part": first("body_part"),
+        "file_format": "dicom",
+        "n_files": len(ordered),
+    }
+
+
+def _volume_series(row: dict[str, Any], modality: str | None) -> dict[str, Any]:
+    spacing = row.get("volume_spacing") or []
+    return {
+        "series_id": row["series_id"],
+        "patient_key": row["patient_key"],
+        "center_id": row["center_id"],
+        "modality": modality,
+        "manufacturer": None,
+        "slice_thickness_mm": row.get("slice_thickness_mm"),
+        "pixel_spacing_mm": row.get("pixel_spacing_mm"),
+        "n_slices": row.get("n_frames"),
+        "acquired_on": None,
+        "source_path": row["safe_path"],
+        "rows": row.get("rows"),
+        "columns": row.get("columns"),
+        "pixel_spacing_col_mm": row.get("pixel_spacing_col_mm"),
+        "spacing_z_mm": spacing[2] if len(spacing) > 2 else None,
+        "spacing_uniform": True,
+        "n_positions": row.get("n_frames"),
+        "phase": "unknown",
+        "file_format": row.get("file_format"),
+        "n_files": 1,
+    }

@@ -1,0 +1,448 @@
+"""Reading images and masks: DICOM headers, DICOM series folders, NIfTI/NRRD volumes, DICOM SEG.
+
+- ``read_header``: one DICOM file's header (``stop_before_pixels`` and only the tags the lake
+  uses). Files without the 128-byte preamble + ``DICM`` (old implicit-VR files such as pydicom's
+  ``rtstruct.dcm``) are retried with ``force=True`` and kept only when a SOP Class UID is found.
+  Failures raise ``ImagingError`` with a rule: ``not_dicom`` (text or unknown binary),
+  ``corrupt_dicom`` (a DICOM preamble, or a DICOM-like name, but no readable dataset; pydicom's
+  ``no_meta.dcm`` is such a file: it starts with a stray byte, so no dataset can be recovered).
+  A file without preamble is only parsed when it starts like a DICOM stream (group 0002 or 0008),
+  so arbitrary bytes are never forced through the parser.
+- ``read_image``: a volume file (SimpleITK), or a DICOM series folder: the folder's files are
+  grouped by SeriesInstanceUID, non-image objects (SEG, RTSTRUCT, SR, ...) left out, slices ordered
+  by ImagePositionPatient along the slice normal, then read with SimpleITK's ImageSeriesReader.
+- ``read_mask``: a NIfTI/NRRD label map as it is, or one segment of a DICOM SEG (highdicom) as a
+  binary (0/1) mask on the reference image grid: ``Segmentation.get_volume`` then
+  ``Volume.match_geometry`` (exact: only flips, permutations, crop or pad), falling back to
+  nearest-neighbour resampling (recorded as ``info["resampled"]``) when the grids differ.
+
+Heavy libraries (SimpleITK, highdicom, pydicom) are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from assets.imaging.layout import DICOM_SUFFIXES, volume_format
+
+# Only the tags the lake reads (specific_tags keeps the header read cheap).
+HEADER_TAGS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "Modality",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "PatientID",
+    "PatientName",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "KVP",
+    "ConvolutionKernel",
+    "ContrastBolusAgent",
+    "ContrastBolusRoute",
+    "SeriesDescription",
+    "ProtocolName",
+    "BodyPartExamined",
+    "MagneticFieldStrength",
+    "SequenceName",
+    "ScanningSequence",
+    "EchoTime",
+    "RepetitionTime",
+    "SliceThickness",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "InstanceNumber",
+    "AcquisitionDate",
+    "SeriesDate",
+    "StudyDate",
+    "ContentDate",
+]
+
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+# SOP classes that hold no image slices (structured reports, RT plans, presentation states, ...).
+_NON_IMAGE_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.11.")
+_NON_IMAGE_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.481.5": "RT plan",
+    "1.2.840.10008.5.1.4.1.1.481.2": "RT dose",
+    "1.2.840.10008.5.1.4.1.1.104.1": "encapsulated PDF",
+    "1.2.840.10008.5.1.4.1.1.66": "raw data",
+    "1.2.840.10008.5.1.4.1.1.66.1": "spatial registration",
+}
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# A DICOM stream without preamble starts with group 0002 (file meta) or 0008 (little endian).
+_FIRST_GROUPS = {b"\x02\x00", b"\x08\x00"}
+
+
+class ImagingError(Exception):
+    """A file that cannot be used; ``rule`` is the quarantine rule id, ``detail`` the finding."""
+
+    def __init__(self, rule: str, detail: str):
+        super().__init__(f"{rule}: {detail}")
+        self.rule = rule
+        self.detail = detail
+
+
+# --- DICOM headers ---------------------------------------------------------------------------
+def read_header(path: Path, tags: Sequence[str] | None = None):
+    """The header of one DICOM file (no pixel data), or ``ImagingError`` saying why not."""
+    import pydicom
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError as exc:
+        raise ImagingError("unreadable_file", f"cannot be opened ({exc.strerror})") from exc
+    has_preamble = head[128:132] == b"DICM"
+    if not has_preamble and head[:2] not in _FIRST_GROUPS:
+        raise _not_dicom(path, head)  # forcing a parse of arbitrary bytes can allocate gigabytes
+    try:
+        dataset = pydicom.dcmread(
+            path,
+            stop_before_pixels=True,
+            specific_tags=_tag_numbers(tuple(tags or HEADER_TAGS)),
+            force=not has_preamble,
+            defer_size="512 KB",  # never load big values (e.g. private blobs) just to skip them
+        )
+        sop_class = str(dataset.get("SOPClassUID", "") or "")
+        media_class = str(
+            getattr(dataset, "file_meta", {}).get("MediaStorageSOPClassUID", "") or ""
+        )
+    except Exception as exc:  # pydicom raises many types on broken input
+        if has_preamble:
+            raise ImagingError(
+                "corrupt_dicom",
+                f"has a DICOM preamble but its header cannot be parsed ({type(exc).__name__})",
+            ) from exc
+        raise _not_dicom(path, head) from exc
+    if not has_preamble and not _UID.match(sop_class) and not _UID.match(media_class):
+        raise _not_dicom(path, head)  # force=True parses anything; no SOP class means no DICOM
+    return dataset
+
+
+@functools.cache
+def _tag_numbers(keywords: tuple[str, ...]) -> list:
+    from pydicom.tag import Tag
+
+    return [Tag(k) for k in keywords]  # converting keywords on every read costs ~1 ms per file
+
+
+def _not_dicom(path: Path, head: bytes) -> ImagingError:
+    if _looks_like_text(head):
+        return ImagingError("not_dicom", "is a text file, not DICOM, NIfTI or NRRD")
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return ImagingError(
+            "corrupt_dicom",
+            "is named like DICOM but has neither a DICOM preamble nor a readable DICOM dataset",
+        )
+    return ImagingError(
+        "not_dicom", "is neither DICOM (no DICM preamble, no dataset) nor NIfTI/NRRD"
+    )
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head or b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(head) - 4  # a multi-byte character cut at the end of the chunk
+    return True
+
+
+def sop_kind(dataset) -> str:
+    """'image', 'seg', 'rtstruct', 'dicomdir' or 'other:<what>' for a DICOM header."""
+    sop_class = str(dataset.get("SOPClassUID", "") or "")
+    media_class = str(getattr(dataset, "file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
+    if sop_class == SEG_SOP_CLASS:
+        return "seg"
+    if sop_class == RTSTRUCT_SOP_CLASS:
+        return "rtstruct"
+    if media_class == DICOMDIR_SOP_CLASS or (
+        not sop_class and "DirectoryRecordSequence" in dataset
+    ):
+        return "dicomdir"
+    if sop_class in _NON_IMAGE_CLASSES:
+        return f"other:{_NON_IMAGE_CLASSES[sop_class]}"
+    if sop_class.startswith(_NON_IMAGE_PREFIXES):
+        return "other:structured report or presentation state"
+    if not dataset.get("Rows") or not dataset.get("Columns"):
+        return "other:no image rows/columns"
+    return "image"
+
+
+def slice_normal(orientation: Sequence[float] | None) -> np.ndarray | None:
+    """Unit normal of the slice plane from ImageOrientationPatient (row x column cosines)."""
+    if orientation is None or len(orientation) != 6:
+        return None
+    row = np.asarray(orientation[:3], dtype=float)
+    col = np.asarray(orientation[3:], dtype=float)
+    normal = np.cross(row, col)
+    norm = np.linalg.norm(normal)
+    return normal / norm if norm > 0 else None
+
+
+def order_slices(
+    positions: Sequence[Sequence[float] | None],
+    orientations: Sequence[Sequence[float] | None],
+    instance_numbers: Sequence[int | None],
+) -> tuple[list[int], list[float | None]]:
+    """Slice order (indices) by position along the normal; files without a position go last by
+    InstanceNumber. Also returns each file's position along the normal (None when unknown)."""
+    normal = next((n for n in (slice_normal(o) for o in orientations) if n is not None), None)
+    along: list[float | None] = []
+    for position in positions:
+        if normal is None or position is None or len(position) != 3:
+            along.append(None)
+        else:
+            along.append(float(np.dot(np.asarray(position, dtype=float), normal)))
+    big = float("inf")
+    order = sorted(
+        range(len(positions)),
+        key=lambda i: (
+            along[i] is None,
+            along[i] if along[i] is not None else 0.0,
+            instance_numbers[i] if instance_numbers[i] is not None else big,
+            i,
+        ),
+    )
+    return order, along
+
+
+def _float_list(value) -> list[float] | None:
+    if value is None:
+        return None
+    items = value if hasattr(value, "__iter__") and not isinstance(value, str | bytes) else [value]
+    try:
+        return [float(v) for v in items]
+    except (TypeError, ValueError):
+        return None
+
+
+def series_files(folder: Path, series_uid: str | None = None) -> tuple[str, list[Path]]:
+    """(SeriesInstanceUID, files ordered by slice position) of the image series in a folder.
+
+    Only files directly in ``folder`` count. With several image series and no ``series_uid``
+    the choice is ambiguous and ``ImagingError('ambiguous_series')`` is raised.
+    """
+    groups: dict[str, list[tuple[Path, Any]]] = {}
+    for path in sorted(
+        p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")
+    ):
+        try:
+            dataset = read_header(path)
+        except ImagingError:
+            continue  # stray non-DICOM files in a series folder are the scan's business
+        if sop_kind(dataset) != "image":
+            continue
+        uid = str(dataset.get("SeriesInstanceUID", "") or "")
+        if uid:
+            groups.setdefault(uid, []).append((path, dataset))
+    if series_uid is not None:
+        if series_uid not in groups:
+            raise ImagingError(
+                "unreadable_image", "the series named for this case is not in the folder"
+            )
+        chosen = series_uid
+    elif not groups:
+        raise ImagingError("unreadable_image", "the folder holds no DICOM image series")
+    elif len(groups) > 1:
+        raise ImagingError(
+            "ambiguous_series",
+            f"the folder holds {len(groups)} DICOM image series; put each series in its own folder",
+        )
+    else:
+        chosen = next(iter(groups))
+    members = groups[chosen]
+    order, _ = order_slices(
+        [_float_list(d.get("ImagePositionPatient")) for _, d in members],
+        [_float_list(d.get("ImageOrientationPatient")) for _, d in members],
+        [_int_or_none(d.get("InstanceNumber")) for _, d in members],
+    )
+    return chosen, [members[i][0] for i in order]
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return int(value) if value is not None and str(value).strip() != "" else None
+    except (TypeError, ValueError):
+        return None
+
+
+# --- images ----------------------------------------------------------------------------------
+def read_image(path: Path, series_uid: str | None = None):
+    """A ``SimpleITK.Image`` from a NIfTI/NRRD file, a DICOM file, or a DICOM series folder."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            _, files = series_files(path, series_uid)
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames([str(f) for f in files])
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(path))
+    except ImagingError:
+        raise
+    except Exception as exc:  # SimpleITK raises RuntimeError with long ITK traces
+        raise ImagingError("unreadable_image", f"cannot be read ({_short(exc)})") from exc
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ImagingError(
+            "unreadable_image",
+            f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; radiomics needs a scalar image",
+        )
+    return image
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    message = next((line for line in reversed(text) if line.strip()), type(exc).__name__)
+    return message.strip()[:200]
+
+
+# --- masks -----------------------------------------------------------------------------------
+def mask_source_of(path: Path) -> str:
+    """'nifti', 'nrrd', 'dicom_seg' or 'rtstruct' for a mask path (DICOM: by its SOP class)."""
+    kind = volume_format(Path(path).name)
+    if kind:
+        return kind
+    dataset = read_header(path)
+    sop = sop_kind(dataset)
+    if sop == "seg":
+        return "dicom_seg"
+    if sop == "rtstruct":
+        return "rtstruct"
+    raise ImagingError("unreadable_mask", f"is a DICOM object of kind {sop!r}, not a segmentation")
+
+
+def read_mask(path: Path, reference, label: int | str | None = None) -> tuple[Any, dict]:
+    """The mask of a case and what was done to read it.
+
+    NIfTI/NRRD: the label map as stored (``label`` is checked later by mask QC).
+    DICOM SEG: the chosen segment (``label`` = segment number or segment label; ``None`` when the
+    SEG has one segment) as a 0/1 mask on ``reference``'s grid; ``info`` holds
+    ``segment_number``, ``segment_label``, ``resampled`` and ``label_value`` (always 1).
+    RTSTRUCT raises ``ImagingError('rtstruct_unsupported')``.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    source = mask_source_of(path)
+    if source == "rtstruct":
+        raise ImagingError(
+            "rtstruct_unsupported",
+            "is a DICOM RTSTRUCT (contours); convert it to a label map (NIfTI/NRRD) or a DICOM SEG",
+        )
+    if source == "dicom_seg":
+        return _read_seg(path, reference, label)
+    try:
+        mask = sitk.ReadImage(str(path))
+    except Exception as exc:
+        raise ImagingError("unreadable_mask", f"cannot be read ({_short(exc)})") from exc
+    if mask.GetNumberOfComponentsPerPixel() != 1:
+        raise ImagingError(
+            "unreadable_mask", f"has {mask.GetNumberOfComponentsPerPixel()} components per voxel"
+        )
+    return mask, {"mask_source": source, "resampled": False, "label_value": None}
+
+
+def seg_segments(seg) -> dict[int, str]:
+    return {
+        int(item.SegmentNumber): str(item.get("SegmentLabel", "")) for item in seg.SegmentSequence
+    }
+
+
+def choose_segment(segments: dict[int, str], label: int | str | None) -> int:
+    """Segment number for a Label/Segment value: a number, or a segment label (case-insensitive)."""
+    listing = ", ".join(f"{n} {name!r}" for n, name in sorted(segments.items()))
+    if label is None or (isinstance(label, str) and not label.strip()):
+        if len(segments) == 1:
+            return next(iter(segments))
+        raise ImagingError(
+            "multilabel_without_label",
+            f"the DICOM SEG has {len(segments)} segments ({listing}) and the case names none; "
+            "add a Label (segment number or label) to the case",
+        )
+    text = str(label).strip()
+    if re.fullmatch(r"[0-9]+(\.0+)?", text):
+        number = int(float(text))
+        if number in segments:
+            return number
+    else:
+        wanted = text.lower()
+        matches = [n for n, name in segments.items() if name.strip().lower() == wanted]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise ImagingError(
+                "label_absent", f"segment label {text!r} names {len(matches)} segments ({listing})"
+            )
+    raise ImagingError(
+        "label_absent", f"segment {text!r} is not in the DICOM SEG; it has {listing}"
+    )
+
+
+def _read_seg(path: Path, reference, label: int | str | None) -> tuple[Any, dict]:
+    import highdicom as hd
+    import SimpleITK as sitk
+
+    try:
+        seg = hd.seg.segread(str(path))
+        segments = seg_segments(seg)
+    except Exception as exc:
+        raise ImagingError("unreadable_mask", f"DICOM SEG cannot be read ({_short(exc)})") from exc
+    number = choose_segment(segments, label)
+    try:
+        volume = seg.get_volume(segment_numbers=[number], dtype=np.float32)
+    except Exception as exc:
+        raise ImagingError(
+            "unreadable_mask",
+            f"DICOM SEG segment {number} has no usable volume geometry ({_short(exc)})",
+        ) from exc
+    array = volume.array.reshape(volume.spatial_shape)  # drop the single segment channel
+    # BINARY segments are 0/1; FRACTIONAL ones are rescaled to [0, 1]: keep voxels >= 0.5
+    binary = volume.squeeze_channel().with_array((array >= 0.5).astype(np.uint8))
+    voxels_in_seg = int(binary.array.sum())
+    info: dict[str, Any] = {
+        "mask_source": "dicom_seg",
+        "segment_number": number,
+        "segment_label": segments[number],
+        "label_value": 1,
+        "resampled": False,
+        "seg_voxels": voxels_in_seg,
+    }
+    try:
+        target = hd.Volume.from_simpleitk(reference, frame_of_reference_uid=seg.FrameOfReferenceUID)
+        matched = binary.match_geometry(target, tol=1e-3)
+        mask = sitk.Cast(matched.to_simpleitk(), sitk.sitkUInt8)
+        mask.CopyInformation(reference)  # same grid within 1e-3: make it exact for pyradiomics
+    except Exception:  # grids differ beyond flips/crops: resample onto the reference grid
+        mask = sitk.Resample(
+            binary.to_simpleitk(),
+            reference,
+            sitk.Transform(),
+            sitk.sitkNearestNeighbor,
+            0,
+            sitk.sitkUInt8,
+        )
+        info["resampled"] = True
+    if voxels_in_seg and not sitk.GetArrayViewFromImage(mask).any():
+        raise ImagingError(
+            "geometry_mismatch",
+            f"DICOM SEG segment {number} ({voxels_in_seg} voxels) lies outside the image grid; "
+            "check that the SEG references this image series",
+        )
+    return mask, info
