@@ -56,20 +56,11 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def _print_table(relation, max_rows: int) -> None:
-    import polars as pl
+    """DuckDB's own box renderer: fits the terminal, elides middle columns of wide tables."""
+    import shutil
 
-    frame = relation.limit(max_rows + 1).pl()
-    total = relation.count("*").fetchall()[0][0] if frame.height > max_rows else frame.height
-    with pl.Config(
-        tbl_rows=max_rows,
-        tbl_cols=-1,
-        tbl_width_chars=200,
-        fmt_str_lengths=60,
-        tbl_hide_dataframe_shape=True,
-    ):
-        print(frame.head(max_rows))
-    shown = min(total, max_rows)
-    print(f"{total} row{'s' if total != 1 else ''}" + (f" (first {shown} shown; --max-rows N for more)" if total > shown else ""))
+    width = shutil.get_terminal_size((160, 40)).columns
+    relation.show(max_width=width, max_rows=max_rows, max_col_width=40)
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ def build_core_assets(upstream: Sequence[dg.AssetKey], ingest: Sequence[dg.Asset
 
         home = lake.lake()
         # an empty, typed part keeps the view (and its suite) defined when nothing was rejected
-        home.write_part(QUARANTINE_TABLE, "_schema", pl.DataFrame(schema=QUARANTINE_SCHEMA))
+        home.write_part(QUARANTINE_TABLE, "empty-schema", pl.DataFrame(schema=QUARANTINE_SCHEMA))
         frame = read_quarantine(home)
         by_rule = (
             frame.group_by("source", "rule").len().sort("source", "rule")
