@@ -13,6 +13,8 @@ import dagster as dg
 
 from dagster_project.core_assets import INGEST_TAG, build_core_assets
 from dagster_project.resources import ExtractionBackend, LakeResource
+from dagster_project.schedules import build_nightly_schedule
+from dagster_project.sensors import build_landing_sensor
 
 DOMAINS = ("imaging", "radiomics", "clinical", "portfolio", "studies")
 
@@ -54,6 +56,8 @@ def build_definitions() -> dg.Definitions:
         assets=[a for a in core if not isinstance(a, dg.AssetChecksDefinition)],
         asset_checks=[a for a in core if isinstance(a, dg.AssetChecksDefinition)],
         jobs=[everything],
+        schedules=[build_nightly_schedule()],
+        sensors=[build_landing_sensor(set(_asset_keys(domains)))],
         resources={"lake": LakeResource(), "extraction": ExtractionBackend()},
         executor=_executor(),
     )
