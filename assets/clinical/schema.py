@@ -115,7 +115,9 @@ def parse_schema(raw: object, shown: str) -> ClinicalSchema:
         raise SchemaError(f"{shown}: unknown key '{unknown[0]}' (allowed: {', '.join(TOP_KEYS)})")
     columns = raw.get("columns")
     if not isinstance(columns, dict) or not columns:
-        raise SchemaError(f"{shown}: key 'columns' must be a non-empty mapping of column name -> entry")
+        raise SchemaError(
+            f"{shown}: key 'columns' must be a non-empty mapping of column name -> entry"
+        )
     specs = {}
     for name, entry in columns.items():
         specs[str(name)] = _column_spec(str(name), entry, shown)
@@ -130,7 +132,9 @@ def _column_spec(name: str, entry: object, shown: str) -> ColumnSpec:
         raise SchemaError(f"{where} must be a mapping (allowed keys: {', '.join(COLUMN_KEYS)})")
     unknown = sorted(set(map(str, entry)) - set(COLUMN_KEYS))
     if unknown:
-        raise SchemaError(f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(COLUMN_KEYS)})")
+        raise SchemaError(
+            f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(COLUMN_KEYS)})"
+        )
     kind = entry.get("type")
     if kind is not None and kind not in COLUMN_TYPES:
         raise SchemaError(f"{where}.type is {kind!r} (allowed: {', '.join(COLUMN_TYPES)})")

@@ -1,0 +1,176 @@
+"""Dagster layer of the clinical domain: thin assets over assets.clinical (pure logic).
+
+- ``clinical`` + ``clinical_history`` (one multi-asset, ingest): landing/clinical/*.csv|*.xlsx ->
+  lake/clinical (current, one row per patient; the replaced file kept under _history/) and
+  lake/clinical_history (SCD type 2, for "clinical as of <time>").
+- ``external_features`` (ingest): landing/features/<center_id>/*.csv|*.parquet -> the long table.
+- one asset per ``sql/cohorts/*.sql`` file and one for ``sql/views/dataset_inventory.sql`` (the same
+  SELECT the catalog exposes as a view), result preview in the metadata; its data version is the
+  result's content hash, so studies downstream see when their cohort changed.
+"""
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+
+from dagster_project.core_assets import INGEST_TAG
+from dagster_project.materialize import frame_version, table_result
+from dagster_project.quarantine import write_quarantine
+from dagster_project.resources import LakeResource
+from quality.checks import accounting_check, suite_check
+
+SQL_ROOT = Path(__file__).resolve().parents[2] / "sql"
+LAKE_TABLES = ("clinical", "cases", "imaging_series", "radiomics_features", "external_features")
+TABLES = ("clinical", "clinical_history", "external_features")
+PREVIEW_ROWS = 20
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "clinical",
+            group_name="clinical",
+            kinds={"python", "parquet"},
+            tags={INGEST_TAG: "ingest"},
+            description=(
+                "One row per patient from landing/clinical/*.csv|*.xlsx, typed (schema file or "
+                "inference), pseudonymized; a newer file's values replace older ones."
+            ),
+        ),
+        dg.AssetSpec(
+            "clinical_history",
+            group_name="clinical",
+            kinds={"python", "parquet"},
+            description=(
+                "Every version of every patient's clinical row (SCD type 2: valid_from, valid_to, "
+                "is_current): ask for clinical as of any earlier time."
+            ),
+        ),
+    ]
+)
+def clinical(context: dg.AssetExecutionContext, lake: LakeResource):
+    from assets.clinical.history import update_history
+    from assets.clinical.load import clinical_files, load_centers, load_clinical
+
+    home = lake.lake()
+    loaded_at = datetime.now(UTC)
+    previous = home.read_table("clinical") if home.has_table("clinical") else None
+    history = home.read_table("clinical_history") if home.has_table("clinical_history") else None
+    table, rejects, stats = load_clinical(
+        clinical_files(home.landing),
+        home.landing,
+        lake.pseudonymizer(),
+        centers=load_centers(home.home),
+        previous=previous,
+        loaded_at=loaded_at,
+    )
+    history = update_history(history, table, loaded_at)
+    home.write_table("clinical", table, keep_history=True)
+    home.write_table("clinical_history", history)
+    write_quarantine(home, "clinical", rejects)
+    for reject in rejects:
+        context.log.warning(str(reject))
+    versions = {"versions": history.height, "current": int(history.get_column("is_current").sum())}
+    for name, frame, extra in (("clinical", table, stats), ("clinical_history", history, versions)):
+        result = table_result(home, name, frame, extra)
+        yield dg.MaterializeResult(
+            asset_key=name, metadata=result.metadata, data_version=result.data_version
+        )
+
+
+@dg.asset(
+    group_name="clinical",
+    kinds={"python", "parquet"},
+    tags={INGEST_TAG: "ingest"},
+    deps=["clinical", "cases"],
+    description=(
+        "Feature tables computed elsewhere (pyradiomics batch output, deep or pathology features) "
+        "from landing/features/<center_id>/*.csv|*.parquet, long: one feature of one case per row."
+    ),
+)
+def external_features(
+    context: dg.AssetExecutionContext, lake: LakeResource
+) -> dg.MaterializeResult:
+    from assets.clinical.external import load_external_features
+
+    home = lake.lake()
+    cases = home.read_table("cases") if home.has_table("cases") else None
+    clinical_table = home.read_table("clinical") if home.has_table("clinical") else None
+    table, rejects, stats = load_external_features(
+        home.landing, lake.pseudonymizer(), cases, clinical_table
+    )
+    home.write_table("external_features", table, keep_history=True)
+    write_quarantine(home, "external_features", rejects)
+    for reject in rejects:
+        context.log.warning(str(reject))
+    return table_result(home, "external_features", table, stats)
+
+
+def _markdown(frame, rows: int = PREVIEW_ROWS) -> str:
+    if frame.height == 0:
+        return "no rows"
+    head = frame.head(rows)
+    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
+    for row in head.iter_rows():
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(c.replace("|", "/")[:40] for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _sql_deps(sql: str) -> list[str]:
+    return [t for t in LAKE_TABLES if re.search(rf"\b(?:from|join)\s+{t}\b", sql)]
+
+
+def _sql_description(sql: str) -> str:
+    lines = [line[2:].strip() for line in sql.splitlines() if line.startswith("--")]
+    return " ".join(lines) or "A cohort query."
+
+
+def _sql_asset(path: Path, group: str) -> dg.AssetsDefinition:
+    """An asset running one SQL file over the lake's current Parquet (never the catalog file)."""
+    sql = path.read_text(encoding="utf-8")
+
+    @dg.asset(
+        name=path.stem,
+        deps=_sql_deps(sql),
+        group_name=group,
+        kinds={"sql", "duckdb"},
+        description=_sql_description(sql),
+    )
+    def _query(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        from dagster_project.catalog import lake_connection, read_select
+
+        con = lake_connection(lake.lake(), with_sql_views=False)
+        try:
+            frame = con.sql(read_select(path)).pl()
+        finally:
+            con.close()
+        metadata = {
+            "dagster/row_count": frame.height,
+            "result": dg.MetadataValue.md(_markdown(frame)),
+            "sql": dg.MetadataValue.path(str(path)),
+        }
+        if "patient_key" in frame.columns:
+            metadata["patients"] = frame.get_column("patient_key").n_unique()
+        return dg.MaterializeResult(
+            metadata=metadata, data_version=dg.DataVersion(frame_version(frame))
+        )
+
+    return _query
+
+
+SQL_ASSETS = [_sql_asset(p, "cohorts") for p in sorted((SQL_ROOT / "cohorts").glob("*.sql"))] + [
+    _sql_asset(SQL_ROOT / "views" / "dataset_inventory.sql", "clinical")
+]
+
+defs = dg.Definitions(
+    assets=[clinical, external_features, *SQL_ASSETS],
+    asset_checks=[
+        # a table's GX suite becomes a blocking check once quality/suites/<table>.yaml exists
+        *[suite_check(table) for table in TABLES],
+        accounting_check("clinical"),
+        accounting_check("external_features"),
+    ],
+)
