@@ -168,7 +168,6 @@ SQL_ASSETS = [_sql_asset(p, "cohorts") for p in sorted((SQL_ROOT / "cohorts").gl
 defs = dg.Definitions(
     assets=[clinical, external_features, *SQL_ASSETS],
     asset_checks=[
-        # a table's GX suite becomes a blocking check once quality/suites/<table>.yaml exists
         *[suite_check(table) for table in TABLES],
         accounting_check("clinical"),
         accounting_check("external_features"),
