@@ -11,7 +11,7 @@ export GX_ANALYTICS_ENABLED := false
 export DAGSTER_DISABLE_TELEMETRY := 1
 export MPLBACKEND := Agg
 
-.PHONY: install demo test ui lint format bench clean-lake
+.PHONY: install browser demo test ui lint format bench clean-lake
 
 install: $(STAMP)
 
@@ -34,7 +34,14 @@ demo: install
 	@echo
 	$(BIN)/radlake sql "select table_name, estimated_size as rows from duckdb_tables() union all select view_name, null from duckdb_views() where not internal order by 1" --max-rows 60
 
-test: install
+# The UI test drives Debian's headless Chromium; installed here when missing (needs root or sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the UI test"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

@@ -11,6 +11,8 @@ DAGSTER_YAML = """\
 # Written by radlake: local run/event storage under this folder; no telemetry (no network here).
 telemetry:
   enabled: false
+nux:
+  enabled: false
 run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator

@@ -1,0 +1,227 @@
+"""End to end, as a user runs it: `radlake demo-data`, `radlake materialize --select '*'`, then the
+catalog, the quality gate, pseudonymization and the Dagster UI (headless Chromium) are checked.
+
+One small demo lake is materialized once for the module (a few minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import duckdb
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DEMO_PATIENTS = 36
+CONTRACT_TABLES = {
+    "imaging_series": ["series_id", "patient_key", "center_id", "modality", "manufacturer", "slice_thickness_mm", "pixel_spacing_mm", "n_slices", "acquired_on", "source_path"],
+    "cases": ["case_id", "patient_key", "center_id", "series_id", "mask_source", "label", "image_sha256", "mask_sha256"],
+    "radiomics_features": ["case_id", "patient_key", "center_id", "feature", "value", "params_id", "extractor_version"],
+    "external_features": ["case_id", "patient_key", "feature_set", "feature", "value"],
+    "clinical": ["patient_key", "center_id"],
+    "grants": ["grant_id", "source", "title", "pi", "institution", "region", "fund_type", "amount", "currency", "start_year", "discipline_code"],
+    "publications": ["pub_id", "title", "authors", "journal", "year", "abstract", "doi", "pmid", "source_files"],
+    "publication_grants": ["pub_id", "grant_id"],
+    "quarantine": ["source_path", "record", "target_table", "reason", "detected_at"],
+    "study_splits": ["study", "patient_key", "cohort"],
+    "model_metrics": ["study", "model_version", "model", "cohort", "metric", "value", "ci_low", "ci_high"],
+    "survival_results": ["study", "model_version", "endpoint", "analysis", "term", "estimate", "ci_low", "ci_high", "p_value"],
+    "model_versions": ["study", "model_version", "trained_at", "data_version", "code_version", "params", "artifact_path"],
+}
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "LAKE_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster_home"),
+        "LAKE_PSEUDONYM_KEY": "end-to-end-test-secret",
+        "GX_ANALYTICS_ENABLED": "false",
+        "MPLBACKEND": "Agg",
+    }
+
+
+@pytest.fixture(scope="module")
+def demo_lake(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("e2e") / "lakehouse"
+    env = _env(home)
+    run = lambda *args: subprocess.run([str(BIN / "radlake"), *args], env=env, cwd=REPO, capture_output=True, text=True)  # noqa: E731
+    assert run("init").returncode == 0
+    generated = run("demo-data", "--patients", str(DEMO_PATIENTS), "--seed", "11")
+    assert generated.returncode == 0, generated.stderr
+    # the shipped demo study, with fewer bootstrap resamples to keep the test suite short
+    study = yaml.safe_load((REPO / "assets/studies/demo/gist_mitotic_index.yaml").read_text())
+    study["bootstrap"] = 200
+    (home / "studies").mkdir(exist_ok=True)
+    (home / "studies" / "gist_mitotic_index.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    result = run("materialize", "--select", "*")
+    (home / "materialize.log").write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    return home
+
+
+@pytest.fixture(scope="module")
+def catalog(demo_lake):
+    con = duckdb.connect(str(demo_lake / "catalog.duckdb"), read_only=True)
+    yield con
+    con.close()
+
+
+def test_every_contract_table_is_a_catalog_view_with_its_key_columns(catalog):
+    views = {r[0] for r in catalog.execute("select view_name from duckdb_views() where not internal").fetchall()}
+    for table, columns in CONTRACT_TABLES.items():
+        assert table in views, f"no view {table}"
+        present = {r[0] for r in catalog.execute(f"describe {table}").fetchall()}
+        assert set(columns) <= present, f"{table} lacks {set(columns) - present}"
+        assert catalog.execute(f"select count(*) from {table}").fetchall()[0][0] > 0, f"{table} is empty"
+
+
+def test_sql_views_cohorts_and_portfolio_run(catalog):
+    from dagster_project.catalog import sql_files
+
+    for name in sql_files():
+        catalog.execute(f"select * from {name} limit 5").fetchall()
+    cohort = catalog.execute("select count(distinct patient_key) from gist_portal_venous").fetchall()[0][0]
+    assert 0 < cohort <= DEMO_PATIENTS
+
+
+def _demo_identifiers(home: Path) -> set[str]:
+    """The demo's fake names, hospital ids, accession numbers and birth dates, read from landing/."""
+    import pydicom
+
+    found: set[str] = set()
+    for path in sorted((home / "landing" / "imaging").rglob("*.dcm")):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        found |= {str(ds.PatientName), str(ds.PatientID), str(ds.get("AccessionNumber", "")), str(ds.get("PatientBirthDate", ""))}
+        given = str(ds.PatientName).split("^")
+        found |= {" ".join(given), "^".join(given)}
+    with (home / "landing" / "clinical" / "clinical.csv").open(encoding="utf-8") as handle:
+        found |= {row["patient_id"] for row in csv.DictReader(handle)}
+    return {value for value in found if len(value) >= 5}
+
+
+def test_no_patient_identifier_reaches_lake_catalog_reports_or_logs(demo_lake, catalog):
+    identifiers = _demo_identifiers(demo_lake)
+    assert len(identifiers) > DEMO_PATIENTS  # names, ids, accession numbers, birth dates
+    views = [r[0] for r in catalog.execute("select view_name from duckdb_views() where not internal").fetchall()]
+    for view in views:
+        rows = catalog.execute(f"select * from {view}").fetchall()
+        text = "\n".join("\t".join(map(str, row)) for row in rows)
+        leaked = sorted(i for i in identifiers if i in text)
+        assert not leaked, f"view {view} shows identifiers {leaked[:3]}"
+    written = [demo_lake / "lake", demo_lake / "reports", demo_lake / "models", demo_lake / "state", demo_lake / "dagster_home"]
+    for folder in written:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                blob = path.read_bytes()
+                leaked = sorted(i for i in identifiers if i.encode() in blob)
+                assert not leaked, f"{path} holds identifiers {leaked[:3]}"
+    log = (demo_lake / "materialize.log").read_text()
+    assert not [i for i in identifiers if i in log]
+
+
+def test_demo_bad_rows_are_quarantined_with_distinct_reasons(catalog):
+    rows = catalog.execute("select source, rule, reason from quarantine").fetchall()
+    rules = {(source, rule) for source, rule, _ in rows}
+    # the demo's deliberate defects (dagster_project.demo_data.CLINICAL_DEFECTS / GRANT_DEFECTS)
+    clinical = sorted(rule for source, rule, _ in rows if source == "clinical")
+    assert clinical == ["invalid_event", "missing_id", "negative_duration"], rows
+    assert ("grants", "amount_negative") in rules, rules
+    assert all(len(reason) > 20 for _, _, reason in rows)
+
+
+def test_every_check_passed_in_the_demo_run(demo_lake):
+    import dagster as dg
+
+    from dagster_project.definitions import defs
+
+    os.environ["DAGSTER_HOME"] = str(demo_lake / "dagster_home")
+    with dg.DagsterInstance.get() as instance:
+        graph = defs.resolve_asset_graph()
+        failed = []
+        for check_key in graph.asset_check_keys:
+            record = instance.event_log_storage.get_latest_asset_check_execution_by_key([check_key]).get(check_key)
+            assert record is not None, f"{check_key} never ran"
+            evaluation = record.event.dagster_event.event_specific_data if record.event else None
+            if evaluation is None or not evaluation.passed:
+                failed.append(check_key.to_user_string())
+        assert not failed, failed
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def webserver(demo_lake):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        env=_env(demo_lake),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/server_info", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("dagster-webserver did not start in 120 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from tests.ui.browser import Browser, find_chromium
+
+    executable = find_chromium()
+    if executable is None:
+        message = "chromium is not installed (make test installs Debian's chromium package)"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    driver = Browser(executable)
+    yield driver
+    driver.close()
+
+
+def test_ui_shows_lineage_metadata_checks_and_schedule(webserver, browser, tmp_path):
+    browser.open(f"{webserver}/asset-groups")
+    browser.wait_for_text("Global asset lineage", "imaging", "radiomics", "studies")
+    browser.open(f"{webserver}/locations/radlake/asset-groups/imaging/lineage")
+    browser.wait_for_text("imaging_series", "cases")
+    shot = browser.screenshot(tmp_path / "lineage.png")
+    assert shot.stat().st_size > 20_000
+    if os.environ.get("UPDATE_SCREENSHOTS"):
+        shutil.copy(shot, REPO / "docs" / "lineage.png")
+    # a figure in an asset's metadata renders as an image
+    browser.open(f"{webserver}/assets/funding_trends_figure")
+    browser.wait_for_text("funding_trends_figure", "figure")
+    deadline = time.time() + 60
+    while browser.count("img[src^='data:image/png']") == 0 and time.time() < deadline:
+        time.sleep(0.5)
+    assert browser.count("img[src^='data:image/png']") >= 1
+    # the blocking quality checks and their results
+    browser.open(f"{webserver}/assets/clinical?view=checks")
+    browser.wait_for_text("gx_suite", "accounting")
+    # the nightly schedule, running by default
+    browser.open(f"{webserver}/automation")
+    browser.wait_for_text("nightly_retraining_schedule", "landing_sensor")
