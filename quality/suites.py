@@ -112,6 +112,10 @@ def run_suite(table: str, frame, suites_dir: Path = SUITES_DIR) -> SuiteOutcome:
     pairs = load_suite(table, suites_dir)
     columns = set(frame.columns)
     context = gx.get_context(mode="ephemeral")
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    # no tqdm bars in the Dagster logs
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     source = context.data_sources.add_pandas(f"radlake_{table}")
     batch_def = source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe("all")
     batch = batch_def.get_batch(batch_parameters={"dataframe": frame})

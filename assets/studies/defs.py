@@ -1,0 +1,528 @@
+"""Dagster layer of the studies domain: one family of thin assets per study YAML.
+
+Studies are found when the code location loads: every ``LAKE_HOME/studies/*.yaml`` plus the
+repository's demo studies (``assets/studies/demo/``; ``RADLAKE_DEMO_STUDIES=0`` leaves them
+out; a LAKE_HOME study of the same name wins). For a study ``<name>`` (group ``studies``):
+
+- ``<name>/study_splits``: cohorts -> lake ``study_splits`` (part ``<name>``); excluded patients
+  by reason and the case rule in the metadata
+- ``<name>/models``: tuned pipelines -> ``models/<name>/<version>/``; lake ``model_versions``
+  (part ``<name>-<version>``)
+- ``<name>/model_metrics``: metrics with bootstrap and DeLong CIs, best model, combined model,
+  DeLong test -> lake ``model_metrics`` (part ``<name>-<version>``); ROC and nomogram PNGs
+- ``<name>/explanations``: SHAP / importances / coefficients, top features, PNGs
+- ``<name>/calibration``: curves, slope, intercept, Hosmer-Lemeshow -> lake ``model_metrics``
+  (part ``<name>-<version>-calibration``); PNG
+- ``<name>/decision_curves``: net benefit vs treat-all / treat-none; PNG
+- ``<name>/survival_results`` (studies with ``survival:``): lake ``survival_results`` (part
+  ``<name>-<version>``)
+- ``<name>/report``: ``reports/<name>/report.html``
+
+Metrics parts are per version, so ``model_metrics`` keeps every version. A YAML that does not
+validate becomes the asset ``<file stem>/invalid_study``, which fails with the error (file, key,
+what is allowed) instead of silently disappearing. ``RADLAKE_STUDY_JOBS`` (default 1) sets the
+parallel cross-validation fits.
+"""
+
+import base64
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from dagster_project.lake import Lake
+from dagster_project.materialize import table_result
+from dagster_project.resources import LakeResource
+
+GROUP = "studies"
+KINDS = {"python", "parquet"}
+SUITES = Path(__file__).resolve().parents[2] / "quality" / "suites"
+
+
+def _n_jobs() -> int:
+    return max(1, int(os.environ.get("RADLAKE_STUDY_JOBS", "1")))
+
+
+def _image(path: Path | None) -> str:
+    if path is None or not Path(path).is_file():
+        return ""
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f"![{Path(path).stem}](data:image/png;base64,{data})"
+
+
+def _markdown(frame, rows: int = 60) -> str:
+    head = frame.head(rows)
+    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
+    for row in head.iter_rows():
+        lines.append(
+            "| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |"
+        )
+    return "\n".join(lines)
+
+
+def _splits(home: Lake, name: str):
+    import polars as pl
+
+    path = home.table_dir("study_splits") / f"{name}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no study_splits part for {name}: materialize {name}/study_splits first"
+        )
+    return pl.read_parquet(path)
+
+
+def _study_data(home: Lake, spec):
+    from assets.studies.store import load_inputs
+    from assets.studies.train import assemble_study_data
+
+    features, clinical, prepared = load_inputs(home, spec)
+    return assemble_study_data(spec, features, clinical), prepared
+
+
+def _checks(table: str, key: dg.AssetKey) -> list:
+    """The table's GX suite as a blocking check, when quality/suites/<table>.yaml exists."""
+    if not (SUITES / f"{table}.yaml").is_file():
+        return []
+    from quality.checks import suite_check
+
+    return [suite_check(table, asset=key)]
+
+
+def study_assets(spec) -> tuple[list, list]:
+    """(assets, checks) of one study."""
+    name = spec.name
+
+    def key(leaf: str) -> dg.AssetKey:
+        return dg.AssetKey([name, leaf])
+
+    upstream = [dg.AssetKey("clinical")]
+    if spec.features.radiomics is not None:
+        upstream.append(dg.AssetKey("radiomics_features"))
+    if spec.features.external:
+        upstream.append(dg.AssetKey("external_features"))
+
+    @dg.asset(
+        key=key("study_splits"),
+        group_name=GROUP,
+        kinds=KINDS,
+        deps=upstream,
+        description=f"{name}: patients split into train / internal_validation / external_validation "
+        f"(seed {spec.split.seed}); excluded patients counted by reason.",
+    )
+    def study_splits(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        from assets.studies.split import cohort_counts, split_patients
+        from assets.studies.store import save_inputs, study_inputs
+        from assets.studies.train import prepare_study
+
+        home = lake.lake()
+        features, clinical, info = study_inputs(home, spec)
+        if spec.is_classification:
+            _, splits, excluded = prepare_study(spec, features, clinical)
+        else:
+            splits, excluded = split_patients(clinical.select("patient_key", "center_id"), spec)
+        if "not_in_cohort" in info:
+            excluded = {"not_in_cohort": info["not_in_cohort"], **excluded}
+        save_inputs(home, spec, features, clinical, {**info, "excluded": excluded})
+        home.write_part("study_splits", name, splits)
+        for reason, count in excluded.items():
+            if count:
+                context.log.warning(f"{name}: {count} patient(s) excluded: {reason}")
+        stats = {
+            "patients": splits.height,
+            "excluded": excluded,
+            "case_rules": info.get("case_rules", {}),
+        }
+        return table_result(
+            home,
+            "study_splits",
+            splits,
+            stats,
+            extra={"cohorts": dg.MetadataValue.md(_markdown(cohort_counts(splits)))},
+        )
+
+    assets = [study_splits]
+    checks = _checks("study_splits", study_splits.key)
+    if spec.is_classification:
+        classification, more_checks = _classification_assets(spec, key, study_splits.key)
+        assets += classification
+        checks += more_checks
+    if spec.survival:
+        assets.append(_survival_asset(spec, key, study_splits.key))
+        checks += _checks("survival_results", key("survival_results"))
+    assets.append(_report_asset(spec, key, [a.key for a in assets]))
+    return assets, checks
+
+
+def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, list]:
+    name = spec.name
+
+    @dg.asset(
+        key=key("models"),
+        group_name=GROUP,
+        kinds={"python", "scikit-learn"},
+        deps=[splits_key],
+        description=f"{name}: {', '.join(spec.models)} tuned by cross-validation on training only; "
+        "versioned pipelines under models/<study>/<version>/.",
+    )
+    def models(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        import polars as pl
+
+        from assets.studies.store import write_current
+        from assets.studies.train import train_study
+
+        home = lake.lake()
+        data, _ = _study_data(home, spec)
+        trained = train_study(spec, data, _splits(home, name), home.home, n_jobs=_n_jobs())
+        write_current(home, spec, trained.model_version)
+        home.write_part(
+            "model_versions", f"{name}-{trained.model_version}", trained.model_versions_row
+        )
+        summary = pl.DataFrame(
+            {
+                "model": list(trained.fitted),
+                "cv_auc": [m.cv_auc for m in trained.fitted.values()],
+                "threshold": [m.threshold for m in trained.fitted.values()],
+                "best_params": [str(m.best_params) for m in trained.fitted.values()],
+                "features": [len(m.selected_features) for m in trained.fitted.values()],
+            }
+        )
+        context.log.info(f"{name}: model version {trained.model_version} in {trained.version_dir}")
+        return table_result(
+            home,
+            "model_versions",
+            trained.model_versions_row,
+            {"model_version": trained.model_version, "artifact_path": str(trained.version_dir)},
+            extra={"models": dg.MetadataValue.md(_markdown(summary))},
+        )
+
+    @dg.asset(
+        key=key("model_metrics"),
+        group_name=GROUP,
+        kinds=KINDS,
+        deps=[models.key],
+        description=f"{name}: AUC (stratified bootstrap CI and DeLong CI), threshold metrics at "
+        "Youden's J, Brier; best model by the study's rule; combined model; DeLong test.",
+    )
+    def model_metrics(
+        context: dg.AssetExecutionContext, lake: LakeResource
+    ) -> dg.MaterializeResult:
+        import polars as pl
+
+        from assets.studies.report import METHODS_TEXT, discrimination_table
+        from assets.studies.store import read_current
+        from assets.studies.train import (
+            evaluate_study,
+            load_fitted,
+            nomogram_png,
+            roc_png,
+            save_evaluation,
+        )
+
+        home = lake.lake()
+        version, version_dir = read_current(home, spec)
+        fitted, _ = load_fitted(version_dir)
+        data, prepared = _study_data(home, spec)
+        evaluation = evaluate_study(spec, data, _splits(home, name), fitted, version)
+        save_evaluation(version_dir, evaluation, prepared.get("excluded", {}), data.notes)
+        report_dir = home.reports_dir / name
+        roc = roc_png(report_dir, evaluation.predictions, evaluation.metrics)
+        nomogram = (
+            nomogram_png(report_dir, evaluation.nomogram)
+            if evaluation.nomogram is not None
+            else None
+        )
+        home.write_part("model_metrics", f"{name}-{version}", evaluation.metrics)
+        for warning in evaluation.warnings:
+            context.log.warning(warning)
+        auc = discrimination_table(evaluation.metrics, ("auc", "auc_delong"))
+        comparison = evaluation.metrics.filter(
+            pl.col("metric").is_in(["auc_difference", "delong_z", "delong_p"])
+        )
+        return table_result(
+            home,
+            "model_metrics",
+            evaluation.metrics,
+            {
+                "model_version": version,
+                "best_model": evaluation.best_model,
+                "best_model_rule": evaluation.best_model_rule,
+            },
+            extra={
+                "ci_methods": dg.MetadataValue.md(METHODS_TEXT),
+                "auc": dg.MetadataValue.md(_markdown(auc)),
+                "delong_combined_vs_best": dg.MetadataValue.md(
+                    _markdown(
+                        comparison.select("model", "cohort", "metric", "value", "ci_low", "ci_high")
+                    )
+                ),
+                "roc": dg.MetadataValue.md(_image(roc)),
+                "nomogram": dg.MetadataValue.md(_image(nomogram)),
+            },
+        )
+
+    @dg.asset(
+        key=key("explanations"),
+        group_name=GROUP,
+        kinds={"python", "xgboost"},
+        deps=[models.key],
+        description=f"{name}: SHAP values (XGBoost pred_contribs), impurity importances, "
+        "coefficients; top features and summary plots.",
+    )
+    def explanations(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        from assets.studies.store import read_current
+        from assets.studies.train import (
+            explain_models,
+            explanation_pngs,
+            load_fitted,
+            save_explanations,
+            top_features_table,
+        )
+
+        home = lake.lake()
+        version, version_dir = read_current(home, spec)
+        fitted, _ = load_fitted(version_dir)
+        data, _ = _study_data(home, spec)
+        explained = explain_models(spec, fitted, data, _splits(home, name))
+        top = top_features_table(explained)
+        save_explanations(version_dir, top)
+        paths = explanation_pngs(home.reports_dir / name, explained)
+        extra = {
+            f"plot_{k.removeprefix('explain_')}": dg.MetadataValue.md(_image(p))
+            for k, p in paths.items()
+        }
+        return dg.MaterializeResult(
+            metadata={
+                "model_version": version,
+                "top_features": dg.MetadataValue.md(_markdown(top.head(75))),
+                **extra,
+            }
+        )
+
+    @dg.asset(
+        key=key("calibration"),
+        group_name=GROUP,
+        kinds=KINDS,
+        deps=[model_metrics.key],
+        description=f"{name}: calibration curves (deciles), slope and intercept, Hosmer-Lemeshow per model x cohort.",
+    )
+    def calibration(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        import polars as pl
+
+        from assets.studies.calibration import calibration_tables
+        from assets.studies.store import read_current
+        from assets.studies.train import calibration_png, save_calibration
+
+        home = lake.lake()
+        version, version_dir = read_current(home, spec)
+        predictions = pl.read_parquet(version_dir / "predictions.parquet")
+        curves, rows = calibration_tables(predictions, study=name, model_version=version)
+        save_calibration(version_dir, curves, rows)
+        png = calibration_png(home.reports_dir / name, predictions, curves)
+        home.write_part("model_metrics", f"{name}-{version}-calibration", rows)
+        return table_result(
+            home,
+            "model_metrics",
+            rows,
+            {"model_version": version},
+            extra={"calibration": dg.MetadataValue.md(_image(png))},
+        )
+
+    @dg.asset(
+        key=key("decision_curves"),
+        group_name=GROUP,
+        kinds=KINDS,
+        deps=[model_metrics.key],
+        description=f"{name}: decision curve analysis (net benefit vs treat-all / treat-none) per cohort.",
+    )
+    def decision_curves(
+        context: dg.AssetExecutionContext, lake: LakeResource
+    ) -> dg.MaterializeResult:
+        import polars as pl
+
+        from assets.studies.calibration import dca_table
+        from assets.studies.store import read_current
+        from assets.studies.train import decision_curve_png, save_decision_curves
+
+        home = lake.lake()
+        version, version_dir = read_current(home, spec)
+        predictions = pl.read_parquet(version_dir / "predictions.parquet")
+        dca = dca_table(predictions)
+        save_decision_curves(version_dir, dca)
+        png = decision_curve_png(home.reports_dir / name, predictions, dca)
+        return dg.MaterializeResult(
+            metadata={
+                "model_version": version,
+                "rows": dca.height,
+                "decision_curves": dg.MetadataValue.md(_image(png)),
+            }
+        )
+
+    checks = _checks("model_versions", models.key) + _checks("model_metrics", model_metrics.key)
+    return [models, model_metrics, explanations, calibration, decision_curves], checks
+
+
+def _survival_asset(spec, key, splits_key: dg.AssetKey):
+    name = spec.name
+    deps = [splits_key] + ([key("model_metrics")] if spec.is_classification else [])
+
+    @dg.asset(
+        key=key("survival_results"),
+        group_name=GROUP,
+        kinds={"python", "lifelines"},
+        deps=deps,
+        description=f"{name}: Kaplan-Meier, log-rank, Cox and C-index for "
+        f"{', '.join(e.endpoint for e in spec.survival)} per cohort (groups: e.g. the best model's predicted label).",
+    )
+    def survival_results(
+        context: dg.AssetExecutionContext, lake: LakeResource
+    ) -> dg.MaterializeResult:
+        import json
+
+        import pandas as pd
+        import polars as pl
+
+        from assets.studies.store import load_inputs, read_current, survival_frame
+        from assets.studies.survival import run_survival
+        from assets.studies.train import code_version, frame_sha256, model_version
+
+        home = lake.lake()
+        _, clinical, _ = load_inputs(home, spec)
+        splits = _splits(home, name)
+        predictions = best = None
+        if spec.is_classification:
+            version, version_dir = read_current(home, spec)
+            predictions = pl.read_parquet(version_dir / "predictions.parquet")
+            best = json.loads((version_dir / "summary.json").read_text())["best_model"]
+        else:
+            version = model_version(
+                spec.resolved_yaml(), {"clinical": frame_sha256(clinical)}, code_version()
+            )
+        frame = survival_frame(spec, clinical, splits, predictions, best)
+        out_dir = home.reports_dir / name / "survival"
+        tables, figures = [], []
+        for entry in spec.survival:
+            rows, paths = run_survival(
+                frame,
+                entry.endpoint,
+                entry.time,
+                entry.event,
+                entry.groups,
+                entry.cox_terms,
+                entry.times,
+                "cohort",
+                entry.cutoff,
+                entry.reference_levels,
+                out_dir,
+                agreement=entry.agreement,
+                n_bootstrap=spec.bootstrap,
+                seed=spec.split.seed,
+            )
+            tables.append(rows)
+            figures += [str(p) for p in paths]
+        table = pl.from_pandas(pd.concat(tables, ignore_index=True)).with_columns(
+            pl.lit(name).alias("study"), pl.lit(version).alias("model_version")
+        )
+        table = table.select(
+            "study",
+            "model_version",
+            *[c for c in table.columns if c not in ("study", "model_version")],
+        )
+        home.write_part("survival_results", f"{name}-{version}", table)
+        (out_dir / "figures.json").write_text(json.dumps(figures))
+        return table_result(
+            home, "survival_results", table, {"model_version": version, "figures": figures}
+        )
+
+    return survival_results
+
+
+def _report_asset(spec, key, deps: list[dg.AssetKey]):
+    name = spec.name
+
+    @dg.asset(
+        key=key("report"),
+        group_name=GROUP,
+        kinds={"html"},
+        deps=deps,
+        description=f"{name}: the self-contained HTML report reports/{name}/report.html.",
+    )
+    def report(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        import json
+
+        import polars as pl
+
+        from assets.studies.report import (
+            survival_section,
+            write_study_report,
+            write_survival_report,
+        )
+        from assets.studies.store import load_inputs, load_study_result, read_current
+
+        home = lake.lake()
+        splits = _splits(home, name)
+        path = home.reports_dir / name / "report.html"
+        extra = []
+        if spec.survival:
+            part = home.table_dir("survival_results")
+            rows = (
+                pl.concat(
+                    [pl.read_parquet(p) for p in sorted(part.glob(f"{name}-*.parquet"))],
+                    how="diagonal_relaxed",
+                )
+                if part.is_dir()
+                else pl.DataFrame()
+            )
+            listing = home.reports_dir / name / "survival" / "figures.json"
+            figures = (
+                [Path(p) for p in json.loads(listing.read_text())] if listing.is_file() else []
+            )
+            if spec.is_classification:
+                version, _ = read_current(home, spec)
+                rows = rows.filter(pl.col("model_version") == version) if rows.height else rows
+            extra.append(survival_section(rows, figures))
+        if spec.is_classification:
+            _, version_dir = read_current(home, spec)
+            result = load_study_result(home, spec, version_dir, splits)
+            write_study_report(result, path, extra_sections=extra)
+        else:
+            _, _, prepared = load_inputs(home, spec)
+            write_survival_report(spec, splits, prepared.get("excluded", {}), extra[0], path)
+        return dg.MaterializeResult(
+            metadata={"path": dg.MetadataValue.path(str(path)), "bytes": path.stat().st_size}
+        )
+
+    return report
+
+
+def invalid_study_asset(stem: str, message: str):
+    """An asset that fails with a study YAML's validation error (so the UI shows it)."""
+
+    @dg.asset(
+        key=dg.AssetKey([stem, "invalid_study"]),
+        group_name=GROUP,
+        description=f"INVALID study file: {message}",
+    )
+    def invalid_study(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        raise dg.Failure(description=message)
+
+    return invalid_study
+
+
+def build_study_defs(studies_dir: Path, include_demo: bool = True) -> dg.Definitions:
+    """The Definitions of every study in ``studies_dir`` (and the demo studies)."""
+    from assets.studies.store import discover_studies
+
+    studies, errors = discover_studies(studies_dir, include_demo)
+    assets, checks = [], []
+    for spec in studies.values():
+        more_assets, more_checks = study_assets(spec)
+        assets += more_assets
+        checks += more_checks
+    assets += [invalid_study_asset(stem, message) for stem, message in errors.items()]
+    return dg.Definitions(assets=assets, asset_checks=checks)
+
+
+defs = build_study_defs(
+    Lake.at(create=False).studies_dir,
+    include_demo=os.environ.get("RADLAKE_DEMO_STUDIES", "1") != "0",
+)

@@ -1,0 +1,635 @@
+"""Study specification: one study YAML (CONTRACT section 4) parsed into validated dataclasses.
+
+``load_study(path)`` reads the YAML and returns a ``StudySpec``; every unknown key and every
+wrong type is a ``StudySpecError`` whose message names the file, the key (dotted path, e.g.
+``split.seed``) and what is allowed. Defaults filled in here (and written back by
+``StudySpec.resolved_yaml()`` so a model version records them):
+
+- ``models``: all five (logistic_regression, svm, random_forest, decision_tree, xgboost)
+- ``bootstrap``: 1000 resamples
+- ``selection``: ``{variance_min: 0.0, max_correlation: 0.9, method: lasso}``; ``n_features``
+  (mrmr/univariate: how many to keep, default 10; lasso: optional cap) and ``lasso_c`` (fixed
+  inverse penalty; default null = chosen by stratified cross-validation on training)
+- ``split``: ``internal_validation_fraction: 0.3``, ``external_validation_centers: []``, ``seed: 42``
+- ``best_model``: ``{metric: auc, cohort: internal_validation}``; with
+  ``internal_validation_fraction: 0`` the rule falls back to the cross-validated training AUC
+  (``cohort: cv`` asks for that directly)
+- ``case_rule``: ``largest_roi`` (which case represents a patient with several; also ``first``
+  or ``phase:<name>``, applied by the shared pivot ``assets.clinical.pivot``)
+- ``grids``: per-model overrides of the default tuning grids, e.g. ``{xgboost: {max_depth: [2, 3]}}``
+  (parameter names of the estimator; checked against it when the pipeline is built)
+- ``auc_drop_warning``: optional AUC drop (training -> validation) that triggers a warning
+
+Survival entries (``survival:`` list; consumed by ``assets.studies.survival``) are
+``SurvivalSpec`` dataclasses with exactly the fields ``endpoint, time, event, groups, cox_terms,
+times, cutoff, reference_levels, agreement``; ``cutoff`` is a ``CutoffSpec(method, variable)``
+(method ``maxstat`` or ``median``), ``agreement`` an ``AgreementSpec(score, readers)``,
+``reference_levels`` a ``{term: level}`` mapping. A survival-only study leaves out ``label``,
+``features``, ``selection`` and ``models``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MODEL_NAMES = ("logistic_regression", "svm", "random_forest", "decision_tree", "xgboost")
+SELECTION_METHODS = ("lasso", "mrmr", "univariate")
+BEST_MODEL_METRICS = ("auc", "brier", "accuracy", "sensitivity", "specificity", "ppv", "npv")
+BEST_MODEL_COHORTS = ("internal_validation", "cv", "train", "external_validation")
+CUTOFF_METHODS = ("maxstat", "median")
+CASE_RULES = ("largest_roi", "first", "phase:<name>")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class StudySpecError(ValueError):
+    """A study YAML that cannot be used; the message names the file, the key and what is allowed."""
+
+    def __init__(self, source: str, key: str, message: str) -> None:
+        self.source, self.key = source, key
+        super().__init__(f"{source}: {key}: {message}")
+
+
+@dataclass(frozen=True)
+class RadiomicsFeatures:
+    """Radiomics features of one pyradiomics parameter set (``params_id`` = parameter file stem)."""
+
+    params_id: str
+
+
+@dataclass(frozen=True)
+class ExternalFeatures:
+    """A landed external feature table (``feature_set`` = file stem under landing/features/)."""
+
+    feature_set: str
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Model inputs: radiomics and/or external feature sets, and clinical columns (combined model).
+
+    ``categorical`` forces numeric-coded clinical columns to be one-hot encoded; string/bool
+    columns are categorical anyway.
+    """
+
+    radiomics: RadiomicsFeatures | None = None
+    external: tuple[ExternalFeatures, ...] = ()
+    clinical: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    development_centers: tuple[str, ...]
+    internal_validation_fraction: float = 0.3
+    external_validation_centers: tuple[str, ...] = ()
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class SelectionSpec:
+    variance_min: float = 0.0
+    max_correlation: float | None = 0.9
+    method: str = "lasso"
+    n_features: int | None = None
+    lasso_c: float | None = None
+
+    @property
+    def k(self) -> int:
+        """Features kept by mrmr/univariate (default 10)."""
+        return self.n_features if self.n_features is not None else 10
+
+
+@dataclass(frozen=True)
+class BestModelRule:
+    metric: str = "auc"
+    cohort: str = "internal_validation"
+
+
+@dataclass(frozen=True)
+class CutoffSpec:
+    """Cut-off of a continuous ``variable`` chosen on training (``maxstat`` or ``median``)."""
+
+    method: str
+    variable: str
+
+
+@dataclass(frozen=True)
+class AgreementSpec:
+    """Agreement of a ``score`` column with one or more reader columns."""
+
+    score: str
+    readers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SurvivalSpec:
+    """One survival analysis: Kaplan-Meier by ``groups``, log-rank, Cox on ``cox_terms``.
+
+    ``time``/``event`` are clinical columns; ``times`` the time points (same unit as ``time``)
+    at which survival is reported; ``reference_levels`` maps a categorical term to its
+    reference level.
+    """
+
+    endpoint: str
+    time: str
+    event: str
+    groups: str | None = None
+    cox_terms: tuple[str, ...] = ()
+    times: tuple[float, ...] = ()
+    cutoff: CutoffSpec | None = None
+    reference_levels: dict[str, Any] = field(default_factory=dict)
+    agreement: AgreementSpec | None = None
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study. ``source`` is the YAML file it came from (for error messages)."""
+
+    name: str
+    source: str
+    split: SplitSpec
+    label: str | None = None
+    description: str | None = None
+    cohort_sql: str | None = None
+    cohort_query: str | None = None
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+    case_rule: str = "largest_roi"
+    selection: SelectionSpec = field(default_factory=SelectionSpec)
+    models: tuple[str, ...] = MODEL_NAMES
+    grids: dict[str, dict[str, list]] = field(default_factory=dict)
+    bootstrap: int = 1000
+    best_model: BestModelRule = field(default_factory=BestModelRule)
+    auc_drop_warning: float | None = None
+    survival: tuple[SurvivalSpec, ...] = ()
+
+    @property
+    def is_classification(self) -> bool:
+        return self.label is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved study (defaults filled in) as plain YAML-able data."""
+        data = _plain(asdict(self))
+        data.pop("source")
+        if not self.is_classification:
+            for key in ("selection", "models", "grids", "best_model"):
+                data.pop(key)
+        return data
+
+    def resolved_yaml(self) -> str:
+        """Canonical YAML of the resolved study: comments and key order do not change it."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=True, allow_unicode=True)
+
+
+def _plain(value: Any) -> Any:
+    """Lists instead of tuples, and no ``None`` entries (absent keys take their defaults)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# parsing ---------------------------------------------------------------------------------
+def load_study(path: str | Path) -> StudySpec:
+    """Read and validate one study YAML; raises ``StudySpecError`` naming file, key and rule."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise StudySpecError(source, "(file)", f"cannot be read ({error})") from error
+    return parse_study_text(text, source)
+
+
+def parse_study_text(text: str, source: str = "<study>") -> StudySpec:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise StudySpecError(source, "(yaml)", f"is not valid YAML: {error}") from error
+    return parse_study(data, source)
+
+
+_TOP_KEYS = {
+    "name": "study name (lowercase snake_case)",
+    "description": "free text",
+    "cohort_sql": "path of a .sql file returning patient_key",
+    "cohort_query": "inline SQL returning patient_key",
+    "label": "binary clinical column",
+    "features": "{radiomics: {params_id}, external: {feature_set}, clinical: [...]}",
+    "case_rule": "largest_roi | first | phase:<name>",
+    "split": "{development_centers, internal_validation_fraction, external_validation_centers, seed}",
+    "selection": "{variance_min, max_correlation, method, n_features, lasso_c}",
+    "models": f"list of {', '.join(MODEL_NAMES)}",
+    "grids": "{model: {parameter: [values]}}",
+    "bootstrap": "number of bootstrap resamples",
+    "best_model": "{metric, cohort}",
+    "auc_drop_warning": "AUC drop that triggers a warning",
+    "survival": "list of survival analyses",
+}
+
+
+def parse_study(data: Any, source: str = "<study>") -> StudySpec:
+    """Validate already-loaded YAML data (a mapping) into a ``StudySpec``."""
+    top = _mapping(data, source, "(top level)", _TOP_KEYS)
+    name = _str(top.get("name"), source, "name", required=True)
+    if not _NAME.match(name):
+        raise StudySpecError(
+            source, "name", f"{name!r} must be lowercase snake_case (a-z, 0-9, _), it names folders"
+        )
+    if top.get("cohort_sql") is not None and top.get("cohort_query") is not None:
+        raise StudySpecError(
+            source, "cohort_sql", "give either cohort_sql or cohort_query, not both"
+        )
+    label = _str(top.get("label"), source, "label")
+    split = _split(top.get("split"), source)
+    features = _features(top.get("features"), source)
+    survival = _survival_list(top.get("survival"), source)
+    if label is not None and not (features.radiomics or features.external):
+        raise StudySpecError(
+            source,
+            "features",
+            "a study with a label needs features.radiomics and/or features.external",
+        )
+    if label is None:
+        for key in ("selection", "models", "grids", "best_model"):
+            if key in top:
+                raise StudySpecError(
+                    source, key, "only allowed in a classification study (set label)"
+                )
+        if not survival:
+            raise StudySpecError(
+                source, "label", "a study needs a label (classification) and/or a survival list"
+            )
+    models = _models(top.get("models"), source) if label is not None else ()
+    grids = _grids(top.get("grids"), source, models)
+    bootstrap = _int(top.get("bootstrap", 1000), source, "bootstrap", minimum=0)
+    drop = top.get("auc_drop_warning")
+    return StudySpec(
+        name=name,
+        source=source,
+        split=split,
+        label=label,
+        description=_str(top.get("description"), source, "description"),
+        cohort_sql=_str(top.get("cohort_sql"), source, "cohort_sql"),
+        cohort_query=_str(top.get("cohort_query"), source, "cohort_query"),
+        features=features,
+        case_rule=_case_rule(top.get("case_rule", "largest_roi"), source),
+        selection=_selection(top.get("selection"), source),
+        models=models,
+        grids=grids,
+        bootstrap=bootstrap,
+        best_model=_best_model(top.get("best_model"), source),
+        auc_drop_warning=None
+        if drop is None
+        else _float(drop, source, "auc_drop_warning", low=0.0, high=1.0),
+        survival=survival,
+    )
+
+
+def _split(value: Any, source: str) -> SplitSpec:
+    allowed = {
+        "development_centers": "list of center ids",
+        "internal_validation_fraction": "number in [0, 1)",
+        "external_validation_centers": "list of center ids",
+        "seed": "integer",
+    }
+    if value is None:
+        raise StudySpecError(source, "split", "is required: {development_centers: [C1], ...}")
+    raw = _mapping(value, source, "split", allowed)
+    development = _str_list(raw.get("development_centers"), source, "split.development_centers")
+    if not development:
+        raise StudySpecError(source, "split.development_centers", "needs at least one center id")
+    external = _str_list(
+        raw.get("external_validation_centers", []), source, "split.external_validation_centers"
+    )
+    overlap = sorted(set(development) & set(external))
+    if overlap:
+        raise StudySpecError(
+            source,
+            "split.external_validation_centers",
+            f"center(s) {overlap} are also development centers; a center is one or the other",
+        )
+    fraction = _float(
+        raw.get("internal_validation_fraction", 0.3),
+        source,
+        "split.internal_validation_fraction",
+        low=0.0,
+        high=1.0,
+        high_open=True,
+    )
+    seed = _int(raw.get("seed", 42), source, "split.seed", minimum=0)
+    return SplitSpec(tuple(development), fraction, tuple(external), seed)
+
+
+def _features(value: Any, source: str) -> FeatureSpec:
+    if value is None:
+        return FeatureSpec()
+    allowed = {
+        "radiomics": "{params_id: <parameter file stem>}",
+        "external": "{feature_set: <name>} or a list of them",
+        "clinical": "list of clinical columns for the combined model",
+        "categorical": "list of clinical columns to one-hot encode even if numeric",
+    }
+    raw = _mapping(value, source, "features", allowed)
+    radiomics = None
+    if raw.get("radiomics") is not None:
+        rad = _mapping(raw["radiomics"], source, "features.radiomics", {"params_id": "string"})
+        radiomics = RadiomicsFeatures(
+            _str(rad.get("params_id"), source, "features.radiomics.params_id", required=True)
+        )
+    external: list[ExternalFeatures] = []
+    ext = raw.get("external")
+    if ext is not None:
+        items = ext if isinstance(ext, list) else [ext]
+        for i, item in enumerate(items):
+            key = "features.external" + (f"[{i}]" if isinstance(ext, list) else "")
+            entry = _mapping(item, source, key, {"feature_set": "string"})
+            external.append(
+                ExternalFeatures(
+                    _str(entry.get("feature_set"), source, f"{key}.feature_set", required=True)
+                )
+            )
+    clinical = _str_list(raw.get("clinical", []), source, "features.clinical")
+    categorical = _str_list(raw.get("categorical", []), source, "features.categorical")
+    stray = sorted(set(categorical) - set(clinical))
+    if stray:
+        raise StudySpecError(
+            source, "features.categorical", f"{stray} are not in features.clinical {clinical}"
+        )
+    return FeatureSpec(radiomics, tuple(external), tuple(clinical), tuple(categorical))
+
+
+def _selection(value: Any, source: str) -> SelectionSpec:
+    if value is None:
+        return SelectionSpec()
+    allowed = {
+        "variance_min": "number >= 0",
+        "max_correlation": "number in (0, 1], or null to keep correlated features",
+        "method": " | ".join(SELECTION_METHODS),
+        "n_features": "integer >= 1",
+        "lasso_c": "number > 0, or null for cross-validation",
+    }
+    raw = _mapping(value, source, "selection", allowed)
+    method = _choice(raw.get("method", "lasso"), source, "selection.method", SELECTION_METHODS)
+    corr = raw.get("max_correlation", 0.9)
+    n_features = raw.get("n_features")
+    lasso_c = raw.get("lasso_c")
+    return SelectionSpec(
+        variance_min=_float(
+            raw.get("variance_min", 0.0), source, "selection.variance_min", low=0.0
+        ),
+        max_correlation=None
+        if corr is None
+        else _float(corr, source, "selection.max_correlation", low=0.0, high=1.0, low_open=True),
+        method=method,
+        n_features=None
+        if n_features is None
+        else _int(n_features, source, "selection.n_features", minimum=1),
+        lasso_c=None
+        if lasso_c is None
+        else _float(lasso_c, source, "selection.lasso_c", low=0.0, low_open=True),
+    )
+
+
+def _models(value: Any, source: str) -> tuple[str, ...]:
+    if value is None:
+        return MODEL_NAMES
+    names = _str_list(value, source, "models")
+    if not names:
+        raise StudySpecError(source, "models", f"needs at least one of {list(MODEL_NAMES)}")
+    for i, name in enumerate(names):
+        _choice(name, source, f"models[{i}]", MODEL_NAMES)
+    if len(set(names)) != len(names):
+        raise StudySpecError(source, "models", f"lists a model twice: {names}")
+    return tuple(names)
+
+
+def _grids(value: Any, source: str, models: tuple[str, ...]) -> dict[str, dict[str, list]]:
+    if value is None:
+        return {}
+    raw = _mapping(value, source, "grids", {m: "{parameter: [values]}" for m in MODEL_NAMES})
+    grids: dict[str, dict[str, list]] = {}
+    for model, params in raw.items():
+        if model not in models:
+            raise StudySpecError(
+                source, f"grids.{model}", f"{model} is not in models {list(models)}"
+            )
+        if not isinstance(params, dict) or not params:
+            raise StudySpecError(
+                source,
+                f"grids.{model}",
+                "expected a mapping {parameter: [values]}, e.g. {max_depth: [2, 3]}",
+            )
+        grid: dict[str, list] = {}
+        for param, values in params.items():
+            key = f"grids.{model}.{param}"
+            if not isinstance(param, str) or not param.isidentifier():
+                raise StudySpecError(source, key, "parameter names are identifiers, e.g. max_depth")
+            values = values if isinstance(values, list) else [values]
+            if not values or any(isinstance(v, dict | list) for v in values):
+                raise StudySpecError(source, key, "expected a non-empty list of scalar values")
+            grid[param] = values
+        grids[model] = grid
+    return grids
+
+
+def _best_model(value: Any, source: str) -> BestModelRule:
+    if value is None:
+        return BestModelRule()
+    allowed = {"metric": " | ".join(BEST_MODEL_METRICS), "cohort": " | ".join(BEST_MODEL_COHORTS)}
+    raw = _mapping(value, source, "best_model", allowed)
+    metric = _choice(raw.get("metric", "auc"), source, "best_model.metric", BEST_MODEL_METRICS)
+    cohort = _choice(
+        raw.get("cohort", "internal_validation"), source, "best_model.cohort", BEST_MODEL_COHORTS
+    )
+    if cohort == "cv" and metric != "auc":
+        raise StudySpecError(source, "best_model.metric", "cohort cv only has the auc metric")
+    return BestModelRule(metric, cohort)
+
+
+def _case_rule(value: Any, source: str) -> str:
+    rule = _str(value, source, "case_rule", required=True)
+    if rule in ("largest_roi", "first") or (rule.startswith("phase:") and len(rule) > 6):
+        return rule
+    raise StudySpecError(
+        source, "case_rule", f"{rule!r} is not allowed; allowed: {list(CASE_RULES)}"
+    )
+
+
+def _survival_list(value: Any, source: str) -> tuple[SurvivalSpec, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise StudySpecError(
+            source, "survival", f"expected a list of analyses, got {_typename(value)}"
+        )
+    return tuple(_survival(item, source, f"survival[{i}]") for i, item in enumerate(value))
+
+
+def _survival(value: Any, source: str, key: str) -> SurvivalSpec:
+    allowed = {
+        "endpoint": "name of the endpoint, e.g. rfs",
+        "time": "clinical column with the follow-up time",
+        "event": "clinical column with the event indicator (0/1)",
+        "groups": "column defining Kaplan-Meier groups (e.g. predicted_label)",
+        "cox_terms": "list of covariates",
+        "times": "list of time points, e.g. [36, 60]",
+        "cutoff": "{method: maxstat | median, variable}",
+        "reference_levels": "{term: reference level}",
+        "agreement": "{score, readers: [...]}",
+    }
+    raw = _mapping(value, source, key, allowed)
+    cutoff = None
+    if raw.get("cutoff") is not None:
+        cut = _mapping(
+            raw["cutoff"],
+            source,
+            f"{key}.cutoff",
+            {"method": " | ".join(CUTOFF_METHODS), "variable": "column"},
+        )
+        cutoff = CutoffSpec(
+            _choice(cut.get("method"), source, f"{key}.cutoff.method", CUTOFF_METHODS),
+            _str(cut.get("variable"), source, f"{key}.cutoff.variable", required=True),
+        )
+    agreement = None
+    if raw.get("agreement") is not None:
+        agr = _mapping(
+            raw["agreement"],
+            source,
+            f"{key}.agreement",
+            {"score": "column", "readers": "list of columns"},
+        )
+        readers = _str_list(agr.get("readers"), source, f"{key}.agreement.readers")
+        if not readers:
+            raise StudySpecError(
+                source, f"{key}.agreement.readers", "needs at least one reader column"
+            )
+        agreement = AgreementSpec(
+            _str(agr.get("score"), source, f"{key}.agreement.score", required=True), tuple(readers)
+        )
+    times_raw = raw.get("times", [])
+    if not isinstance(times_raw, list):
+        raise StudySpecError(
+            source, f"{key}.times", f"expected a list of numbers, got {_typename(times_raw)}"
+        )
+    times = tuple(
+        _float(t, source, f"{key}.times[{i}]", low=0.0, low_open=True)
+        for i, t in enumerate(times_raw)
+    )
+    levels = raw.get("reference_levels", {}) or {}
+    if not isinstance(levels, dict) or any(
+        not isinstance(k, str) or isinstance(v, dict | list) for k, v in levels.items()
+    ):
+        raise StudySpecError(
+            source,
+            f"{key}.reference_levels",
+            "expected a mapping {term: level}, e.g. {tumor_location: gastric}",
+        )
+    return SurvivalSpec(
+        endpoint=_str(raw.get("endpoint"), source, f"{key}.endpoint", required=True),
+        time=_str(raw.get("time"), source, f"{key}.time", required=True),
+        event=_str(raw.get("event"), source, f"{key}.event", required=True),
+        groups=_str(raw.get("groups"), source, f"{key}.groups"),
+        cox_terms=tuple(_str_list(raw.get("cox_terms", []), source, f"{key}.cox_terms")),
+        times=times,
+        cutoff=cutoff,
+        reference_levels=dict(levels),
+        agreement=agreement,
+    )
+
+
+# typed readers ---------------------------------------------------------------------------
+def _typename(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def _mapping(value: Any, source: str, key: str, allowed: dict[str, str]) -> dict:
+    if not isinstance(value, dict):
+        raise StudySpecError(
+            source, key, f"expected a mapping with keys {sorted(allowed)}, got {_typename(value)}"
+        )
+    for name in value:
+        if name not in allowed:
+            where = name if key == "(top level)" else f"{key}.{name}"
+            hint = difflib.get_close_matches(str(name), list(allowed), n=1)
+            maybe = f" (did you mean {hint[0]!r}?)" if hint else ""
+            listing = "; ".join(f"{k}: {v}" for k, v in allowed.items())
+            raise StudySpecError(source, str(where), f"unknown key{maybe}; allowed here: {listing}")
+    return value
+
+
+def _str(value: Any, source: str, key: str, required: bool = False) -> str | None:
+    if value is None:
+        if required:
+            raise StudySpecError(source, key, "is required (a string)")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise StudySpecError(
+            source, key, f"expected a non-empty string, got {value!r} ({_typename(value)})"
+        )
+    return value.strip()
+
+
+def _str_list(value: Any, source: str, key: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise StudySpecError(
+            source, key, f"expected a list of strings, e.g. [C1], got {_typename(value)}"
+        )
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise StudySpecError(
+                source,
+                f"{key}[{i}]",
+                f"expected a string, got {item!r} ({_typename(item)}); quote ids such as '01'",
+            )
+    return [v.strip() for v in value]
+
+
+def _choice(value: Any, source: str, key: str, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        hint = difflib.get_close_matches(str(value), list(allowed), n=1)
+        maybe = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise StudySpecError(
+            source, key, f"{value!r} is not allowed{maybe}; allowed: {list(allowed)}"
+        )
+    return value
+
+
+def _int(value: Any, source: str, key: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise StudySpecError(
+            source, key, f"expected an integer, got {value!r} ({_typename(value)})"
+        )
+    if minimum is not None and value < minimum:
+        raise StudySpecError(source, key, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(
+    value: Any,
+    source: str,
+    key: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise StudySpecError(source, key, f"expected a number, got {value!r} ({_typename(value)})")
+    value = float(value)
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        interval = f"{'(' if low_open else '['}{lo}, {hi}{')' if high_open else ']'}"
+        raise StudySpecError(source, key, f"must be in {interval}, got {value:g}")
+    return value

@@ -1,0 +1,249 @@
+"""What a study's Dagster assets read from the lake and hand to each other on disk (pure, no Dagster).
+
+- ``discover_studies``: every ``LAKE_HOME/studies/*.yaml`` plus the repo's demo studies
+  (``assets/studies/demo/*.yaml``; a LAKE_HOME study with the same name wins). Files that do not
+  validate are returned with their ``StudySpecError`` message instead of being dropped silently.
+- ``study_inputs``: the study's patients from the lake: the clinical table (restricted to the
+  cohort of ``cohort_sql`` / ``cohort_query`` when given) and one wide feature row per patient
+  from the shared pivot (``assets.clinical.pivot.pivot_features`` with the study's
+  ``case_rule``) for the radiomics ``params_id`` and each external ``feature_set``; external
+  feature columns are prefixed ``<feature_set>:`` so names never collide.
+- Hand-over files under ``models/<study>/``: ``inputs/`` (the features and clinical rows the split
+  saw, and ``prepared.json``), ``current.json`` (the version the last ``models`` run wrote) and
+  the version folder of ``train`` (pipelines and result tables).
+- ``survival_frame``: one row per patient for ``assets.studies.survival.run_survival`` (clinical
+  columns, cohort, and for classification studies the best radiomics model's probability and
+  ``predicted_label`` at its training threshold).
+- ``load_study_result``: a ``StudyResult`` rebuilt from a version folder (for the report asset).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from assets.studies.spec import StudySpec, StudySpecError, load_study
+
+DEMO_STUDIES = Path(__file__).resolve().parent / "demo"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def discover_studies(
+    studies_dir: Path, include_demo: bool = True
+) -> tuple[dict[str, StudySpec], dict[str, str]]:
+    """(valid studies by name, error message by file) of LAKE_HOME/studies and the demo folder."""
+    files = sorted(DEMO_STUDIES.glob("*.yaml")) if include_demo else []
+    files += sorted(Path(studies_dir).glob("*.yaml")) if Path(studies_dir).is_dir() else []
+    studies: dict[str, StudySpec] = {}
+    errors: dict[str, str] = {}
+    for path in files:  # LAKE_HOME files come last, so they replace a demo study of the same name
+        try:
+            spec = load_study(path)
+        except StudySpecError as error:
+            errors[path.stem] = str(error)
+            continue
+        studies[spec.name] = spec
+    return studies, errors
+
+
+def study_dir(home: Any, spec: StudySpec) -> Path:
+    return Path(home.models_dir) / spec.name
+
+
+def cohort_sql_text(spec: StudySpec, home: Any) -> str | None:
+    """The study's cohort SELECT: ``cohort_query`` or the ``cohort_sql`` file.
+
+    A relative ``cohort_sql`` path is looked up beside the study YAML, then in LAKE_HOME, then in
+    the repository.
+    """
+    if spec.cohort_query:
+        return spec.cohort_query
+    if not spec.cohort_sql:
+        return None
+    relative = Path(spec.cohort_sql)
+    candidates = (
+        [relative]
+        if relative.is_absolute()
+        else [
+            Path(spec.source).parent / relative,
+            Path(home.home) / relative,
+            REPO / relative,
+        ]
+    )
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8").strip().rstrip(";")
+    raise StudySpecError(
+        spec.source,
+        "cohort_sql",
+        f"{spec.cohort_sql} not found (looked in {[str(c) for c in candidates]})",
+    )
+
+
+def study_inputs(home: Any, spec: StudySpec) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    """(wide features, clinical rows, info) of the study's patients, read from the lake."""
+    from assets.clinical.pivot import pivot_features
+    from dagster_project.catalog import lake_connection
+
+    clinical = home.read_table("clinical")
+    if clinical.is_empty():
+        raise ValueError("the clinical table is empty: materialize `clinical` first")
+    info: dict[str, Any] = {"clinical_patients": clinical.height}
+    con = lake_connection(home)
+    try:
+        sql = cohort_sql_text(spec, home)
+        if sql is not None:
+            keys = (
+                con.sql(f"select distinct patient_key from ({sql})").pl()["patient_key"].to_list()
+            )
+            info["not_in_cohort"] = clinical.filter(~pl.col("patient_key").is_in(keys)).height
+            clinical = clinical.filter(pl.col("patient_key").is_in(keys))
+        wide: pl.DataFrame | None = None
+        case_rules: dict[str, str] = {}
+        sources = []
+        if spec.features.radiomics is not None:
+            sources.append(("radiomics", spec.features.radiomics.params_id, ""))
+        sources += [
+            ("external", e.feature_set, f"{e.feature_set}:") for e in spec.features.external
+        ]
+        for source, selector, prefix in sources:
+            frame, description = pivot_features(con, source, selector, spec.case_rule)
+            case_rules[f"{source}:{selector}"] = description
+            values = [c for c in frame.columns if c not in ("patient_key", "case_id", "center_id")]
+            frame = frame.select("patient_key", *[pl.col(c).alias(f"{prefix}{c}") for c in values])
+            wide = (
+                frame
+                if wide is None
+                else wide.join(frame, on="patient_key", how="full", coalesce=True)
+            )
+    finally:
+        con.close()
+    info["case_rules"] = case_rules
+    features = (
+        wide if wide is not None else pl.DataFrame({"patient_key": pl.Series([], dtype=pl.String)})
+    )
+    if sql is not None:
+        # patients outside the cohort are not in the study at all (counted as not_in_cohort)
+        features = features.filter(pl.col("patient_key").is_in(clinical["patient_key"].to_list()))
+    return features, clinical, info
+
+
+def save_inputs(
+    home: Any,
+    spec: StudySpec,
+    features: pl.DataFrame,
+    clinical: pl.DataFrame,
+    prepared: dict[str, Any],
+) -> Path:
+    folder = study_dir(home, spec) / "inputs"
+    folder.mkdir(parents=True, exist_ok=True)
+    features.write_parquet(folder / "features.parquet")
+    clinical.write_parquet(folder / "clinical.parquet")
+    (folder / "prepared.json").write_text(
+        json.dumps(prepared, indent=2, sort_keys=True, default=str), encoding="utf-8"
+    )
+    return folder
+
+
+def load_inputs(home: Any, spec: StudySpec) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    folder = study_dir(home, spec) / "inputs"
+    if not (folder / "clinical.parquet").is_file():
+        raise FileNotFoundError(
+            f"{folder} has no inputs: materialize {spec.name}/study_splits first"
+        )
+    prepared = json.loads((folder / "prepared.json").read_text(encoding="utf-8"))
+    return (
+        pl.read_parquet(folder / "features.parquet"),
+        pl.read_parquet(folder / "clinical.parquet"),
+        prepared,
+    )
+
+
+def write_current(home: Any, spec: StudySpec, version: str) -> None:
+    path = study_dir(home, spec) / "current.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"model_version": version}), encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_current(home: Any, spec: StudySpec) -> tuple[str, Path]:
+    """(model version, its folder) of the last ``models`` run of the study."""
+    path = study_dir(home, spec) / "current.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{spec.name} has no trained version yet: materialize {spec.name}/models first"
+        )
+    version = json.loads(path.read_text(encoding="utf-8"))["model_version"]
+    return version, study_dir(home, spec) / version
+
+
+def survival_frame(
+    spec: StudySpec,
+    clinical: pl.DataFrame,
+    splits: pl.DataFrame,
+    predictions: pl.DataFrame | None = None,
+    best_model: str | None = None,
+) -> Any:
+    """One row per study patient for ``run_survival``: clinical columns, cohort, model outputs."""
+    frame = splits.select("patient_key", "cohort").join(
+        clinical.drop("center_id", strict=False), on="patient_key", how="left"
+    )
+    if predictions is not None and best_model is not None:
+        best = predictions.filter(pl.col("model") == best_model).select(
+            "patient_key",
+            pl.col("probability").alias("radiomics_probability"),
+            pl.col("predicted_label"),
+        )
+        frame = frame.join(best, on="patient_key", how="left")
+        if "combined" in set(predictions["model"].unique()):
+            combined = predictions.filter(pl.col("model") == "combined").select(
+                "patient_key",
+                pl.col("probability").alias("combined_probability"),
+                pl.col("predicted_label").alias("combined_predicted_label"),
+            )
+            frame = frame.join(combined, on="patient_key", how="left")
+    return frame.to_pandas()
+
+
+def load_study_result(home: Any, spec: StudySpec, version_dir: Path, splits: pl.DataFrame) -> Any:
+    """A ``StudyResult`` rebuilt from a version folder and the figures in ``reports/<study>/``."""
+    from assets.studies.combined import build_nomogram
+    from assets.studies.train import StudyResult, load_fitted
+
+    fitted, combined = load_fitted(version_dir)
+    summary = json.loads((version_dir / "summary.json").read_text(encoding="utf-8"))
+    hashes = json.loads((version_dir / "hashes.json").read_text(encoding="utf-8"))
+    report_dir = Path(home.reports_dir) / spec.name
+    figures = {p.stem: p for p in sorted(report_dir.glob("*.png"))}
+
+    def table(name: str) -> pl.DataFrame:
+        path = version_dir / f"{name}.parquet"
+        return pl.read_parquet(path) if path.is_file() else pl.DataFrame()
+
+    return StudyResult(
+        spec=spec,
+        model_version=version_dir.name,
+        code_version=hashes["code_version"],
+        data_hashes=hashes["data"],
+        splits=splits,
+        excluded=summary.get("excluded", {}),
+        fitted=fitted,
+        best_model=summary["best_model"],
+        best_model_rule=summary["best_model_rule"],
+        predictions=table("predictions"),
+        metrics=table("metrics"),
+        calibration_curves=table("calibration_curves"),
+        dca=table("decision_curves"),
+        explanations={},
+        top_features=table("top_features"),
+        combined=combined,
+        nomogram=build_nomogram(combined) if combined is not None else None,
+        figures=figures,
+        artifact_dir=version_dir,
+        warnings=summary.get("warnings", []),
+        notes=summary.get("notes", []),
+    )
