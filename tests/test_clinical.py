@@ -739,9 +739,8 @@ def test_dagster_assets_materialize_clinical_features_and_cohorts(lake_home):
     cohort = result.asset_materializations_for_node("gist_portal_venous")[0]
     assert cohort.metadata["patients"].value == 3
 
-    suites = Path(__file__).resolve().parents[1] / "assets" / "clinical" / "suites"
     for table in ("clinical", "clinical_history", "external_features"):
-        outcome = run_suite(table, home.read_table(table).to_pandas(), suites_dir=suites)
+        outcome = run_suite(table, home.read_table(table).to_pandas())
         assert outcome.success, [
             (o.expectation, o.kwargs, o.sample_values, o.error) for o in outcome.failed
         ]

@@ -1298,14 +1298,13 @@ def test_dagster_assets_materialize_portfolio(lake_home):
     assert figure.metadata["figure"].value.startswith("![funding trends](data:image/png;base64,")
 
 
-def test_gx_suite_drafts_pass_on_real_tables(portfolio_tables):
+def test_gx_suites_pass_on_real_tables(portfolio_tables):
     from quality.suites import run_suite
 
-    suites = REPO / "assets" / "portfolio" / "suites"
     for table, frame in portfolio_tables.items():
         nested = [n for n, t in frame.schema.items() if isinstance(t, pl.List)]
         plain = frame.with_columns(pl.col(c).list.join("; ") for c in nested).to_pandas()
-        outcome = run_suite(table, plain, suites_dir=suites)
+        outcome = run_suite(table, plain)
         assert outcome.success, [
             (o.expectation, o.kwargs, o.sample_values, o.error) for o in outcome.failed
         ]

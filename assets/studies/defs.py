@@ -36,7 +36,6 @@ from dagster_project.resources import LakeResource
 
 GROUP = "studies"
 KINDS = {"python", "parquet"}
-SUITES = Path(__file__).resolve().parents[2] / "quality" / "suites"
 
 
 def _n_jobs() -> int:
@@ -80,9 +79,7 @@ def _study_data(home: Lake, spec):
 
 
 def _checks(table: str, key: dg.AssetKey) -> list:
-    """The table's GX suite as a blocking check, when quality/suites/<table>.yaml exists."""
-    if not (SUITES / f"{table}.yaml").is_file():
-        return []
+    """The table's GX suite (quality/suites/<table>.yaml) as a blocking check on this study's asset."""
     from quality.checks import suite_check
 
     return [suite_check(table, asset=key)]
