@@ -7,9 +7,13 @@ out; a LAKE_HOME study of the same name wins). For a study ``<name>`` (group ``s
 - ``<name>/study_splits``: cohorts -> lake ``study_splits`` (part ``<name>``); excluded patients
   by reason and the case rule in the metadata
 - ``<name>/models``: tuned pipelines -> ``models/<name>/<version>/``; lake ``model_versions``
-  (part ``<name>-<version>``)
+  (part ``<name>-<version>``). Unchanged inputs give the same content-hashed version: when its
+  folder already holds a complete training run the pipelines are loaded, not refitted, the
+  original ``trained_at`` is kept (same data version) and the metadata says ``retrained: False``
 - ``<name>/model_metrics``: metrics with bootstrap and DeLong CIs, best model, combined model,
-  DeLong test -> lake ``model_metrics`` (part ``<name>-<version>``); ROC and nomogram PNGs
+  DeLong test -> lake ``model_metrics`` (part ``<name>-<version>``); ROC and nomogram PNGs;
+  check ``auc_drop_vs_previous_version`` (WARN, not blocking: the best model's external AUC fell
+  by more than ``auc_drop_warning`` since the previous version)
 - ``<name>/explanations``: SHAP / importances / coefficients, top features, PNGs
 - ``<name>/calibration``: curves, slope, intercept, Hosmer-Lemeshow -> lake ``model_metrics``
   (part ``<name>-<version>-calibration``); PNG
@@ -183,12 +187,27 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
                 "features": [len(m.selected_features) for m in trained.fitted.values()],
             }
         )
-        context.log.info(f"{name}: model version {trained.model_version} in {trained.version_dir}")
+        trained_at = trained.trained_at.isoformat() if trained.trained_at else None
+        if trained.retrained:
+            context.log.info(
+                f"{name}: retrained: True: fitted model version {trained.model_version} "
+                f"in {trained.version_dir}"
+            )
+        else:
+            context.log.info(
+                f"{name}: retrained: False: model version {trained.model_version} already complete "
+                f"in {trained.version_dir} (trained at {trained_at}): loaded, not refitted"
+            )
         return table_result(
             home,
             "model_versions",
             trained.model_versions_row,
-            {"model_version": trained.model_version, "artifact_path": str(trained.version_dir)},
+            {
+                "model_version": trained.model_version,
+                "artifact_path": str(trained.version_dir),
+                "retrained": trained.retrained,
+                "trained_at": trained_at,
+            },
             extra={"models": dg.MetadataValue.md(_markdown(summary))},
         )
 
@@ -355,7 +374,50 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
         )
 
     checks = _checks("model_versions", models.key) + _checks("model_metrics", model_metrics.key)
+    checks.append(_auc_drop_check(spec, model_metrics.key))
     return [models, model_metrics, explanations, calibration, decision_curves], checks
+
+
+def _auc_drop_check(spec, metrics_key: dg.AssetKey) -> dg.AssetChecksDefinition:
+    """WARN (not blocking): the best model's external AUC fell by more than ``auc_drop_warning``
+    from the previous model version to the current one (``assets.studies.history``)."""
+    name = spec.name
+
+    @dg.asset_check(
+        asset=metrics_key,
+        name="auc_drop_vs_previous_version",
+        blocking=False,
+        description=f"{name}: warns when the best model's external_validation AUC (each "
+        "external_validation* cohort) dropped by more than the study's auc_drop_warning from the "
+        "previous model version (by trained_at) to the current one.",
+    )
+    def auc_drop_check(
+        context: dg.AssetCheckExecutionContext, lake: LakeResource
+    ) -> dg.AssetCheckResult:
+        from assets.studies.history import auc_drop_outcome, previous_version
+        from assets.studies.store import read_current, version_best_model
+
+        home = lake.lake()
+        latest, _ = read_current(home, spec)
+        previous = previous_version(home.read_table("model_versions"), name, latest)
+        outcome = auc_drop_outcome(
+            home.read_table("model_metrics"),
+            study=name,
+            latest_version=latest,
+            latest_model=version_best_model(home, spec, latest),
+            previous_version=previous,
+            previous_model=version_best_model(home, spec, previous) if previous else None,
+            threshold=spec.auc_drop_warning,
+        )
+        (context.log.info if outcome.passed else context.log.warning)(f"{name}: {outcome.note}")
+        return dg.AssetCheckResult(
+            passed=outcome.passed,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=outcome.note,
+            metadata=outcome.metadata(),
+        )
+
+    return auc_drop_check
 
 
 def _survival_asset(spec, key, splits_key: dg.AssetKey):

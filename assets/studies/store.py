@@ -181,6 +181,14 @@ def read_current(home: Any, spec: StudySpec) -> tuple[str, Path]:
     return version, study_dir(home, spec) / version
 
 
+def version_best_model(home: Any, spec: StudySpec, version: str) -> str | None:
+    """The best model recorded in a version folder's ``summary.json`` (None when there is none)."""
+    path = study_dir(home, spec) / version / "summary.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get("best_model")
+
+
 def survival_frame(
     spec: StudySpec,
     clinical: pl.DataFrame,

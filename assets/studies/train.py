@@ -5,9 +5,12 @@ Stages (each usable alone; the Dagster layer persists what passes between them):
 1. ``prepare_study`` (asset ``study_splits``): ``assemble_study_data`` joins the wide features
    (``patient_key`` + numeric columns, from the shared pivot) to the clinical table and hashes
    both; ``split_patients`` assigns cohorts and counts exclusions by reason
-2. ``train_study`` (asset ``models``): ``fit_models`` tunes every pipeline on training only;
-   ``model_version`` names the run; pipelines, ``resolved.yaml`` and ``hashes.json`` are written
-   to ``models/<study>/<version>/``; the ``model_versions`` row
+2. ``train_study`` (asset ``models``): ``model_version`` names the run; when
+   ``models/<study>/<version>/`` already holds a complete training run (``complete.json``, written
+   last, see ``read_complete``) the pipelines are loaded instead of refitted and the original
+   ``trained_at`` is kept; otherwise ``fit_models`` tunes every pipeline on training only and the
+   pipelines, ``resolved.yaml``, ``hashes.json`` and then ``complete.json`` are written; the
+   ``model_versions`` row
 3. ``evaluate_study`` (asset ``model_metrics``): predictions per patient x model x cohort,
    tidy metrics with bootstrap and DeLong CIs, the best model by the study's rule, the combined
    model with its nomogram, DeLong test of combined vs best
@@ -21,9 +24,9 @@ benchmark). Versioning: ``model_version(resolved spec YAML, data hashes, code ve
 content hash, so the same data with the same seed and code gives the same version (and, as
 tested, identical metrics). ``out_dir`` is normally ``LAKE_HOME``: artifacts in
 ``models/<study>/<version>/`` (``<model>.joblib``, ``combined.joblib``, ``resolved.yaml``,
-``hashes.json``, ``metrics.parquet``, ``predictions.parquet``, ``calibration_curves.parquet``,
-``decision_curves.parquet``, ``top_features.parquet``, ``summary.json``), figures and
-``report.html`` in ``reports/<study>/``.
+``hashes.json``, ``complete.json``, ``metrics.parquet``, ``predictions.parquet``,
+``calibration_curves.parquet``, ``decision_curves.parquet``, ``top_features.parquet``,
+``summary.json``), figures and ``report.html`` in ``reports/<study>/``.
 """
 
 from __future__ import annotations
@@ -396,7 +399,11 @@ def train_inputs(data: StudyData, splits: pl.DataFrame) -> tuple[Any, np.ndarray
 
 @dataclass
 class TrainedStudy:
-    """Stage 2 (asset ``models``): the tuned pipelines and the version they are saved under."""
+    """Stage 2 (asset ``models``): the tuned pipelines and the version they are saved under.
+
+    ``retrained`` is False when the version folder already held a complete training run and the
+    pipelines were loaded from it instead of being fitted again.
+    """
 
     model_version: str
     code_version: str
@@ -404,6 +411,64 @@ class TrainedStudy:
     fitted: dict[str, Any]
     version_dir: Path
     model_versions_row: pl.DataFrame
+    retrained: bool = True
+    trained_at: datetime | None = None
+
+
+COMPLETE_MARKER = "complete.json"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_complete(version_dir: Path, spec: StudySpec, version: str) -> dict[str, Any] | None:
+    """The ``complete.json`` marker when ``version_dir`` holds a complete training run, else None.
+
+    ``train_study`` writes the marker last (atomically), after ``<model>.joblib`` for every model,
+    ``resolved.yaml`` and ``hashes.json``; it records each of those files' SHA-256. Complete means:
+    the marker parses and names this version and ``trained_at``, it lists a pipeline for every
+    model of the study, every listed file exists with its recorded SHA-256 (a file cut short or
+    replaced after the run does not count), and ``resolved.yaml`` is this study's resolved YAML.
+    A crash before the marker is written therefore never looks complete.
+    """
+    version_dir = Path(version_dir)
+    path = version_dir / COMPLETE_MARKER
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+        files = dict(marker["files"])
+        datetime.fromisoformat(marker["trained_at"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    needed = {f"{m}.joblib" for m in spec.models} | {"resolved.yaml", "hashes.json"}
+    if marker.get("model_version") != version or not needed <= set(files):
+        return None
+    for name, sha in files.items():
+        file = version_dir / name
+        if not file.is_file() or file_sha256(file) != sha:
+            return None
+    if (version_dir / "resolved.yaml").read_text(encoding="utf-8") != spec.resolved_yaml():
+        return None
+    return marker
+
+
+def _write_complete(
+    version_dir: Path, version: str, trained_at: datetime, files: list[Path]
+) -> None:
+    marker = {
+        "model_version": version,
+        "trained_at": trained_at.isoformat(),
+        "files": {p.name: file_sha256(p) for p in files},
+    }
+    tmp = version_dir / f".{COMPLETE_MARKER}.tmp"
+    tmp.write_text(json.dumps(marker, indent=2, sort_keys=True), encoding="utf-8")
+    tmp.replace(version_dir / COMPLETE_MARKER)
 
 
 def train_study(
@@ -415,19 +480,39 @@ def train_study(
     n_jobs: int = 1,
     code_version_override: str | None = None,
     trained_at: datetime | None = None,
+    reuse: bool = True,
 ) -> TrainedStudy:
-    """Fit every model on training; write the pipelines, resolved.yaml and hashes.json."""
+    """Fit every model on training; write the pipelines, resolved.yaml, hashes.json, complete.json.
+
+    With ``reuse`` (default) a version folder that already holds a complete training run
+    (``read_complete``) is not refitted: its pipelines are loaded and its original ``trained_at``
+    is kept (``trained_at`` given here is then ignored), so the ``model_versions`` row is the
+    same as the first time.
+    """
     from assets.studies.pipeline import fit_models
+
+    code = code_version_override or code_version()
+    version = model_version(spec.resolved_yaml(), data.data_hashes, code)
+    relative = Path("models") / spec.name / version
+    version_dir = Path(out_dir) / relative
+    marker = read_complete(version_dir, spec, version) if reuse else None
+    if marker is not None:
+        fitted, _ = load_fitted(version_dir, spec.models)
+        kept_at = datetime.fromisoformat(marker["trained_at"])
+        row = model_versions_row(
+            spec, version, code, data.data_hashes, fitted, relative.as_posix(), kept_at
+        )
+        return TrainedStudy(
+            version, code, data.data_hashes, fitted, version_dir, row, False, kept_at
+        )
 
     X_train, y_train = train_inputs(data, splits)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)  # joblib cache timing notes
         fitted = fit_models(spec, X_train, y_train, n_jobs=n_jobs)
-    code = code_version_override or code_version()
-    version = model_version(spec.resolved_yaml(), data.data_hashes, code)
-    relative = Path("models") / spec.name / version
-    version_dir = Path(out_dir) / relative
-    save_fitted(fitted, None, version_dir)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (version_dir / COMPLETE_MARKER).unlink(missing_ok=True)  # incomplete until written again
+    files = save_fitted(fitted, None, version_dir)
     (version_dir / "resolved.yaml").write_text(spec.resolved_yaml(), encoding="utf-8")
     hashes = {
         "data": data.data_hashes,
@@ -437,10 +522,17 @@ def train_study(
     (version_dir / "hashes.json").write_text(
         json.dumps(hashes, indent=2, sort_keys=True), encoding="utf-8"
     )
+    trained_at = trained_at or datetime.now(UTC)
+    _write_complete(
+        version_dir,
+        version,
+        trained_at,
+        [*files, version_dir / "resolved.yaml", version_dir / "hashes.json"],
+    )
     row = model_versions_row(
         spec, version, code, data.data_hashes, fitted, relative.as_posix(), trained_at
     )
-    return TrainedStudy(version, code, data.data_hashes, fitted, version_dir, row)
+    return TrainedStudy(version, code, data.data_hashes, fitted, version_dir, row, True, trained_at)
 
 
 @dataclass
@@ -653,15 +745,20 @@ def save_fitted(fitted: dict[str, Any], combined: Any | None, version_dir: Path)
     return paths
 
 
-def load_fitted(version_dir: Path) -> tuple[dict[str, Any], Any | None]:
-    """The fitted models (and combined model, if any) saved by ``save_fitted``."""
+def load_fitted(
+    version_dir: Path, models: tuple[str, ...] | list[str] | None = None
+) -> tuple[dict[str, Any], Any | None]:
+    """The fitted models (and combined model, if any) saved by ``save_fitted``.
+
+    ``models`` loads just those, in that order; by default every ``<model>.joblib`` of the folder.
+    """
     import joblib
 
-    fitted = {
-        p.stem: joblib.load(p)
-        for p in sorted(Path(version_dir).glob("*.joblib"))
-        if p.stem != "combined"
-    }
+    if models is None:
+        paths = [p for p in sorted(Path(version_dir).glob("*.joblib")) if p.stem != "combined"]
+    else:
+        paths = [Path(version_dir) / f"{m}.joblib" for m in models]
+    fitted = {p.stem: joblib.load(p) for p in paths}
     combined_path = Path(version_dir) / "combined.joblib"
     return fitted, joblib.load(combined_path) if combined_path.exists() else None
 

@@ -118,6 +118,23 @@ class Browser:
         missing = [n for n in needles if n not in text]
         raise AssertionError(f"page never showed {missing}; it shows: {text[:1500]!r}")
 
+    def click_text(self, label: str) -> int:
+        """Click the innermost element whose whole text is ``label``; returns how many matched."""
+        script = (
+            "(() => { const hits = Array.from(document.querySelectorAll('*')).filter("
+            f"e => e.children.length === 0 && e.textContent.trim() === {json.dumps(label)}); "
+            "if (hits.length) hits[0].click(); return hits.length; })()"
+        )
+        return int(self.evaluate(script) or 0)
+
+    def loaded_images(self, prefix: str = "data:image/png") -> int:
+        """Images whose source starts with ``prefix`` and that decoded (natural width > 0)."""
+        script = (
+            "Array.from(document.querySelectorAll('img')).filter("
+            f"i => i.src.startsWith({json.dumps(prefix)}) && i.naturalWidth > 0).length"
+        )
+        return int(self.evaluate(script) or 0)
+
     def count(self, selector: str) -> int:
         return int(self.evaluate(f"document.querySelectorAll({json.dumps(selector)}).length") or 0)
 
