@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql.set_defaults(func=cmd_sql)
 
     demo = sub.add_parser("demo-data", help="write a realistic demo landing zone into LAKE_HOME")
-    demo.add_argument("--patients", type=int, default=120)
+    demo.add_argument("--patients", type=int, default=200, help="default 200 (about 1-2 min to materialize)")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--centers", type=int, default=2)
     demo.add_argument("--force", action="store_true", help="write even if landing/ already has files")

@@ -621,7 +621,7 @@ def _series_folder(protocol: CenterProtocol, patient: DemoPatient, series: DemoS
 
 # --- the generator --------------------------------------------------------------------------------
 def generate_demo(
-    home: Path, patients: int = 120, seed: int = 7, centers: int = 2, force: bool = False
+    home: Path, patients: int = 200, seed: int = 7, centers: int = 2, force: bool = False
 ) -> dict[str, int]:
     """Write a deterministic demo landing zone into ``home/landing``; returns counts of what it wrote.
 

@@ -101,6 +101,10 @@ def study_assets(spec) -> tuple[list, list]:
         upstream.append(dg.AssetKey("radiomics_features"))
     if spec.features.external:
         upstream.append(dg.AssetKey("external_features"))
+    cohort_file = Path(spec.cohort_sql) if spec.cohort_sql else None
+    if cohort_file is not None and cohort_file.parent.name == "cohorts":
+        # lineage tables -> cohort -> study: the cohort's own asset (one per sql/cohorts file)
+        upstream.append(dg.AssetKey(cohort_file.stem))
 
     @dg.asset(
         key=key("study_splits"),
