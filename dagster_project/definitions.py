@@ -58,7 +58,14 @@ def build_definitions() -> dg.Definitions:
         jobs=[everything],
         schedules=[build_nightly_schedule()],
         sensors=[build_landing_sensor(set(_asset_keys(domains)))],
-        resources={"lake": LakeResource(), "extraction": ExtractionBackend()},
+        resources={
+            "lake": LakeResource(),
+            # RADLAKE_EXTRACTION=dask and RADLAKE_DASK_ADDRESS=tcp://scheduler:8786 run extraction on a cluster
+            "extraction": ExtractionBackend(
+                kind=os.environ.get("RADLAKE_EXTRACTION", "local"),
+                dask_address=os.environ.get("RADLAKE_DASK_ADDRESS", "local:2"),
+            ),
+        },
         executor=_executor(),
     )
     return dg.Definitions.merge(*domains, base)

@@ -215,7 +215,7 @@ def test_ui_shows_lineage_metadata_checks_and_schedule(webserver, browser, tmp_p
     shot = browser.screenshot(tmp_path / "lineage.png")
     assert shot.stat().st_size > 20_000
     if os.environ.get("UPDATE_SCREENSHOTS"):
-        shutil.copy(shot, REPO / "docs" / "lineage.png")
+        shutil.copy(shot, REPO / "docs" / "lineage_imaging.png")
     # a figure in an asset's metadata opens as an image (the PNG decodes in the browser)
     browser.open(f"{webserver}/assets/funding_trends_figure")
     browser.wait_for_text("funding_trends_figure", "[Show Markdown]")

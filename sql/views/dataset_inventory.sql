@@ -1,5 +1,5 @@
 -- The dataset table of a paper: series, cases and patients per center, modality, manufacturer and
--- slice thickness (rounded to 0.1 mm), with the slice counts and the acquisition period.
+-- slice thickness (rounded to 0.01 mm: 1.25 mm stays 1.25), with the slice counts and the acquisition period.
 -- A case counts where its image series is; cases without a series_id are not counted here.
 with series as (
     select
@@ -8,7 +8,7 @@ with series as (
         center_id,
         coalesce(modality, 'unknown') as modality,
         coalesce(nullif(trim(manufacturer), ''), 'unknown') as manufacturer,
-        round(slice_thickness_mm, 1) as slice_thickness_mm,
+        round(slice_thickness_mm, 2) as slice_thickness_mm,
         n_slices,
         acquired_on
     from imaging_series
