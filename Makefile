@@ -29,10 +29,13 @@ demo: install
 	else echo "landing zone in $(LAKE_HOME)/landing already has files: not generating demo data"; fi
 	$(BIN)/radlake materialize --select '*'
 	@echo
-	@echo "radlake demo is ready."
+	@echo "radlake demo is ready. Where to look:"
 	@$(BIN)/radlake paths
 	@echo
-	$(BIN)/radlake sql "select table_name, estimated_size as rows from duckdb_tables() union all select view_name, null from duckdb_views() where not internal order by 1" --max-rows 60
+	@echo "Example: $(BIN)/radlake sql \"select model, cohort, ... from model_metrics where metric = 'auc'\""
+	@$(BIN)/radlake sql "select study, model, cohort, printf('%.3f [%.3f-%.3f]', value, ci_low, ci_high) as auc_95ci from model_metrics where metric = 'auc' order by study, model, cohort" --max-rows 20
+	@echo "Reports: $(LAKE_HOME)/reports/ (open gist_mitotic_index/report.html)"
+	@echo "Lineage, metadata, checks, schedules: make ui  ->  http://127.0.0.1:3000"
 
 # The UI test drives Debian's headless Chromium; installed here when missing (needs root or sudo).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
