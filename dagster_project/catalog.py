@@ -38,7 +38,9 @@ def sql_files(sql_dir: Path = SQL_DIR, layers: tuple[str, ...] = SQL_LAYERS) -> 
         for path in sorted((sql_dir / layer).glob("*.sql")):
             name = path.stem
             if not _VIEW_NAME.match(name):
-                raise ValueError(f"{path}: SQL file names must be lowercase snake_case (view names)")
+                raise ValueError(
+                    f"{path}: SQL file names must be lowercase snake_case (view names)"
+                )
             if name in found:
                 raise ValueError(f"{path}: view name {name!r} already defined by {found[name]}")
             found[name] = path
@@ -111,7 +113,9 @@ def build_catalog(lake: Lake, sql_dir: Path = SQL_DIR) -> CatalogReport:
     return report
 
 
-def lake_connection(lake: Lake, sql_dir: Path = SQL_DIR, with_sql_views: bool = True) -> duckdb.DuckDBPyConnection:
+def lake_connection(
+    lake: Lake, sql_dir: Path = SQL_DIR, with_sql_views: bool = True
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB over the lake's current Parquet (for assets that run SQL): no catalog lock."""
     con = duckdb.connect(":memory:")
     create_views(con, lake, sql_dir, layers=SQL_LAYERS if with_sql_views else ())

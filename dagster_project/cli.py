@@ -39,7 +39,9 @@ def cmd_sql(args: argparse.Namespace) -> int:
     try:
         relation = con.sql(text)
         if relation is None:
-            return _fail("sql: the statement returned no rows (radlake sql is read-only: use SELECT)")
+            return _fail(
+                "sql: the statement returned no rows (radlake sql is read-only: use SELECT)"
+            )
         if args.csv:
             relation.write_csv(str(args.csv))
             print(f"wrote {relation.count('*').fetchall()[0][0]} rows to {args.csv}")
@@ -68,7 +70,13 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
     lake = Lake.at()
     try:
-        counts = generate_demo(lake.home, patients=args.patients, seed=args.seed, centers=args.centers, force=args.force)
+        counts = generate_demo(
+            lake.home,
+            patients=args.patients,
+            seed=args.seed,
+            centers=args.centers,
+            force=args.force,
+        )
     except FileExistsError as exc:
         return _fail(f"demo-data: {exc}")
     print(f"demo landing zone written to {lake.landing}")
@@ -94,7 +102,15 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     ensure_dagster_home(lake)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     dagster = Path(sys.executable).with_name("dagster")
-    command = [str(dagster), "asset", "materialize", "-m", "dagster_project.definitions", "--select", args.select]
+    command = [
+        str(dagster),
+        "asset",
+        "materialize",
+        "-m",
+        "dagster_project.definitions",
+        "--select",
+        args.select,
+    ]
     return subprocess.call(command)
 
 
@@ -105,7 +121,9 @@ def cmd_paths(args: argparse.Namespace) -> int:
     print(f"lake home      {lake.home}")
     print(f"landing zone   {lake.landing}")
     print(f"tables         {lake.lake_dir}  ({', '.join(lake.tables()) or 'none yet'})")
-    print(f"catalog        {lake.catalog_path}{'' if lake.catalog_path.exists() else '  (not built yet)'}")
+    print(
+        f"catalog        {lake.catalog_path}{'' if lake.catalog_path.exists() else '  (not built yet)'}"
+    )
     print(f"reports        {lake.reports_dir}")
     print(f"models         {lake.models_dir}")
     print(f"dagster home   {dagster_home(lake)}")
@@ -119,18 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sql = sub.add_parser("sql", help="read-only SQL on catalog.duckdb (a query or a .sql file)")
-    sql.add_argument("query", help='a SELECT, or a path to a .sql file (e.g. sql/portfolio/grants_per_year.sql)')
+    sql.add_argument(
+        "query", help="a SELECT, or a path to a .sql file (e.g. sql/portfolio/grants_per_year.sql)"
+    )
     out = sql.add_mutually_exclusive_group()
     out.add_argument("--csv", type=Path, help="write the result to this CSV file")
     out.add_argument("--parquet", type=Path, help="write the result to this Parquet file")
-    sql.add_argument("--max-rows", type=int, default=40, help="rows printed on the terminal (default 40)")
+    sql.add_argument(
+        "--max-rows", type=int, default=40, help="rows printed on the terminal (default 40)"
+    )
     sql.set_defaults(func=cmd_sql)
 
     demo = sub.add_parser("demo-data", help="write a realistic demo landing zone into LAKE_HOME")
-    demo.add_argument("--patients", type=int, default=200, help="default 200 (about 1-2 min to materialize)")
+    demo.add_argument(
+        "--patients", type=int, default=200, help="default 200 (about 1-2 min to materialize)"
+    )
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--centers", type=int, default=2)
-    demo.add_argument("--force", action="store_true", help="write even if landing/ already has files")
+    demo.add_argument(
+        "--force", action="store_true", help="write even if landing/ already has files"
+    )
     demo.set_defaults(func=cmd_demo_data)
 
     init = sub.add_parser("init", help="create LAKE_HOME folders and the shared DAGSTER_HOME")

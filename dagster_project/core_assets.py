@@ -1,11 +1,11 @@
 """Core assets: the quarantine table (every ingest's rejects) and the DuckDB catalog (the sink)."""
 
-
 from collections.abc import Sequence
 
 import dagster as dg
 
 from dagster_project.resources import LakeResource
+from dagster_project.sql_assets import markdown_table
 from quality.checks import suite_check
 
 INGEST_TAG = "radlake/layer"
@@ -37,11 +37,13 @@ def build_core_assets(upstream: Sequence[dg.AssetKey], ingest: Sequence[dg.Asset
             else pl.DataFrame(schema={"source": pl.String, "rule": pl.String, "len": pl.UInt32})
         )
         for row in by_rule.iter_rows(named=True):
-            context.log.warning(f"quarantine: {row['source']} rejected {row['len']} ({row['rule']})")
+            context.log.warning(
+                f"quarantine: {row['source']} rejected {row['len']} ({row['rule']})"
+            )
         return dg.MaterializeResult(
             metadata={
                 "rows": frame.height,
-                "by_source_and_rule": dg.MetadataValue.md(_markdown(by_rule)),
+                "by_source_and_rule": dg.MetadataValue.md(markdown_table(by_rule, rows=100)),
                 "path": dg.MetadataValue.path(str(home.table_dir(QUARANTINE_TABLE))),
             }
         )
@@ -69,13 +71,20 @@ def build_core_assets(upstream: Sequence[dg.AssetKey], ingest: Sequence[dg.Asset
             }
         )
 
-    @dg.asset_check(asset=catalog, name="all_views_created", description="Every sql/ file became a view.")
+    @dg.asset_check(
+        asset=catalog, name="all_views_created", description="Every sql/ file became a view."
+    )
     def catalog_views(lake: LakeResource) -> dg.AssetCheckResult:
         from dagster_project.catalog import open_catalog, sql_files
 
         expected = set(sql_files()) | set(lake.lake().tables())
         with open_catalog(lake.lake()) as con:
-            present = {row[0] for row in con.execute("select view_name from duckdb_views() where not internal").fetchall()}
+            present = {
+                row[0]
+                for row in con.execute(
+                    "select view_name from duckdb_views() where not internal"
+                ).fetchall()
+            }
         missing = sorted(expected - present)
         return dg.AssetCheckResult(
             passed=not missing,
@@ -84,11 +93,3 @@ def build_core_assets(upstream: Sequence[dg.AssetKey], ingest: Sequence[dg.Asset
         )
 
     return [quarantine, catalog, catalog_views, suite_check("quarantine")]
-
-
-def _markdown(frame) -> str:
-    if frame.height == 0:
-        return "nothing quarantined"
-    header = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns)
-    rows = "\n".join("| " + " | ".join(str(v) for v in row) + " |" for row in frame.iter_rows())
-    return f"{header}\n{rows}"

@@ -4,7 +4,6 @@ Domains live in ``assets/<domain>/defs.py`` (each exposes ``defs: dagster.Defini
 libraries are imported inside asset bodies so this module loads fast.
 """
 
-
 import importlib
 import importlib.util
 import os
@@ -33,7 +32,9 @@ def _asset_keys(definitions: list[dg.Definitions], layer: str | None = None) -> 
     for d in definitions:
         for item in d.assets or []:
             specs = item.specs if isinstance(item, dg.AssetsDefinition) else [item]
-            keys.extend(s.key for s in specs if layer is None or (s.tags or {}).get(INGEST_TAG) == layer)
+            keys.extend(
+                s.key for s in specs if layer is None or (s.tags or {}).get(INGEST_TAG) == layer
+            )
     return keys
 
 

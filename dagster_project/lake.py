@@ -109,7 +109,9 @@ class Lake:
         if not self.lake_dir.is_dir():
             return []
         return sorted(
-            p.name for p in self.lake_dir.iterdir() if p.is_dir() and _NAME.match(p.name) and any(p.glob("*.parquet"))
+            p.name
+            for p in self.lake_dir.iterdir()
+            if p.is_dir() and _NAME.match(p.name) and any(p.glob("*.parquet"))
         )
 
     def relative_to_landing(self, path: str | os.PathLike) -> str:
@@ -126,7 +128,9 @@ class Lake:
             stamp = datetime.fromtimestamp(target.stat().st_mtime, UTC).strftime("%Y%m%dT%H%M%S%fZ")
             dest = history / f"{stamp}.parquet"
             if not dest.exists():
-                os.link(target, dest) if _same_fs(target, history) else _copy_atomic(target, dest, self.tmp_dir)
+                os.link(target, dest) if _same_fs(target, history) else _copy_atomic(
+                    target, dest, self.tmp_dir
+                )
         _write_atomic(frame, target, self.tmp_dir)
         return target
 

@@ -78,7 +78,10 @@ def observe(
         new_state.seen[source] = current.digest
         if current.digest == state.triggered.get(source, EMPTY_DIGEST):
             continue  # nothing new since the last trigger (or still empty)
-        settled = state.seen.get(source) == current.digest and now_ns - current.newest_mtime_ns >= min_age_s * 1e9
+        settled = (
+            state.seen.get(source) == current.digest
+            and now_ns - current.newest_mtime_ns >= min_age_s * 1e9
+        )
         if not settled:
             waiting.append(source)
             continue

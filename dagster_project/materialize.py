@@ -19,7 +19,9 @@ def frame_version(frame: pl.DataFrame) -> str:
 
 
 def _schema(frame: pl.DataFrame) -> dg.TableSchema:
-    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])
+    return dg.TableSchema(
+        columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()]
+    )
 
 
 def _preview(frame: pl.DataFrame) -> str:
@@ -51,4 +53,6 @@ def table_result(
         elif value is not None:
             metadata[key] = dg.MetadataValue.json(value)
     metadata.update(extra or {})
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(frame_version(frame)))
+    return dg.MaterializeResult(
+        metadata=metadata, data_version=dg.DataVersion(frame_version(frame))
+    )

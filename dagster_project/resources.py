@@ -1,6 +1,5 @@
 """Dagster resources: the lake home (paths, pseudonymizer) and the extraction backend."""
 
-
 import dagster as dg
 
 from dagster_project.lake import Lake

@@ -46,7 +46,9 @@ def build_landing_sensor(known: set[dg.AssetKey]) -> dg.SensorDefinition:
         roots = {name: home / folder for name, (folder, _) in sources.items()}
         observation = observe(roots, WatchState.from_cursor(context.cursor))
         for source in observation.waiting:
-            context.log.info(f"{source}: files still being written (or just written), waiting a tick")
+            context.log.info(
+                f"{source}: files still being written (or just written), waiting a tick"
+            )
         selected = sorted({a for s in observation.changed for a in sources[s][1]})
         context.update_cursor(observation.state.to_cursor())
         if not selected:
@@ -54,7 +56,8 @@ def build_landing_sensor(known: set[dg.AssetKey]) -> dg.SensorDefinition:
         summary = "; ".join(f"{s} ({n} files)" for s, n in sorted(observation.changed.items()))
         context.log.info(f"changed: {summary}; materializing {', '.join(selected)}")
         return dg.RunRequest(
-            run_key="landing-" + hashlib.sha256(observation.state.to_cursor().encode()).hexdigest()[:16],
+            run_key="landing-"
+            + hashlib.sha256(observation.state.to_cursor().encode()).hexdigest()[:16],
             asset_selection=[dg.AssetKey(a) for a in selected],
             tags={"radlake/trigger": "landing_sensor", "radlake/changed": summary[:200]},
         )

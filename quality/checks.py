@@ -7,7 +7,6 @@
   (landed = ingested + quarantined + merged), and the quarantine table really holds what the asset said.
 """
 
-
 from collections.abc import Callable
 
 import dagster as dg
@@ -21,10 +20,16 @@ def _table_frame(lake: Lake, table: str):
     import polars as pl
 
     frame = lake.read_table(table)
-    nested = [name for name, dtype in frame.schema.items() if isinstance(dtype, (pl.List, pl.Struct, pl.Array))]
+    nested = [
+        name
+        for name, dtype in frame.schema.items()
+        if isinstance(dtype, (pl.List, pl.Struct, pl.Array))
+    ]
     if nested:
         frame = frame.with_columns(
-            pl.col(c).map_elements(lambda v: None if v is None else str(list(v)), return_dtype=pl.String)
+            pl.col(c).map_elements(
+                lambda v: None if v is None else str(list(v)), return_dtype=pl.String
+            )
             for c in nested
         )
     return frame.to_pandas()
@@ -40,7 +45,9 @@ def suite_check(table: str, asset: str | dg.AssetKey | None = None) -> dg.AssetC
         blocking=True,
         description=f"Great Expectations suite quality/suites/{table}.yaml on lake/{table}/ (blocking).",
     )
-    def _suite_check(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+    def _suite_check(
+        context: dg.AssetCheckExecutionContext, lake: LakeResource
+    ) -> dg.AssetCheckResult:
         from quality.suites import outcome_markdown, run_suite
 
         home = lake.lake()
@@ -101,15 +108,22 @@ def accounting_check(
         blocking=True,
         description="Every landed unit is ingested or quarantined: nothing dropped silently.",
     )
-    def _accounting(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+    def _accounting(
+        context: dg.AssetCheckExecutionContext, lake: LakeResource
+    ) -> dg.AssetCheckResult:
         from dagster_project.quarantine import read_quarantine
 
         event = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
         if event is None or event.asset_materialization is None:
-            return dg.AssetCheckResult(passed=False, metadata={"error": f"{asset} was never materialized"})
+            return dg.AssetCheckResult(
+                passed=False, metadata={"error": f"{asset} was never materialized"}
+            )
         metadata = dict(event.asset_materialization.metadata)
         home = lake.lake()
-        counts = {k: _metadata_number(metadata, k) or 0 for k in ("landed", "ingested", "quarantined", "merged")}
+        counts = {
+            k: _metadata_number(metadata, k) or 0
+            for k in ("landed", "ingested", "quarantined", "merged")
+        }
         landed = count_landed(home) if count_landed else counts["landed"]
         in_quarantine = read_quarantine(home, source).height
         balanced = landed == counts["ingested"] + counts["quarantined"] + counts["merged"]

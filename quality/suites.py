@@ -71,7 +71,7 @@ def load_suite(table: str, suites_dir: Path = SUITES_DIR) -> list[tuple[str, dic
     for index, entry in enumerate(entries, start=1):
         if not (isinstance(entry, dict) and len(entry) == 1):
             raise ValueError(f"{path}: expectation #{index} must be one mapping `type: {{kwargs}}`")
-        (name, kwargs), = entry.items()
+        ((name, kwargs),) = entry.items()
         if not name.startswith("expect_"):
             raise ValueError(f"{path}: expectation #{index} {name!r} is not a GX expectation type")
         pairs.append((name, dict(kwargs or {})))
@@ -131,7 +131,10 @@ def run_suite(table: str, frame, suites_dir: Path = SUITES_DIR) -> SuiteOutcome:
             continue
         suite.add_expectation(_gx_class(name)(**kwargs))
     if suite.expectations:
-        result = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_SIZE})
+        result = batch.validate(
+            suite,
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_SIZE},
+        )
         for res in result.results:
             config = res.expectation_config
             kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)}
@@ -146,7 +149,9 @@ def run_suite(table: str, frame, suites_dir: Path = SUITES_DIR) -> SuiteOutcome:
                     success=bool(res.success),
                     unexpected_count=info.get("unexpected_count"),
                     unexpected_percent=info.get("unexpected_percent"),
-                    sample_values=[_plain(v) for v in (info.get("partial_unexpected_list") or [])][:SAMPLE_SIZE],
+                    sample_values=[_plain(v) for v in (info.get("partial_unexpected_list") or [])][
+                        :SAMPLE_SIZE
+                    ],
                     observed_value=_plain(info.get("observed_value")),
                     error=error,
                 )
@@ -165,7 +170,15 @@ def outcome_markdown(outcome: SuiteOutcome) -> str:
     for o in sorted(outcome.outcomes, key=lambda o: o.success):
         args = ", ".join(f"{k}={v}" for k, v in o.kwargs.items())
         status = "passed" if o.success else f"FAILED{': ' + o.error if o.error else ''}"
-        unexpected = "" if o.unexpected_count is None else f"{o.unexpected_count} ({(o.unexpected_percent or 0):.1f}%)"
-        samples = ", ".join(repr(v) for v in o.sample_values) or ("" if o.observed_value is None else f"observed {o.observed_value!r}")
-        lines.append(f"| {o.expectation} | {args} | {status} | {unexpected} | {samples} |".replace("\n", " "))
+        unexpected = (
+            ""
+            if o.unexpected_count is None
+            else f"{o.unexpected_count} ({(o.unexpected_percent or 0):.1f}%)"
+        )
+        samples = ", ".join(repr(v) for v in o.sample_values) or (
+            "" if o.observed_value is None else f"observed {o.observed_value!r}"
+        )
+        lines.append(
+            f"| {o.expectation} | {args} | {status} | {unexpected} | {samples} |".replace("\n", " ")
+        )
     return "\n".join(lines)

@@ -24,8 +24,21 @@ def radlake(*args: str, home: Path, cwd: Path = REPO) -> subprocess.CompletedPro
 
 @pytest.fixture
 def small_lake(lake):
-    lake.write_table("clinical", pl.DataFrame({"patient_key": ["k1", "k2", "k3"], "center_id": ["C1", "C1", "C2"], "age": [61, 47, 70]}))
-    lake.write_part("quarantine", "clinical", pl.DataFrame({"source_path": ["clinical/a.csv"], "reason": ["missing_id: row 4"]}))
+    lake.write_table(
+        "clinical",
+        pl.DataFrame(
+            {
+                "patient_key": ["k1", "k2", "k3"],
+                "center_id": ["C1", "C1", "C2"],
+                "age": [61, 47, 70],
+            }
+        ),
+    )
+    lake.write_part(
+        "quarantine",
+        "clinical",
+        pl.DataFrame({"source_path": ["clinical/a.csv"], "reason": ["missing_id: row 4"]}),
+    )
     return lake
 
 
@@ -34,7 +47,12 @@ def test_catalog_has_a_view_per_table_and_sql_file(small_lake):
     assert {"clinical", "quarantine"} <= set(report.table_views)
     with open_catalog(small_lake) as con:
         assert con.execute("select count(*) from clinical").fetchall()[0][0] == 3
-        views = {r[0] for r in con.execute("select view_name from duckdb_views() where not internal").fetchall()}
+        views = {
+            r[0]
+            for r in con.execute(
+                "select view_name from duckdb_views() where not internal"
+            ).fetchall()
+        }
     assert {"clinical", "quarantine"} <= views
     # every shipped SQL file that only needs present tables became a view; the others are reported
     assert set(report.sql_views) | set(report.failed) == set(sql_files()) - set(report.table_views)
@@ -61,17 +79,25 @@ def test_lake_connection_reads_current_parquet_without_catalog(small_lake):
 
 def test_radlake_sql_query_file_and_outputs(small_lake, tmp_path):
     build_catalog(small_lake)
-    result = radlake("sql", "select center_id, count(*) n from clinical group by all order by 1", home=small_lake.home)
+    result = radlake(
+        "sql",
+        "select center_id, count(*) n from clinical group by all order by 1",
+        home=small_lake.home,
+    )
     assert result.returncode == 0, result.stderr
     assert "C1" in result.stdout and "C2" in result.stdout and "center_id" in result.stdout
     query = tmp_path / "by_center.sql"
-    query.write_text("select center_id, avg(age) as mean_age\nfrom clinical\ngroup by all\norder by 1;\n")
+    query.write_text(
+        "select center_id, avg(age) as mean_age\nfrom clinical\ngroup by all\norder by 1;\n"
+    )
     out_csv = tmp_path / "out.csv"
     result = radlake("sql", str(query), "--csv", str(out_csv), home=small_lake.home)
     assert result.returncode == 0, result.stderr
     assert pl.read_csv(out_csv)["mean_age"].to_list() == [54.0, 70.0]
     out_parquet = tmp_path / "out.parquet"
-    result = radlake("sql", "select * from quarantine", "--parquet", str(out_parquet), home=small_lake.home)
+    result = radlake(
+        "sql", "select * from quarantine", "--parquet", str(out_parquet), home=small_lake.home
+    )
     assert result.returncode == 0, result.stderr
     assert pl.read_parquet(out_parquet)["reason"].to_list() == ["missing_id: row 4"]
 

@@ -13,7 +13,16 @@ import sys
 from pathlib import Path
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
-HEAVY = ("great_expectations", "radiomics", "SimpleITK", "xgboost", "lifelines", "sklearn", "matplotlib", "highdicom")
+HEAVY = (
+    "great_expectations",
+    "radiomics",
+    "SimpleITK",
+    "xgboost",
+    "lifelines",
+    "sklearn",
+    "matplotlib",
+    "highdicom",
+)
 
 
 def graph_snapshot() -> dict:
@@ -48,7 +57,9 @@ def test_asset_graph_matches_snapshot():
     current = graph_snapshot()
     if os.environ.get("UPDATE_SNAPSHOTS") or not SNAPSHOT.exists():
         SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-    assert current == json.loads(SNAPSHOT.read_text()), "asset graph changed: review, then UPDATE_SNAPSHOTS=1"
+    assert current == json.loads(SNAPSHOT.read_text()), (
+        "asset graph changed: review, then UPDATE_SNAPSHOTS=1"
+    )
 
 
 def test_every_lake_table_asset_has_a_blocking_suite():
@@ -71,6 +82,11 @@ def test_code_location_does_not_import_heavy_libraries():
 
 def test_dg_check_defs_passes():
     dg_cli = Path(sys.executable).with_name("dg")
-    out = subprocess.run([str(dg_cli), "check", "defs"], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    out = subprocess.run(
+        [str(dg_cli), "check", "defs"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "All definitions loaded successfully" in out.stdout + out.stderr

@@ -24,19 +24,96 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DEMO_PATIENTS = 60
 CONTRACT_TABLES = {
-    "imaging_series": ["series_id", "patient_key", "center_id", "modality", "manufacturer", "slice_thickness_mm", "pixel_spacing_mm", "n_slices", "acquired_on", "source_path"],
-    "cases": ["case_id", "patient_key", "center_id", "series_id", "mask_source", "label", "image_sha256", "mask_sha256"],
-    "radiomics_features": ["case_id", "patient_key", "center_id", "feature", "value", "params_id", "extractor_version"],
+    "imaging_series": [
+        "series_id",
+        "patient_key",
+        "center_id",
+        "modality",
+        "manufacturer",
+        "slice_thickness_mm",
+        "pixel_spacing_mm",
+        "n_slices",
+        "acquired_on",
+        "source_path",
+    ],
+    "cases": [
+        "case_id",
+        "patient_key",
+        "center_id",
+        "series_id",
+        "mask_source",
+        "label",
+        "image_sha256",
+        "mask_sha256",
+    ],
+    "radiomics_features": [
+        "case_id",
+        "patient_key",
+        "center_id",
+        "feature",
+        "value",
+        "params_id",
+        "extractor_version",
+    ],
     "external_features": ["case_id", "patient_key", "feature_set", "feature", "value"],
     "clinical": ["patient_key", "center_id"],
-    "grants": ["grant_id", "source", "title", "pi", "institution", "region", "fund_type", "amount", "currency", "start_year", "discipline_code"],
-    "publications": ["pub_id", "title", "authors", "journal", "year", "abstract", "doi", "pmid", "source_files"],
+    "grants": [
+        "grant_id",
+        "source",
+        "title",
+        "pi",
+        "institution",
+        "region",
+        "fund_type",
+        "amount",
+        "currency",
+        "start_year",
+        "discipline_code",
+    ],
+    "publications": [
+        "pub_id",
+        "title",
+        "authors",
+        "journal",
+        "year",
+        "abstract",
+        "doi",
+        "pmid",
+        "source_files",
+    ],
     "publication_grants": ["pub_id", "grant_id"],
     "quarantine": ["source_path", "record", "target_table", "reason", "detected_at"],
     "study_splits": ["study", "patient_key", "cohort"],
-    "model_metrics": ["study", "model_version", "model", "cohort", "metric", "value", "ci_low", "ci_high"],
-    "survival_results": ["study", "model_version", "endpoint", "analysis", "term", "estimate", "ci_low", "ci_high", "p_value"],
-    "model_versions": ["study", "model_version", "trained_at", "data_version", "code_version", "params", "artifact_path"],
+    "model_metrics": [
+        "study",
+        "model_version",
+        "model",
+        "cohort",
+        "metric",
+        "value",
+        "ci_low",
+        "ci_high",
+    ],
+    "survival_results": [
+        "study",
+        "model_version",
+        "endpoint",
+        "analysis",
+        "term",
+        "estimate",
+        "ci_low",
+        "ci_high",
+        "p_value",
+    ],
+    "model_versions": [
+        "study",
+        "model_version",
+        "trained_at",
+        "data_version",
+        "code_version",
+        "params",
+        "artifact_path",
+    ],
 }
 
 
@@ -55,7 +132,11 @@ def _env(home: Path) -> dict[str, str]:
 def demo_lake(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("e2e") / "lakehouse"
     env = _env(home)
-    run = lambda *args: subprocess.run([str(BIN / "radlake"), *args], env=env, cwd=REPO, capture_output=True, text=True)  # noqa: E731
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        command = [str(BIN / "radlake"), *args]
+        return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+
     assert run("init").returncode == 0
     generated = run("demo-data", "--patients", str(DEMO_PATIENTS), "--seed", "11")
     assert generated.returncode == 0, generated.stderr
@@ -63,7 +144,9 @@ def demo_lake(tmp_path_factory) -> Path:
     study = yaml.safe_load((REPO / "assets/studies/demo/gist_mitotic_index.yaml").read_text())
     study["bootstrap"] = 200
     (home / "studies").mkdir(exist_ok=True)
-    (home / "studies" / "gist_mitotic_index.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    (home / "studies" / "gist_mitotic_index.yaml").write_text(
+        yaml.safe_dump(study, sort_keys=False)
+    )
     result = run("materialize", "--select", "*")
     (home / "materialize.log").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
@@ -78,12 +161,19 @@ def catalog(demo_lake):
 
 
 def test_every_contract_table_is_a_catalog_view_with_its_key_columns(catalog):
-    views = {r[0] for r in catalog.execute("select view_name from duckdb_views() where not internal").fetchall()}
+    views = {
+        r[0]
+        for r in catalog.execute(
+            "select view_name from duckdb_views() where not internal"
+        ).fetchall()
+    }
     for table, columns in CONTRACT_TABLES.items():
         assert table in views, f"no view {table}"
         present = {r[0] for r in catalog.execute(f"describe {table}").fetchall()}
         assert set(columns) <= present, f"{table} lacks {set(columns) - present}"
-        assert catalog.execute(f"select count(*) from {table}").fetchall()[0][0] > 0, f"{table} is empty"
+        assert catalog.execute(f"select count(*) from {table}").fetchall()[0][0] > 0, (
+            f"{table} is empty"
+        )
 
 
 def test_sql_views_cohorts_and_portfolio_run(catalog):
@@ -91,7 +181,9 @@ def test_sql_views_cohorts_and_portfolio_run(catalog):
 
     for name in sql_files():
         catalog.execute(f"select * from {name} limit 5").fetchall()
-    cohort = catalog.execute("select count(distinct patient_key) from gist_portal_venous").fetchall()[0][0]
+    cohort = catalog.execute(
+        "select count(distinct patient_key) from gist_portal_venous"
+    ).fetchall()[0][0]
     assert 0 < cohort <= DEMO_PATIENTS
 
 
@@ -102,7 +194,12 @@ def _demo_identifiers(home: Path) -> set[str]:
     found: set[str] = set()
     for path in sorted((home / "landing" / "imaging").rglob("*.dcm")):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        found |= {str(ds.PatientName), str(ds.PatientID), str(ds.get("AccessionNumber", "")), str(ds.get("PatientBirthDate", ""))}
+        found |= {
+            str(ds.PatientName),
+            str(ds.PatientID),
+            str(ds.get("AccessionNumber", "")),
+            str(ds.get("PatientBirthDate", "")),
+        }
         given = str(ds.PatientName).split("^")
         found |= {" ".join(given), "^".join(given)}
     with (home / "landing" / "clinical" / "clinical.csv").open(encoding="utf-8") as handle:
@@ -113,13 +210,23 @@ def _demo_identifiers(home: Path) -> set[str]:
 def test_no_patient_identifier_reaches_lake_catalog_reports_or_logs(demo_lake, catalog):
     identifiers = _demo_identifiers(demo_lake)
     assert len(identifiers) > DEMO_PATIENTS  # names, ids, accession numbers, birth dates
-    views = [r[0] for r in catalog.execute("select view_name from duckdb_views() where not internal").fetchall()]
+    views = [
+        r[0]
+        for r in catalog.execute(
+            "select view_name from duckdb_views() where not internal"
+        ).fetchall()
+    ]
     for view in views:
         rows = catalog.execute(f"select * from {view}").fetchall()
         text = "\n".join("\t".join(map(str, row)) for row in rows)
         leaked = sorted(i for i in identifiers if i in text)
         assert not leaked, f"view {view} shows identifiers {leaked[:3]}"
-    written = [demo_lake / "lake", demo_lake / "reports", demo_lake / "models", demo_lake / "dagster_home"]
+    written = [
+        demo_lake / "lake",
+        demo_lake / "reports",
+        demo_lake / "models",
+        demo_lake / "dagster_home",
+    ]
     # state/case_locators.json maps case_id -> the real landing paths (which may name patients,
     # like landing/ itself); it is private to the lake: owner-only and never in a table or view
     locators = demo_lake / "state" / "case_locators.json"
@@ -154,7 +261,9 @@ def test_every_check_passed_in_the_demo_run(demo_lake):
         graph = defs.resolve_asset_graph()
         failed = []
         for check_key in graph.asset_check_keys:
-            record = instance.event_log_storage.get_latest_asset_check_execution_by_key([check_key]).get(check_key)
+            record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+                [check_key]
+            ).get(check_key)
             assert record is not None, f"{check_key} never ran"
             evaluation = record.event.dagster_event.event_specific_data if record.event else None
             if evaluation is None or not evaluation.passed:
@@ -172,7 +281,15 @@ def _free_port() -> int:
 def webserver(demo_lake):
     port = _free_port()
     proc = subprocess.Popen(
-        [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        [
+            str(BIN / "dagster-webserver"),
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
         env=_env(demo_lake),
         cwd=REPO,
         stdout=subprocess.DEVNULL,

@@ -31,7 +31,9 @@ def test_lake_home_resolution_and_folders(tmp_path, monkeypatch):
 def test_write_table_replaces_and_keeps_history(lake):
     lake.write_table("clinical", pl.DataFrame({"patient_key": ["a"], "age": [50]}))
     time.sleep(0.01)
-    lake.write_table("clinical", pl.DataFrame({"patient_key": ["a"], "age": [51]}), keep_history=True)
+    lake.write_table(
+        "clinical", pl.DataFrame({"patient_key": ["a"], "age": [51]}), keep_history=True
+    )
     assert lake.read_table("clinical")["age"].to_list() == [51]
     (old,) = lake.history("clinical")
     assert pl.read_parquet(old)["age"].to_list() == [50]
@@ -66,7 +68,10 @@ def test_killed_writer_leaves_previous_version_readable(lake):
     """SIGKILL in the middle of a write: the old table stays intact and visible, nothing torn."""
     lake.write_table("big", pl.DataFrame({"c0": [1.0, 2.0]}))
     proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(lake.home)], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
+        [sys.executable, "-c", WRITER, str(lake.home)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.getcwd(),
     )
     assert proc.stdout.readline().strip() == "writing"
     deadline = time.time() + 60
@@ -101,8 +106,17 @@ def test_pseudonymizer_is_keyed_and_stable(tmp_path, monkeypatch):
 
 
 def test_quarantine_parts_are_replaced_per_source(lake):
-    write_quarantine(lake, "clinical", [Reject("clinical/a.csv", "clinical", "missing_id", "row 3 has no patient_id", "row 3")])
-    write_quarantine(lake, "grants", [Reject("portfolio/grants/g.csv", "grants", "negative_amount", "amount -5 < 0", "row 2")] * 2)
+    write_quarantine(
+        lake,
+        "clinical",
+        [Reject("clinical/a.csv", "clinical", "missing_id", "row 3 has no patient_id", "row 3")],
+    )
+    write_quarantine(
+        lake,
+        "grants",
+        [Reject("portfolio/grants/g.csv", "grants", "negative_amount", "amount -5 < 0", "row 2")]
+        * 2,
+    )
     assert read_quarantine(lake).height == 3
     write_quarantine(lake, "clinical", [])
     assert read_quarantine(lake, "clinical").height == 0

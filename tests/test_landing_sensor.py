@@ -20,7 +20,9 @@ def test_growing_file_waits_until_stable(tmp_path):
     data = roots["clinical"] / "outcomes.csv"
     data.write_text("patient_id,center_id\n")
     first = _tick(roots, WatchState())
-    assert first.changed == {} and first.waiting == ["clinical"]  # first sight: not known stable yet
+    assert first.changed == {} and first.waiting == [
+        "clinical"
+    ]  # first sight: not known stable yet
     with data.open("a") as handle:  # still being copied
         handle.write("P1,C1\n")
     second = _tick(roots, first.state)

@@ -45,21 +45,28 @@ def test_failing_suite_blocks_downstream(lake_home, reason):
     assets, checks = _definitions(reason)
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            [*assets, *checks], instance=instance, resources={"lake": LakeResource()}, raise_on_error=False
+            [*assets, *checks],
+            instance=instance,
+            resources={"lake": LakeResource()},
+            raise_on_error=False,
         )
         assert not result.success
         (evaluation,) = result.get_asset_check_evaluations()
         assert evaluation.check_name == "gx_suite" and not evaluation.passed
         failed = evaluation.metadata["failed_expectations"].value
-        key = "expect_column_values_to_not_be_null(column=reason)" if reason is None else (
-            "expect_column_value_lengths_to_be_between(column=reason, min_value=10)"
+        key = (
+            "expect_column_values_to_not_be_null(column=reason)"
+            if reason is None
+            else ("expect_column_value_lengths_to_be_between(column=reason, min_value=10)")
         )
         assert key in failed, failed
         assert failed[key]["unexpected_count"] == 1
         if reason:
             assert failed[key]["sample_values"] == ["short"]  # the UI shows the offending values
         assert "FAILED" in evaluation.metadata["report"].value
-        materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+        materialized = {
+            e.asset_key.to_user_string() for e in result.get_asset_materialization_events()
+        }
         assert materialized == {"quarantine"}
         assert instance.get_latest_materialization_event(dg.AssetKey("downstream")) is None
 
@@ -67,7 +74,9 @@ def test_failing_suite_blocks_downstream(lake_home, reason):
 def test_passing_suite_lets_downstream_run(lake_home):
     assets, checks = _definitions("missing_id: row 4 of clinical/outcomes.csv has no patient_id")
     with dg.instance_for_test() as instance:
-        result = dg.materialize([*assets, *checks], instance=instance, resources={"lake": LakeResource()})
+        result = dg.materialize(
+            [*assets, *checks], instance=instance, resources={"lake": LakeResource()}
+        )
         assert result.success
         (evaluation,) = result.get_asset_check_evaluations()
         assert evaluation.passed
@@ -77,13 +86,20 @@ def test_passing_suite_lets_downstream_run(lake_home):
 def test_accounting_check_catches_silent_drop(lake_home):
     @dg.asset(name="grants")
     def grants(lake: LakeResource) -> dg.MaterializeResult:
-        write_quarantine(lake.lake(), "grants", [Reject("portfolio/grants/a.csv", "grants", "no_id", "row 3 has no grant id", "row 3")])
+        write_quarantine(
+            lake.lake(),
+            "grants",
+            [Reject("portfolio/grants/a.csv", "grants", "no_id", "row 3 has no grant id", "row 3")],
+        )
         # 10 rows landed, 8 ingested, 1 quarantined: one row vanished
         return dg.MaterializeResult(metadata={"landed": 10, "ingested": 8, "quarantined": 1})
 
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            [grants, accounting_check("grants")], instance=instance, resources={"lake": LakeResource()}, raise_on_error=False
+            [grants, accounting_check("grants")],
+            instance=instance,
+            resources={"lake": LakeResource()},
+            raise_on_error=False,
         )
         (evaluation,) = result.get_asset_check_evaluations()
         assert not evaluation.passed

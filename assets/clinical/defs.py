@@ -9,22 +9,21 @@
   result's content hash, so studies downstream see when their cohort changed.
 """
 
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 
 from dagster_project.core_assets import INGEST_TAG
-from dagster_project.materialize import frame_version, table_result
+from dagster_project.materialize import table_result
 from dagster_project.quarantine import write_quarantine
 from dagster_project.resources import LakeResource
+from dagster_project.sql_assets import sql_file_asset
 from quality.checks import accounting_check, suite_check
 
 SQL_ROOT = Path(__file__).resolve().parents[2] / "sql"
 LAKE_TABLES = ("clinical", "cases", "imaging_series", "radiomics_features", "external_features")
 TABLES = ("clinical", "clinical_history", "external_features")
-PREVIEW_ROWS = 20
 
 
 @dg.multi_asset(
@@ -108,62 +107,9 @@ def external_features(
     return table_result(home, "external_features", table, stats)
 
 
-def _markdown(frame, rows: int = PREVIEW_ROWS) -> str:
-    if frame.height == 0:
-        return "no rows"
-    head = frame.head(rows)
-    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
-    for row in head.iter_rows():
-        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
-        lines.append("| " + " | ".join(c.replace("|", "/")[:40] for c in cells) + " |")
-    return "\n".join(lines)
-
-
-def _sql_deps(sql: str) -> list[str]:
-    return [t for t in LAKE_TABLES if re.search(rf"\b(?:from|join)\s+{t}\b", sql)]
-
-
-def _sql_description(sql: str) -> str:
-    lines = [line[2:].strip() for line in sql.splitlines() if line.startswith("--")]
-    return " ".join(lines) or "A cohort query."
-
-
-def _sql_asset(path: Path, group: str) -> dg.AssetsDefinition:
-    """An asset running one SQL file over the lake's current Parquet (never the catalog file)."""
-    sql = path.read_text(encoding="utf-8")
-
-    @dg.asset(
-        name=path.stem,
-        deps=_sql_deps(sql),
-        group_name=group,
-        kinds={"sql", "duckdb"},
-        description=_sql_description(sql),
-    )
-    def _query(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-        from dagster_project.catalog import lake_connection, read_select
-
-        con = lake_connection(lake.lake(), with_sql_views=False)
-        try:
-            frame = con.sql(read_select(path)).pl()
-        finally:
-            con.close()
-        metadata = {
-            "dagster/row_count": frame.height,
-            "result": dg.MetadataValue.md(_markdown(frame)),
-            "sql": dg.MetadataValue.path(str(path)),
-        }
-        if "patient_key" in frame.columns:
-            metadata["patients"] = frame.get_column("patient_key").n_unique()
-        return dg.MaterializeResult(
-            metadata=metadata, data_version=dg.DataVersion(frame_version(frame))
-        )
-
-    return _query
-
-
-SQL_ASSETS = [_sql_asset(p, "cohorts") for p in sorted((SQL_ROOT / "cohorts").glob("*.sql"))] + [
-    _sql_asset(SQL_ROOT / "views" / "dataset_inventory.sql", "clinical")
-]
+SQL_ASSETS = [
+    sql_file_asset(p, "cohorts", LAKE_TABLES) for p in sorted((SQL_ROOT / "cohorts").glob("*.sql"))
+] + [sql_file_asset(SQL_ROOT / "views" / "dataset_inventory.sql", "clinical", LAKE_TABLES)]
 
 defs = dg.Definitions(
     assets=[clinical, external_features, *SQL_ASSETS],

@@ -9,7 +9,6 @@
   the asset metadata.
 """
 
-import re
 from pathlib import Path
 
 import dagster as dg
@@ -18,23 +17,11 @@ from dagster_project.core_assets import INGEST_TAG
 from dagster_project.materialize import table_result
 from dagster_project.quarantine import write_quarantine
 from dagster_project.resources import LakeResource
+from dagster_project.sql_assets import sql_file_asset
 from quality.checks import accounting_check, suite_check
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql" / "portfolio"
 TABLES = ("grants", "publications", "publication_authors", "publication_grants")
-PREVIEW_ROWS = 20
-
-
-def _markdown(frame, rows: int = PREVIEW_ROWS) -> str:
-    """A markdown table of the first rows of a polars frame."""
-    if frame.height == 0:
-        return "no rows"
-    head = frame.head(rows)
-    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
-    for row in head.iter_rows():
-        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
-        lines.append("| " + " | ".join(c.replace("|", "/")[:60] for c in cells) + " |")
-    return "\n".join(lines)
 
 
 @dg.asset(
@@ -120,46 +107,7 @@ def publications(context: dg.AssetExecutionContext, lake: LakeResource):
         )
 
 
-def _sql_deps(sql: str) -> list[str]:
-    return [t for t in TABLES if re.search(rf"\b(?:from|join)\s+{t}\b", sql)]
-
-
-def _sql_description(sql: str) -> str:
-    lines = [line[2:].strip() for line in sql.splitlines() if line.startswith("--")]
-    return " ".join(lines) or "A portfolio query."
-
-
-def _sql_asset(path: Path) -> dg.AssetsDefinition:
-    """An asset running one sql/portfolio file over the lake (no catalog lock)."""
-    sql = path.read_text(encoding="utf-8")
-
-    @dg.asset(
-        name=path.stem,
-        deps=_sql_deps(sql),
-        group_name="portfolio",
-        kinds={"sql", "duckdb"},
-        description=_sql_description(sql),
-    )
-    def _query(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-        from dagster_project.catalog import lake_connection, read_select
-
-        con = lake_connection(lake.lake(), with_sql_views=False)
-        try:
-            frame = con.sql(read_select(path)).pl()
-        finally:
-            con.close()
-        return dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": frame.height,
-                "result": dg.MetadataValue.md(_markdown(frame)),
-                "sql": dg.MetadataValue.path(str(path)),
-            }
-        )
-
-    return _query
-
-
-SQL_ASSETS = [_sql_asset(path) for path in sorted(SQL_DIR.glob("*.sql"))]
+SQL_ASSETS = [sql_file_asset(path, "portfolio", TABLES) for path in sorted(SQL_DIR.glob("*.sql"))]
 
 
 @dg.asset(

@@ -30,6 +30,7 @@ parallel cross-validation fits.
 
 import base64
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -37,6 +38,7 @@ import dagster as dg
 from dagster_project.lake import Lake
 from dagster_project.materialize import table_result
 from dagster_project.resources import LakeResource
+from dagster_project.sql_assets import markdown_table
 
 GROUP = "studies"
 KINDS = {"python", "parquet"}
@@ -53,14 +55,8 @@ def _image(path: Path | None) -> str:
     return f"![{Path(path).stem}](data:image/png;base64,{data})"
 
 
-def _markdown(frame, rows: int = 60) -> str:
-    head = frame.head(rows)
-    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
-    for row in head.iter_rows():
-        lines.append(
-            "| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |"
-        )
-    return "\n".join(lines)
+def _table(frame) -> str:
+    return markdown_table(frame, rows=60)  # a study's tables (models x cohorts) run longer
 
 
 def _splits(home: Lake, name: str):
@@ -80,6 +76,21 @@ def _study_data(home: Lake, spec):
 
     features, clinical, prepared = load_inputs(home, spec)
     return assemble_study_data(spec, features, clinical), prepared
+
+
+@contextmanager
+def _fail_on_study_data_error(context: dg.AssetExecutionContext):
+    """A ``StudyDataError`` (data the study cannot use, e.g. too few patients of a class) fails
+    the asset with its message as the failure description, not only as a Python traceback."""
+    from assets.studies.split import StudyDataError
+
+    try:
+        yield
+    except StudyDataError as error:
+        context.log.error(str(error))
+        raise dg.Failure(
+            description=str(error), metadata={"error": dg.MetadataValue.text(str(error))}
+        ) from error
 
 
 def _checks(table: str, key: dg.AssetKey) -> list:
@@ -121,10 +132,11 @@ def study_assets(spec) -> tuple[list, list]:
 
         home = lake.lake()
         features, clinical, info = study_inputs(home, spec)
-        if spec.is_classification:
-            _, splits, excluded = prepare_study(spec, features, clinical)
-        else:
-            splits, excluded = split_patients(clinical.select("patient_key", "center_id"), spec)
+        with _fail_on_study_data_error(context):
+            if spec.is_classification:
+                _, splits, excluded = prepare_study(spec, features, clinical)
+            else:
+                splits, excluded = split_patients(clinical.select("patient_key", "center_id"), spec)
         if "not_in_cohort" in info:
             excluded = {"not_in_cohort": info["not_in_cohort"], **excluded}
         save_inputs(home, spec, features, clinical, {**info, "excluded": excluded})
@@ -142,7 +154,7 @@ def study_assets(spec) -> tuple[list, list]:
             "study_splits",
             splits,
             stats,
-            extra={"cohorts": dg.MetadataValue.md(_markdown(cohort_counts(splits)))},
+            extra={"cohorts": dg.MetadataValue.md(_table(cohort_counts(splits)))},
         )
 
     assets = [study_splits]
@@ -176,8 +188,11 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
         from assets.studies.train import train_study
 
         home = lake.lake()
-        data, _ = _study_data(home, spec)
-        trained = train_study(spec, data, _splits(home, name), home.home, n_jobs=_n_jobs())
+        with _fail_on_study_data_error(context):
+            data, _ = _study_data(home, spec)
+            trained = train_study(spec, data, _splits(home, name), home.home, n_jobs=_n_jobs())
+        for note in trained.notes:
+            context.log.warning(note)
         write_current(home, spec, trained.model_version)
         home.write_part(
             "model_versions", f"{name}-{trained.model_version}", trained.model_versions_row
@@ -211,8 +226,10 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
                 "artifact_path": str(trained.version_dir),
                 "retrained": trained.retrained,
                 "trained_at": trained_at,
+                "cv_folds": {m: getattr(f, "cv_folds", None) for m, f in trained.fitted.items()},
+                "notes": trained.notes,
             },
-            extra={"models": dg.MetadataValue.md(_markdown(summary))},
+            extra={"models": dg.MetadataValue.md(_table(summary))},
         )
 
     @dg.asset(
@@ -228,6 +245,7 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
     ) -> dg.MaterializeResult:
         import polars as pl
 
+        from assets.studies.pipeline import training_notes
         from assets.studies.report import METHODS_TEXT, discrimination_table
         from assets.studies.store import read_current
         from assets.studies.train import (
@@ -243,7 +261,8 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
         fitted, _ = load_fitted(version_dir)
         data, prepared = _study_data(home, spec)
         evaluation = evaluate_study(spec, data, _splits(home, name), fitted, version)
-        save_evaluation(version_dir, evaluation, prepared.get("excluded", {}), data.notes)
+        notes = [*data.notes, *training_notes(fitted)]
+        save_evaluation(version_dir, evaluation, prepared.get("excluded", {}), notes)
         report_dir = home.reports_dir / name
         roc = roc_png(report_dir, evaluation.predictions, evaluation.metrics)
         nomogram = (
@@ -269,9 +288,9 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
             },
             extra={
                 "ci_methods": dg.MetadataValue.md(METHODS_TEXT),
-                "auc": dg.MetadataValue.md(_markdown(auc)),
+                "auc": dg.MetadataValue.md(_table(auc)),
                 "delong_combined_vs_best": dg.MetadataValue.md(
-                    _markdown(
+                    _table(
                         comparison.select("model", "cohort", "metric", "value", "ci_low", "ci_high")
                     )
                 ),
@@ -313,7 +332,7 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
         return dg.MaterializeResult(
             metadata={
                 "model_version": version,
-                "top_features": dg.MetadataValue.md(_markdown(top.head(75))),
+                "top_features": dg.MetadataValue.md(_table(top.head(75))),
                 **extra,
             }
         )

@@ -51,7 +51,13 @@ class Browser:
             os.dup2(from_child_w, 4)
 
         self._proc = subprocess.Popen(
-            [executable, *FLAGS, f"--user-data-dir={self._profile}", "--remote-debugging-pipe", "about:blank"],
+            [
+                executable,
+                *FLAGS,
+                f"--user-data-dir={self._profile}",
+                "--remote-debugging-pipe",
+                "about:blank",
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -63,7 +69,9 @@ class Browser:
         self._buffer = b""
         self._next_id = 0
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
-        self._session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self._session = self.call("Target.attachToTarget", targetId=target, flatten=True)[
+            "sessionId"
+        ]
         self.call("Page.enable", session=True)
         self.call("Runtime.enable", session=True)
         self.call(
@@ -97,7 +105,9 @@ class Browser:
         raise TimeoutError(method)
 
     def evaluate(self, expression: str):
-        result = self.call("Runtime.evaluate", session=True, expression=expression, returnByValue=True)
+        result = self.call(
+            "Runtime.evaluate", session=True, expression=expression, returnByValue=True
+        )
         return result.get("result", {}).get("value")
 
     def open(self, url: str) -> None:
