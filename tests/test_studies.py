@@ -184,6 +184,8 @@ def test_shipped_demo_study_loads_with_defaults():
             ["non-empty list"],
         ),
         ({"case_rule": "biggest"}, "case_rule", ["largest_roi", "phase:<name>"]),
+        ({"cv_folds": 1}, "cv_folds", ["must be >= 2"]),
+        ({"cv_folds": 2.5}, "cv_folds", ["expected an integer"]),
     ],
 )
 def test_spec_errors_name_file_key_and_allowed(tmp_path, change, key, words):
@@ -568,16 +570,49 @@ def test_changing_validation_patients_changes_nothing_in_the_fitted_pipeline(
 
 
 # breast cancer: AUC equals plain scikit-learn ---------------------------------------------
-def test_breast_cancer_logistic_auc_equals_plain_sklearn(tmp_path):
+def _plain_sklearn_pipeline(k: int = 10):
+    """The study's univariate logistic pipeline from plain scikit-learn (+ a greedy |r| filter)."""
     from sklearn.base import BaseEstimator, TransformerMixin
-    from sklearn.datasets import load_breast_cancer
     from sklearn.feature_selection import SelectKBest, VarianceThreshold, f_classif
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
+
+    class GreedyCorrelationFilter(TransformerMixin, BaseEstimator):
+        """Independent re-implementation: keep a column unless |r| > t with an earlier kept one."""
+
+        def __init__(self, threshold=0.9):
+            self.threshold = threshold
+
+        def fit(self, X, y=None):
+            corr = pd.DataFrame(X).corr().abs().to_numpy()
+            kept: list[int] = []
+            for j in range(corr.shape[0]):
+                if all(corr[j, k] <= self.threshold for k in kept):
+                    kept.append(j)
+            self.kept_ = kept
+            return self
+
+        def transform(self, X):
+            return np.asarray(X)[:, self.kept_]
+
+    return Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="median")),
+            ("variance", VarianceThreshold(0.0)),
+            ("scale", StandardScaler()),
+            ("correlation", GreedyCorrelationFilter(0.9)),
+            ("select", SelectKBest(f_classif, k=k)),
+            ("model", LogisticRegression(max_iter=5000)),
+        ]
+    )
+
+
+def test_breast_cancer_logistic_auc_equals_plain_sklearn(tmp_path):
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
     from assets.studies.train import run_study
 
@@ -615,34 +650,7 @@ def test_breast_cancer_logistic_auc_equals_plain_sklearn(tmp_path):
         spec, features, clinical, tmp_path, code_version_override="test", write_report=False
     )
 
-    class GreedyCorrelationFilter(TransformerMixin, BaseEstimator):
-        """Independent re-implementation: keep a column unless |r| > t with an earlier kept one."""
-
-        def __init__(self, threshold=0.9):
-            self.threshold = threshold
-
-        def fit(self, X, y=None):
-            corr = pd.DataFrame(X).corr().abs().to_numpy()
-            kept: list[int] = []
-            for j in range(corr.shape[0]):
-                if all(corr[j, k] <= self.threshold for k in kept):
-                    kept.append(j)
-            self.kept_ = kept
-            return self
-
-        def transform(self, X):
-            return np.asarray(X)[:, self.kept_]
-
-    pipeline = Pipeline(
-        [
-            ("impute", SimpleImputer(strategy="median")),
-            ("variance", VarianceThreshold(0.0)),
-            ("scale", StandardScaler()),
-            ("correlation", GreedyCorrelationFilter(0.9)),
-            ("select", SelectKBest(f_classif, k=10)),
-            ("model", LogisticRegression(max_iter=5000)),
-        ]
-    )
+    pipeline = _plain_sklearn_pipeline(10)
     # the same split (from study_splits), patients in the same (patient_key) order
     splits = result.splits
     frame = X.assign(patient_key=keys, label=(1 - data.target).to_numpy()).set_index("patient_key")
@@ -663,6 +671,265 @@ def test_breast_cancer_logistic_auc_equals_plain_sklearn(tmp_path):
         expected = roc_auc_score(part["label"], search.predict_proba(part[X.columns])[:, 1])
         observed = metrics.filter(pl.col("cohort") == cohort)["value"][0]
         assert abs(observed - expected) <= 1e-9, (cohort, observed, expected)
+
+
+# small cohorts: fewer folds, or a clear error ----------------------------------------------
+PILOT_STUDY = {
+    "name": "pilot",
+    "label": "malignant",
+    "features": {"external": {"feature_set": "wdbc"}},
+    "split": {
+        "development_centers": ["C1"],
+        "internal_validation_fraction": 0.3,
+        "external_validation_centers": ["C2"],
+        "seed": 3,
+    },
+    "selection": {
+        "variance_min": 0.0,
+        "max_correlation": 0.9,
+        "method": "univariate",
+        "n_features": 5,
+    },
+    "models": ["logistic_regression", "svm"],
+    "bootstrap": 50,
+}
+
+
+def _pilot_cohort(development_positives: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """36 breast-cancer patients (the demo's size): 25 in C1 with ``development_positives``
+    malignant, 11 in C2 with 5 malignant."""
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer(as_frame=True)
+    malignant = 1 - data.target.to_numpy()
+    pos, neg = np.flatnonzero(malignant == 1), np.flatnonzero(malignant == 0)
+    rows = [*pos[:development_positives], *neg[: 25 - development_positives]]
+    rows += [*pos[50:55], *neg[50:56]]
+    keys = [f"bc{i:03d}" for i in rows]
+    features = pl.from_pandas(data.data.iloc[rows].reset_index(drop=True)).with_columns(
+        pl.Series("patient_key", keys)
+    )
+    clinical = pl.DataFrame(
+        {
+            "patient_key": keys,
+            "center_id": ["C1"] * 25 + ["C2"] * 11,
+            "malignant": malignant[rows].tolist(),
+        }
+    )
+    return features, clinical
+
+
+def test_small_cohort_trains_with_reduced_folds_equal_to_plain_sklearn(tmp_path, caplog):
+    """4 positives in training: 4-fold CV (noted, logged); the logistic AUCs and the SVM's nested
+    Platt calibration equal plain scikit-learn with the same folds."""
+    import json
+    import logging
+
+    from sklearn.base import clone
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
+    from sklearn.svm import SVC
+
+    from assets.studies.train import run_study
+
+    features, clinical = _pilot_cohort(6)
+    spec = parse_study(PILOT_STUDY, "pilot.yaml")
+    with caplog.at_level(logging.WARNING, logger="assets.studies.pipeline"):
+        result = run_study(
+            spec,
+            features,
+            clinical,
+            tmp_path,
+            code_version_override="test",
+            write_report=False,
+            figures=False,
+        )
+    splits = result.splits
+    train_keys = splits.filter(pl.col("cohort") == "train")["patient_key"].to_list()
+    frame = features.to_pandas().set_index("patient_key")
+    frame["label"] = dict(zip(clinical["patient_key"], clinical["malignant"], strict=True))
+    columns = [c for c in frame.columns if c != "label"]
+    train = frame.loc[train_keys]
+    assert (len(train), int(train["label"].sum())) == (17, 4)
+
+    note = "pilot: 5-fold CV reduced to 4-fold: the training cohort has 4 positives"
+    assert {m.cv_folds for m in result.fitted.values()} == {4}
+    assert [n for n in result.notes if n.startswith(note)] == [result.fitted["svm"].cv_note]
+    summary = json.loads((result.artifact_dir / "summary.json").read_text())
+    assert any(n.startswith(note) for n in summary["notes"])
+    assert note in caplog.text
+    params = json.loads(result.model_versions_row["params"][0])
+    assert params["models"]["logistic_regression"]["cv_folds"] == 4
+    assert params["spec"]["cv_folds"] == 5
+
+    # logistic regression: plain scikit-learn, StratifiedKFold(4) with the study seed
+    folds = StratifiedKFold(4, shuffle=True, random_state=3)
+    search = GridSearchCV(
+        _plain_sklearn_pipeline(5), {"model__C": [0.01, 0.1, 1.0]}, scoring="roc_auc", cv=folds
+    )
+    search.fit(train[columns], train["label"])
+    logistic = result.fitted["logistic_regression"]
+    assert logistic.best_params["C"] == search.best_params_["model__C"]
+    assert abs(logistic.cv_auc - search.best_score_) <= 1e-9
+    best = clone(search.estimator).set_params(**search.best_params_)
+    oof = cross_val_predict(best, train[columns], train["label"], cv=folds, method="predict_proba")
+    np.testing.assert_allclose(logistic.oof_probability, oof[:, 1], rtol=0, atol=1e-9)
+    auc = result.metrics.filter(
+        (pl.col("model") == "logistic_regression") & (pl.col("metric") == "auc")
+    )
+    for cohort in ("train", "internal_validation", "external_validation"):
+        part = frame.loc[splits.filter(pl.col("cohort") == cohort)["patient_key"].to_list()]
+        expected = roc_auc_score(part["label"], search.predict_proba(part[columns])[:, 1])
+        observed = auc.filter(pl.col("cohort") == cohort)["value"][0]
+        assert abs(observed - expected) <= 1e-9, (cohort, observed, expected)
+
+    # SVM (the model that crashed): each outer training fold holds 3 positives, so its Platt
+    # calibration is cross-validated with StratifiedKFold(3) there, StratifiedKFold(4) on all
+    svm = result.fitted["svm"]
+
+    def calibrated(n_splits: int):
+        model = SVC(kernel="rbf", C=svm.best_params["C"], gamma="scale")
+        inner = StratifiedKFold(n_splits, shuffle=True, random_state=3)
+        return _plain_sklearn_pipeline(5).set_params(
+            model=CalibratedClassifierCV(model, method="sigmoid", ensemble=False, cv=inner)
+        )
+
+    X_train, y_train = train[columns], train["label"].to_numpy()
+    expected_oof = np.empty(len(train))
+    for fit_rows, test_rows in folds.split(X_train, y_train):
+        assert y_train[fit_rows].sum() == 3
+        model = calibrated(3).fit(X_train.iloc[fit_rows], y_train[fit_rows])
+        expected_oof[test_rows] = model.predict_proba(X_train.iloc[test_rows])[:, 1]
+    np.testing.assert_allclose(svm.oof_probability, expected_oof, rtol=0, atol=1e-9)
+    external = frame.loc[
+        splits.filter(pl.col("cohort") == "external_validation")["patient_key"].to_list()
+    ]
+    np.testing.assert_allclose(
+        svm.predict_probability(external[columns]),
+        calibrated(4).fit(X_train, y_train).predict_proba(external[columns])[:, 1],
+        rtol=0,
+        atol=1e-9,
+    )
+
+
+def test_too_few_patients_of_a_class_is_a_clear_study_data_error(tmp_path):
+    from assets.studies.split import StudyDataError, split_patients
+    from assets.studies.train import prepare_study, run_study
+
+    spec = parse_study(PILOT_STUDY, "pilot.yaml")
+    # 2 malignant in C1: the stratified split works, the training cohort gets 1 of them
+    features, clinical = _pilot_cohort(2)
+    _, splits, _ = prepare_study(spec, features, clinical)
+    train = splits.filter(pl.col("cohort") == "train")
+    assert (train.height, train["label"].sum()) == (17, 1)
+    with pytest.raises(StudyDataError) as error:
+        run_study(spec, features, clinical, tmp_path, write_report=False, figures=False)
+    message = str(error.value)
+    assert isinstance(error.value, ValueError)
+    for words in (
+        "study pilot: the training cohort (development center(s) C1",
+        "has 16 patient(s) with malignant=0 and 1 with malignant=1",
+        "needs at least 2 patients of each class in training",
+        "add patients",
+        "more split.development_centers",
+        "split.internal_validation_fraction: 0",
+    ):
+        assert words in message, message
+    assert "Requesting" not in message and not (tmp_path / "models" / "pilot").exists()
+
+    # 3 malignant in C1 (2 in training): 2-fold CV for logistic regression, but the SVM's
+    # calibration inside each fold would see one positive: a clear error names svm
+    features, clinical = _pilot_cohort(3)
+    with pytest.raises(StudyDataError, match="remove svm from models") as error:
+        run_study(spec, features, clinical, tmp_path, write_report=False, figures=False)
+    assert "15 patient(s) with malignant=0 and 2 with malignant=1" in str(error.value)
+    assert "the svm model needs at least 3 of each class" in str(error.value)
+    logistic = parse_study({**PILOT_STUDY, "models": ["logistic_regression"]}, "pilot.yaml")
+    result = run_study(logistic, features, clinical, tmp_path, write_report=False, figures=False)
+    assert result.fitted["logistic_regression"].cv_folds == 2
+    assert any("5-fold CV reduced to 2-fold" in n for n in result.notes)
+
+    # 1 malignant in C1: no stratified split at all (not scikit-learn's error)
+    features, clinical = _pilot_cohort(1)
+    frame = clinical.rename({"malignant": "label"})
+    with pytest.raises(StudyDataError) as error:
+        split_patients(frame, spec)
+    for words in (
+        "study pilot: development center(s) C1 have 25 usable patient(s)",
+        "24 with malignant=0 and 1 with malignant=1",
+        "internal_validation_fraction: 0",
+    ):
+        assert words in str(error.value), str(error.value)
+    # without internal validation all 25 train: 1 positive is still too few to cross-validate
+    no_internal = parse_study(
+        {**PILOT_STUDY, "split": {**PILOT_STUDY["split"], "internal_validation_fraction": 0}},
+        "pilot.yaml",
+    )
+    with pytest.raises(StudyDataError, match="24 patient.s. with malignant=0 and 1 with") as error:
+        run_study(no_internal, features, clinical, tmp_path, write_report=False, figures=False)
+    assert "internal_validation_fraction: 0" not in str(error.value)
+
+
+def test_cv_folds_key_caps_the_folds():
+    from assets.studies.pipeline import training_cv
+
+    spec = parse_study(PILOT_STUDY, "pilot.yaml")
+    assert spec.cv_folds == 5 and "cv_folds: 5" in spec.resolved_yaml()
+    y = np.array([0] * 20 + [1] * 10)
+    assert (training_cv(spec, y).n_splits, training_cv(spec, y).note) == (5, None)
+    three = parse_study({**PILOT_STUDY, "cv_folds": 3}, "pilot.yaml")
+    assert (training_cv(three, y).n_splits, training_cv(three, y).note) == (3, None)
+    # fewer negatives than folds: the note says so
+    plan = training_cv(spec, 1 - np.array([0] * 20 + [1] * 4))
+    assert plan.n_splits == 4 and plan.counts == (4, 20)
+    assert plan.note.startswith(
+        "pilot: 5-fold CV reduced to 4-fold: the training cohort has 4 negatives"
+    )
+    with pytest.raises(StudySpecError, match="only allowed in a classification study"):
+        parse_study(
+            {
+                "name": "x",
+                "split": {"development_centers": ["C1"]},
+                "cv_folds": 3,
+                "survival": [{"endpoint": "os", "time": "t", "event": "e"}],
+            },
+            "x.yaml",
+        )
+
+
+def test_models_asset_fails_with_the_study_data_error(lake):
+    """A pilot cohort with one positive in training: the Dagster asset fails with the message."""
+    import dagster as dg
+
+    from assets.studies.defs import build_study_defs
+    from dagster_project.resources import LakeResource
+
+    features, clinical = _pilot_cohort(2)
+    long = (
+        features.unpivot(index="patient_key", variable_name="feature", value_name="value")
+        .join(clinical.select("patient_key", "center_id"), on="patient_key")
+        .with_columns(
+            pl.col("patient_key").alias("case_id"),
+            pl.lit("wdbc").alias("feature_set"),
+            pl.lit("features/wdbc.csv").alias("source_file"),
+        )
+    )
+    lake.write_table("external_features", long)
+    lake.write_table("clinical", clinical)
+    (lake.studies_dir / "pilot.yaml").write_text(yaml.safe_dump(PILOT_STUDY))
+    defs = build_study_defs(lake.studies_dir, include_demo=False)
+    wanted = {"pilot/study_splits", "pilot/models"}
+    assets = [a for a in defs.assets if a.key.to_user_string() in wanted]
+    run = dg.materialize(
+        assets, resources={"lake": LakeResource(home=str(lake.home))}, raise_on_error=False
+    )
+    assert not run.success
+    (failure,) = run.get_step_failure_events()
+    assert failure.step_key == "pilot__models"
+    description = failure.step_failure_data.user_failure_data.description
+    assert description.startswith("study pilot: the training cohort (development center(s) C1")
+    assert "1 with malignant=1" in description and "internal_validation_fraction: 0" in description
 
 
 # DeLong and bootstrap against a published worked example ----------------------------------

@@ -24,7 +24,11 @@ out; a LAKE_HOME study of the same name wins). For a study ``<name>`` (group ``s
 
 Metrics parts are per version, so ``model_metrics`` keeps every version. A YAML that does not
 validate becomes the asset ``<file stem>/invalid_study``, which fails with the error (file, key,
-what is allowed) instead of silently disappearing. ``RADLAKE_STUDY_JOBS`` (default 1) sets the
+what is allowed) instead of silently disappearing. Data a valid study cannot use (a
+``StudyDataError``, e.g. too few patients of a class for the split or the cross-validation) fails
+``study_splits`` / ``models`` with that message as the failure description; reduced
+cross-validation folds are logged as warnings and listed in the ``models`` metadata (``cv_folds``,
+``notes``). ``RADLAKE_STUDY_JOBS`` (default 1) sets the
 parallel cross-validation fits.
 """
 

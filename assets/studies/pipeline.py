@@ -14,12 +14,24 @@ Steps, all fitted on the training cohort only (they are inside the pipeline that
 
 Models: ``logistic_regression`` (L2, lbfgs), ``svm`` (RBF ``SVC``), ``random_forest``,
 ``decision_tree``, ``xgboost`` (``XGBClassifier``, ``tree_method="hist"``, ``n_jobs=1``, fixed
-``random_state``). Each is tuned by ``GridSearchCV`` (``StratifiedKFold(5, shuffle=True,
+``random_state``). Each is tuned by ``GridSearchCV`` (``StratifiedKFold(k, shuffle=True,
 random_state=seed)``, scoring ``roc_auc``) on training only, over small default grids
 (``DEFAULT_GRIDS``) that a study's ``grids:`` overrides per parameter. SVM probabilities: the SVC
 is tuned on its decision function (AUC is rank-based, so the tuning is the same), then the final
 step is ``CalibratedClassifierCV(SVC(best), method="sigmoid", ensemble=False)`` (Platt scaling on
 out-of-fold decision values; scikit-learn 1.9 deprecates ``SVC(probability=True)``).
+
+Folds (``training_cv``): k = min(study ``cv_folds`` (default 5), patients of the minority class in
+the training cohort), the same k for every cross-validation of training: tuning, out-of-fold
+probabilities, and the SVM's calibration. A stratified fold needs one patient of each class, so
+with fewer minority patients than ``cv_folds`` the folds are reduced (a warning and a note,
+``FittedModel.cv_note``, that reaches ``summary.json`` and the report) rather than failing; below
+2 (or a single class) training stops with a ``StudyDataError`` naming the study, the class counts,
+the development centers and the remedies. The SVM's calibration runs again inside every outer
+fold (for its out-of-fold probabilities) on a smaller minority class, so it splits with
+``CappedStratifiedKFold`` (k capped again by that fold's minority count) and the SVM needs at
+least 3 minority patients in training. The LASSO's inner CV (3 folds) is capped the same way
+(see ``transformers``).
 
 The decision threshold of each model is Youden's J on its out-of-fold training probabilities
 (``cross_val_predict`` on the same folds): apparent training probabilities of forests and boosted
@@ -29,6 +41,7 @@ trees are overfit and would put the threshold in the wrong place. Transformer fi
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +49,10 @@ from typing import Any
 import numpy as np
 
 from assets.studies.metrics import youden_threshold
-from assets.studies.spec import SelectionSpec, StudySpec, StudySpecError
+from assets.studies.spec import DEFAULT_CV_FOLDS, SelectionSpec, StudySpec, StudySpecError
+from assets.studies.split import StudyDataError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_GRIDS: dict[str, dict[str, list]] = {
     "logistic_regression": {"C": [0.01, 0.1, 1.0]},
@@ -45,7 +61,7 @@ DEFAULT_GRIDS: dict[str, dict[str, list]] = {
     "decision_tree": {"max_depth": [2, 3, 5], "min_samples_leaf": [10]},
     "xgboost": {"max_depth": [2, 3], "learning_rate": [0.05]},
 }
-CV_FOLDS = 5
+CV_FOLDS = DEFAULT_CV_FOLDS  # default of the study's cv_folds
 
 
 @dataclass
@@ -61,6 +77,8 @@ class FittedModel:
     oof_probability: np.ndarray
     selected_features: list[str] = field(default_factory=list)
     fit_seconds: float = 0.0
+    cv_folds: int = CV_FOLDS  # folds actually used (see training_cv)
+    cv_note: str | None = None  # why they are fewer than the study's cv_folds
 
     def predict_probability(self, X) -> np.ndarray:
         """Predicted probability of the positive class (label 1)."""
@@ -160,17 +178,88 @@ def param_grid(model: str, spec: StudySpec) -> dict[str, list]:
     return {f"model__{k}": list(v) for k, v in grid.items()}
 
 
-def cv_folds(y: np.ndarray, seed: int) -> Any:
-    """Stratified k-fold on training (k = 5, or fewer when the minority class is that small)."""
-    from sklearn.model_selection import StratifiedKFold
+@dataclass(frozen=True)
+class TrainingCV:
+    """The cross-validation of a training cohort: ``n_splits`` folds of ``configured``."""
 
-    n_splits = int(min(CV_FOLDS, np.bincount(np.asarray(y, dtype=int)).min()))
-    if n_splits < 2:
-        raise ValueError(
-            f"training cohort has {np.bincount(np.asarray(y, dtype=int)).tolist()} patients per "
-            "label: need at least 2 of each label for cross-validated tuning"
+    n_splits: int
+    configured: int
+    counts: tuple[int, int]  # training patients with label 0, with label 1
+    note: str | None = None
+
+    def splitter(self, seed: int) -> Any:
+        from sklearn.model_selection import StratifiedKFold
+
+        return StratifiedKFold(n_splits=self.n_splits, shuffle=True, random_state=seed)
+
+
+def training_cv(spec: StudySpec, y: np.ndarray) -> TrainingCV:
+    """k = min(``spec.cv_folds``, minority count of the training labels ``y``), or StudyDataError.
+
+    Raises ``StudyDataError`` when k < 2 (a single class, or one patient of a class), and when
+    the study has the SVM and fewer than 3 minority patients (its calibration is cross-validated
+    again inside each outer training fold, which then holds a single minority patient).
+    """
+    counts = np.bincount(np.asarray(y, dtype=int), minlength=2)[:2]
+    minority = int(counts.min())
+    needed = 3 if "svm" in spec.models else 2
+    if minority < needed:
+        raise StudyDataError(_too_small_message(spec, counts, needed))
+    n_splits = min(spec.cv_folds, minority)
+    note = None
+    if n_splits < spec.cv_folds:
+        which = "positives" if counts[1] <= counts[0] else "negatives"
+        value = 1 if which == "positives" else 0
+        note = (
+            f"{spec.name}: {spec.cv_folds}-fold CV reduced to {n_splits}-fold: the training cohort "
+            f"has {minority} {which} ({spec.label}={value}; {int(counts.sum())} patients), and a "
+            "stratified fold needs one of each class; tuning, out-of-fold thresholds and "
+            "cross-validated AUCs rest on these few patients"
         )
-    return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return TrainingCV(n_splits, spec.cv_folds, (int(counts[0]), int(counts[1])), note)
+
+
+def _too_small_message(spec: StudySpec, counts: np.ndarray, needed: int) -> str:
+    split = spec.split
+    aside = (
+        f", after setting aside internal_validation_fraction {split.internal_validation_fraction:g}"
+        if split.internal_validation_fraction > 0
+        else ""
+    )
+    cohort = (
+        f"study {spec.name}: the training cohort (development center(s) "
+        f"{', '.join(split.development_centers)}{aside}) has {counts[0]} patient(s) with "
+        f"{spec.label}=0 and {counts[1]} with {spec.label}=1"
+    )
+    remedies = [
+        "add patients (of the rarer class)",
+        "use a larger development cohort (more split.development_centers)",
+    ]
+    if counts.min() == 0:
+        reason = "only one class is present, so no model can be trained or cross-validated"
+    elif counts.min() < 2:
+        reason = (
+            "stratified cross-validation (tuning, out-of-fold probabilities) needs at least 2 "
+            "patients of each class in training"
+        )
+    else:
+        reason = (
+            f"the svm model needs at least {needed} of each class in training (its Platt "
+            "calibration is cross-validated again inside every cross-validation fold)"
+        )
+        remedies.insert(0, "remove svm from models")
+    if split.internal_validation_fraction > 0:
+        remedies.append(
+            "set split.internal_validation_fraction: 0 to train on every development patient "
+            "(the cross-validated AUC then picks the best model)"
+        )
+    return f"{cohort}: {reason}. To fix: {'; or '.join(remedies)}"
+
+
+def training_notes(fitted: dict[str, FittedModel]) -> list[str]:
+    """The notes of a training run (reduced folds), once each; old pickles have none."""
+    notes = [getattr(m, "cv_note", None) for m in fitted.values()]
+    return list(dict.fromkeys(n for n in notes if n))
 
 
 def fit_model(
@@ -181,10 +270,13 @@ def fit_model(
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.model_selection import GridSearchCV, cross_val_predict
 
+    from assets.studies.transformers import CappedStratifiedKFold
+
     started = time.perf_counter()
     y = np.asarray(y_train, dtype=int)
     seed = spec.split.seed
-    folds = cv_folds(y, seed)
+    plan = training_cv(spec, y)
+    folds = plan.splitter(seed)
     pipeline = build_pipeline(model, spec.selection, seed, memory=memory)
     search = GridSearchCV(
         pipeline,
@@ -199,10 +291,15 @@ def fit_model(
     best_index = int(search.best_index_)
     best = clone(pipeline).set_params(**search.best_params_)
     if model == "svm":
-        # Platt scaling of the tuned SVC on out-of-fold decision values (same folds, seeded)
+        # Platt scaling of the tuned SVC on out-of-fold decision values: on all of training the
+        # same folds as the tuning; inside an outer fold (cross_val_predict below) fewer when
+        # that fold's training part has fewer minority patients than plan.n_splits
         best.set_params(
             model=CalibratedClassifierCV(
-                best.named_steps["model"], method="sigmoid", ensemble=False, cv=folds
+                best.named_steps["model"],
+                method="sigmoid",
+                ensemble=False,
+                cv=CappedStratifiedKFold(plan.n_splits, random_state=seed),
             )
         )
     oof = cross_val_predict(best, X_train, y, cv=folds, method="predict_proba", n_jobs=n_jobs)[:, 1]
@@ -221,17 +318,26 @@ def fit_model(
         oof_probability=oof,
         selected_features=selected,
         fit_seconds=time.perf_counter() - started,
+        cv_folds=plan.n_splits,
+        cv_note=plan.note,
     )
 
 
 def fit_models(
     spec: StudySpec, X_train, y_train: np.ndarray, n_jobs: int = 1, cache_dir: str | None = None
 ) -> dict[str, FittedModel]:
-    """Fit every model of the study; the fold preprocessing is cached and shared between them."""
+    """Fit every model of the study; the fold preprocessing is cached and shared between them.
+
+    Checks the training cohort first (``training_cv``: a ``StudyDataError`` before any fit) and
+    logs a warning when the folds are reduced.
+    """
     import tempfile
 
     from joblib import Memory
 
+    plan = training_cv(spec, np.asarray(y_train, dtype=int))
+    if plan.note:
+        log.warning(plan.note)
     with tempfile.TemporaryDirectory(prefix="radlake-study-cache-", dir=cache_dir) as tmp:
         memory = Memory(location=tmp, verbose=0)
         fitted = {m: fit_model(m, spec, X_train, y_train, memory, n_jobs) for m in spec.models}

@@ -18,14 +18,27 @@ wrong type is a ``StudySpecError`` whose message names the file, the key (dotted
   or ``phase:<name>``, applied by the shared pivot ``assets.clinical.pivot``)
 - ``grids``: per-model overrides of the default tuning grids, e.g. ``{xgboost: {max_depth: [2, 3]}}``
   (parameter names of the estimator; checked against it when the pipeline is built)
-- ``auc_drop_warning``: optional AUC drop (training -> validation) that triggers a warning
+- ``cv_folds``: folds of the stratified cross-validation on the training cohort (integer >= 2,
+  default 5); it is used for every cross-validation of training (``GridSearchCV`` tuning, the
+  out-of-fold training probabilities behind the thresholds and the combined model, the SVM's
+  Platt calibration). It is an upper bound: with fewer patients of the minority class in training
+  the folds are reduced to that count, with a note (``assets.studies.pipeline.training_cv``);
+  below 2 training stops with a ``StudyDataError``
+- ``auc_drop_warning``: optional AUC drop that triggers a warning, used in two places: (1) by
+  ``assets.studies.train.auc_drop_warnings``, a validation cohort whose AUC is more than this
+  below the apparent training AUC of the best model (run warnings, ``summary.json``); (2) by the
+  non-blocking Dagster asset check ``auc_drop_vs_previous_version``
+  (``assets.studies.history.auc_drop_outcome``): the best model's external-validation AUC
+  (each ``external_validation*`` cohort) dropping by more than this from the previous model
+  version to the latest one. Without it there are no such warnings (the check passes with a
+  note)
 
 Survival entries (``survival:`` list; consumed by ``assets.studies.survival``) are
 ``SurvivalSpec`` dataclasses with exactly the fields ``endpoint, time, event, groups, cox_terms,
 times, cutoff, reference_levels, agreement``; ``cutoff`` is a ``CutoffSpec(method, variable)``
 (method ``maxstat`` or ``median``), ``agreement`` an ``AgreementSpec(score, readers)``,
 ``reference_levels`` a ``{term: level}`` mapping. A survival-only study leaves out ``label``,
-``features``, ``selection`` and ``models``.
+``features``, ``selection``, ``models``, ``grids``, ``best_model`` and ``cv_folds``.
 """
 
 from __future__ import annotations
@@ -44,6 +57,8 @@ BEST_MODEL_METRICS = ("auc", "brier", "accuracy", "sensitivity", "specificity", 
 BEST_MODEL_COHORTS = ("internal_validation", "cv", "train", "external_validation")
 CUTOFF_METHODS = ("maxstat", "median")
 CASE_RULES = ("largest_roi", "first", "phase:<name>")
+DEFAULT_CV_FOLDS = 5
+CLASSIFICATION_ONLY_KEYS = ("selection", "models", "grids", "best_model", "cv_folds")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -167,6 +182,7 @@ class StudySpec:
     best_model: BestModelRule = field(default_factory=BestModelRule)
     auc_drop_warning: float | None = None
     survival: tuple[SurvivalSpec, ...] = ()
+    cv_folds: int = DEFAULT_CV_FOLDS
 
     @property
     def is_classification(self) -> bool:
@@ -177,7 +193,7 @@ class StudySpec:
         data = _plain(asdict(self))
         data.pop("source")
         if not self.is_classification:
-            for key in ("selection", "models", "grids", "best_model"):
+            for key in CLASSIFICATION_ONLY_KEYS:
                 data.pop(key)
         return data
 
@@ -230,6 +246,7 @@ _TOP_KEYS = {
     "bootstrap": "number of bootstrap resamples",
     "best_model": "{metric, cohort}",
     "auc_drop_warning": "AUC drop that triggers a warning",
+    "cv_folds": "folds of the stratified cross-validation on training (integer >= 2)",
     "survival": "list of survival analyses",
 }
 
@@ -257,7 +274,7 @@ def parse_study(data: Any, source: str = "<study>") -> StudySpec:
             "a study with a label needs features.radiomics and/or features.external",
         )
     if label is None:
-        for key in ("selection", "models", "grids", "best_model"):
+        for key in CLASSIFICATION_ONLY_KEYS:
             if key in top:
                 raise StudySpecError(
                     source, key, "only allowed in a classification study (set label)"
@@ -269,6 +286,7 @@ def parse_study(data: Any, source: str = "<study>") -> StudySpec:
     models = _models(top.get("models"), source) if label is not None else ()
     grids = _grids(top.get("grids"), source, models)
     bootstrap = _int(top.get("bootstrap", 1000), source, "bootstrap", minimum=0)
+    cv_folds = _int(top.get("cv_folds", DEFAULT_CV_FOLDS), source, "cv_folds", minimum=2)
     drop = top.get("auc_drop_warning")
     return StudySpec(
         name=name,
@@ -289,6 +307,7 @@ def parse_study(data: Any, source: str = "<study>") -> StudySpec:
         if drop is None
         else _float(drop, source, "auc_drop_warning", low=0.0, high=1.0),
         survival=survival,
+        cv_folds=cv_folds,
     )
 
 

@@ -8,6 +8,16 @@ centers are kept whole. Patients are excluded, and counted by reason, never sile
 - ``no_label``: the label is missing (classification studies)
 - ``no_features``: no feature row (``has_features`` false)
 - ``center_not_in_study``: the center is neither a development nor an external center
+
+Small cohorts: a stratified split needs at least 2 patients of each class among the development
+patients (one for each cohort) and at least 2 patients in each cohort; otherwise
+``split_patients`` raises a ``StudyDataError`` naming the study, the centers, the class counts
+and the remedies (more patients, a larger development cohort,
+``internal_validation_fraction: 0``) instead of scikit-learn's error. There is deliberately no fallback to an unstratified split:
+with a single patient of a class, one of the two cohorts has no patient of that class, so its AUC
+is undefined (internal validation) or no model can be cross-validated on it (training), and a
+random split would only hide that. (The training cohort's own minimum, 2 of each class for the
+cross-validation, is checked when the models are fitted: ``pipeline.training_cv``.)
 """
 
 from __future__ import annotations
@@ -94,11 +104,24 @@ def split_patients(frame: pl.DataFrame, spec: StudySpec) -> tuple[pl.DataFrame, 
             n_test = int(np.ceil(split.internal_validation_fraction * len(keys)))
             if counts.min() < 2 or n_test < 2 or len(keys) - n_test < 2:
                 raise StudyDataError(
-                    f"study {spec.name}: development centers {list(split.development_centers)} have "
-                    f"{counts[0]} patients with {spec.label}=0 and {counts[1]} with {spec.label}=1; a "
-                    f"stratified {split.internal_validation_fraction:g} split needs at least 2 of each "
-                    "in both cohorts (add patients or set internal_validation_fraction: 0)"
+                    f"study {spec.name}: development center(s) "
+                    f"{', '.join(split.development_centers)} have {len(keys)} usable patient(s), "
+                    f"{counts[0]} with {spec.label}=0 and {counts[1]} with {spec.label}=1; a "
+                    f"stratified split with internal_validation_fraction "
+                    f"{split.internal_validation_fraction:g} (train {len(keys) - n_test}, "
+                    f"internal validation {n_test}) needs at least 2 patients of each class and 2 "
+                    "patients in each cohort. To fix: add patients (of the rarer class); or use a "
+                    "larger development cohort (more split.development_centers); or set "
+                    "split.internal_validation_fraction: 0 (every development patient trains, "
+                    "the cross-validated AUC picks the best model)"
                 )
+        elif len(keys) - int(np.ceil(split.internal_validation_fraction * len(keys))) < 1:
+            raise StudyDataError(
+                f"study {spec.name}: development center(s) {', '.join(split.development_centers)} "
+                f"have {len(keys)} usable patient(s): too few for an internal_validation_fraction "
+                f"{split.internal_validation_fraction:g} split (add patients or set "
+                "split.internal_validation_fraction: 0)"
+            )
         _, test_index = train_test_split(
             np.arange(len(keys)),
             test_size=split.internal_validation_fraction,

@@ -402,7 +402,9 @@ class TrainedStudy:
     """Stage 2 (asset ``models``): the tuned pipelines and the version they are saved under.
 
     ``retrained`` is False when the version folder already held a complete training run and the
-    pipelines were loaded from it instead of being fitted again.
+    pipelines were loaded from it instead of being fitted again. ``notes``: how the training
+    deviated from the study as written (cross-validation folds reduced for a small cohort, see
+    ``pipeline.training_cv``); they go to ``summary.json`` and the report with the data notes.
     """
 
     model_version: str
@@ -413,6 +415,7 @@ class TrainedStudy:
     model_versions_row: pl.DataFrame
     retrained: bool = True
     trained_at: datetime | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 COMPLETE_MARKER = "complete.json"
@@ -489,7 +492,7 @@ def train_study(
     is kept (``trained_at`` given here is then ignored), so the ``model_versions`` row is the
     same as the first time.
     """
-    from assets.studies.pipeline import fit_models
+    from assets.studies.pipeline import fit_models, training_notes
 
     code = code_version_override or code_version()
     version = model_version(spec.resolved_yaml(), data.data_hashes, code)
@@ -503,7 +506,15 @@ def train_study(
             spec, version, code, data.data_hashes, fitted, relative.as_posix(), kept_at
         )
         return TrainedStudy(
-            version, code, data.data_hashes, fitted, version_dir, row, False, kept_at
+            version,
+            code,
+            data.data_hashes,
+            fitted,
+            version_dir,
+            row,
+            False,
+            kept_at,
+            training_notes(fitted),
         )
 
     X_train, y_train = train_inputs(data, splits)
@@ -532,7 +543,17 @@ def train_study(
     row = model_versions_row(
         spec, version, code, data.data_hashes, fitted, relative.as_posix(), trained_at
     )
-    return TrainedStudy(version, code, data.data_hashes, fitted, version_dir, row, True, trained_at)
+    return TrainedStudy(
+        version,
+        code,
+        data.data_hashes,
+        fitted,
+        version_dir,
+        row,
+        True,
+        trained_at,
+        training_notes(fitted),
+    )
 
 
 @dataclass
@@ -699,7 +720,7 @@ def run_study(
         artifact_dir=trained.version_dir,
         model_versions_row=trained.model_versions_row,
         warnings=evaluation.warnings,
-        notes=data.notes,
+        notes=[*data.notes, *trained.notes],
     )
     save_results(result, trained.version_dir)
     report_dir = out_dir / "reports" / spec.name
@@ -844,6 +865,7 @@ def model_versions_row(
                 "best_params": _jsonable(m.best_params),
                 "threshold": m.threshold,
                 "cv_auc": m.cv_auc,
+                "cv_folds": getattr(m, "cv_folds", None),
                 "selected_features": m.selected_features,
             }
             for name, m in fitted.items()

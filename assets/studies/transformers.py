@@ -23,6 +23,15 @@ All steps are fitted on the training cohort only (they live inside the ``Pipelin
   first the most relevant, then repeatedly the feature maximising relevance - redundancy.
 - ``UnivariateSelector(k)``: the ``k`` features with the largest ANOVA F (``f_classif``), exactly
   ``SelectKBest(f_classif, k)`` but with ``k`` capped at the features that reach the step.
+
+The LASSO's inner CV uses at most as many folds as the minority class of the data it is fitted on
+has patients (``cv_splits_``); inside a cross-validation fold of a tiny cohort that may be fewer
+than 2, and then no CV is possible and the largest candidate C (weakest penalty) is used
+(``cv_splits_ = 0``). ``CappedStratifiedKFold`` is the splitter of nested cross-validations (the
+SVM's Platt calibration re-run inside every outer fold): ``StratifiedKFold(k, shuffle=True)``
+with ``k = min(max_splits, minority count of the labels it splits)``, so a training fold of a
+small cohort gets fewer inner folds instead of a scikit-learn error; on a set whose minority
+count is >= ``max_splits`` it gives exactly ``StratifiedKFold(max_splits)``'s folds.
 """
 
 from __future__ import annotations
@@ -33,6 +42,42 @@ from sklearn.feature_selection import SelectorMixin, f_classif, mutual_info_clas
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+
+def minority_count(y, cap: int | None = None) -> int:
+    """Patients of the smaller of the two classes in ``y`` (0 with a single class), at most ``cap``."""
+    counts = np.unique(np.asarray(y), return_counts=True)[1]
+    count = int(counts.min()) if len(counts) >= 2 else 0
+    return count if cap is None else min(int(cap), count)
+
+
+class CappedStratifiedKFold:
+    """Shuffled, seeded ``StratifiedKFold`` with k = min(``max_splits``, minority count of ``y``).
+
+    No ``n_splits`` attribute on purpose: ``CalibratedClassifierCV`` would compare it with the
+    class counts of the (smaller) outer training fold before splitting.
+    """
+
+    def __init__(self, max_splits: int = 5, random_state: int | None = 0):
+        self.max_splits = max_splits
+        self.random_state = random_state
+
+    def get_n_splits(self, X=None, y=None, groups=None) -> int:
+        return self.max_splits if y is None else minority_count(y, self.max_splits)
+
+    def split(self, X, y, groups=None):
+        n_splits = minority_count(y, self.max_splits)
+        if n_splits < 2:
+            raise ValueError(
+                f"stratified cross-validation needs at least 2 patients of each class, got "
+                f"class counts {np.unique(np.asarray(y), return_counts=True)[1].tolist()}"
+            )
+        folds = StratifiedKFold(n_splits, shuffle=True, random_state=self.random_state)
+        yield from folds.split(X, y)
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"{name}(max_splits={self.max_splits}, random_state={self.random_state})"
 
 
 def _abs_correlation(X: np.ndarray) -> np.ndarray:
@@ -103,7 +148,8 @@ class LassoSelector(SelectorMixin, BaseEstimator):
     def _choose_c(self, X: np.ndarray, y: np.ndarray) -> float:
         cs = self.candidate_cs(X, y)
         self.cs_ = cs
-        n_splits = int(min(self.cv, np.bincount(y).min()))
+        n_splits = minority_count(y, self.cv)
+        self.cv_splits_ = n_splits if n_splits >= 2 else 0
         if n_splits < 2:
             return float(cs[-1])
         folds = StratifiedKFold(n_splits, shuffle=True, random_state=self.random_state)
