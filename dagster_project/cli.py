@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -100,18 +101,20 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
     lake = Lake.at()
     ensure_dagster_home(lake)
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    dagster = Path(sys.executable).with_name("dagster")
+    env = {**os.environ, "LAKE_HOME": str(lake.home), "GX_ANALYTICS_ENABLED": "false"}
+    # INFO on the console: progress, warnings and check results, not every engine event
+    log_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
+    dg_cli = Path(sys.executable).with_name("dg")
     command = [
-        str(dagster),
-        "asset",
-        "materialize",
-        "-m",
-        "dagster_project.definitions",
-        "--select",
+        str(dg_cli),
+        "launch",
+        "--assets",
         args.select,
+        "--config-json",
+        json.dumps(log_config),
     ]
-    return subprocess.call(command)
+    # dg finds the code location from the project's pyproject.toml
+    return subprocess.call(command, env=env, cwd=Path(__file__).resolve().parents[1])
 
 
 def cmd_paths(args: argparse.Namespace) -> int:
@@ -164,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mat = sub.add_parser("materialize", help="materialize assets with the shared DAGSTER_HOME")
     mat.add_argument("--select", default="*", help="Dagster asset selection (default: everything)")
+    mat.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     mat.set_defaults(func=cmd_materialize)
 
     paths = sub.add_parser("paths", help="where the lake, catalog, reports and Dagster home are")
