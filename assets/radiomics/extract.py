@@ -100,8 +100,17 @@ def extract_case(
         if name.startswith(DIAGNOSTICS_PREFIX):
             diagnostics[name] = str(value)
         else:
-            features.append((name, float(value)))
+            features.append((name, _real(value)))
     return features, diagnostics
+
+
+def _real(value) -> float:
+    """A feature value as float. pyradiomics occasionally returns a complex number whose imaginary
+    part is rounding noise (e.g. 1-2.6e-17j); keep its real part, and NaN for a truly complex one."""
+    number = complex(value)
+    if number.imag == 0 or abs(number.imag) <= 1e-9 * max(1.0, abs(number.real)):
+        return float(number.real)
+    return float("nan")
 
 
 @dataclass
