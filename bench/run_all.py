@@ -31,25 +31,31 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], bool]] = {
     "code_location": ("bench_code_location.py", ["--repeat", "3"], ["--repeat", "5"], False),
     "dicom_scan": (
         "bench_dicom_scan.py",
-        ["--patients", "60", "--clinical-files", "300", "--compressed-files", "100"],
+        ["--patients", "120", "--clinical-files", "300", "--compressed-files", "100"],
         ["--patients", "120", "--clinical-files", "500", "--compressed-files", "200"],
         True,
     ),
     "extraction": (
         "bench_extraction.py",
-        ["--source", "demo", "--cases", "40", "--jobs", "2"],
+        ["--source", "demo", "--cases", "100", "--jobs", "2"],
         ["--source", "demo", "--cases", "300", "--jobs", "2"],
+        True,
+    ),
+    "extraction_pyradiomics": (
+        "bench_extraction.py",
+        ["--source", "pyradiomics", "--cases", "20", "--jobs", "2"],
+        ["--source", "pyradiomics", "--cases", "100", "--jobs", "2"],
         True,
     ),
     "dask_scaleout": (
         "bench_dask_scaleout.py",
-        ["--patients", "60"],
+        ["--patients", "120"],
         ["--patients", "120", "--repeat", "3"],
         True,
     ),
     "pivot": (
         "bench_pivot.py",
-        ["--cases", "2000", "--features", "1300"],
+        ["--cases", "10000", "--features", "1300"],
         ["--cases", "10000", "--features", "1300"],
         True,
     ),
@@ -117,9 +123,9 @@ def headline(name: str, result: dict[str, Any]) -> str:
                         f"(evicted {modes['scan_imaging, evicted']['x_full_read']}x)"
                     )
             return "; ".join(parts) + " [goal >= 10x]"
-        if name == "extraction":
+        if name.startswith("extraction"):
             return (
-                f"{result['cases']} cases: lake/CLI {result['ratio_lake_over_cli']:.3f} "
+                f"{result['cases']} {result['source']} cases: lake/CLI {result['ratio_lake_over_cli']:.3f} "
                 f"[<= 1.05], re-run/cold {result['rerun_fraction_of_cold']:.3f} [<= 0.02]"
             )
         if name == "dask_scaleout":
