@@ -35,13 +35,16 @@ def _table_frame(lake: Lake, table: str):
     return frame.to_pandas()
 
 
-def suite_check(table: str, asset: str | dg.AssetKey | None = None) -> dg.AssetChecksDefinition:
-    """A blocking asset check running the table's GX suite (asset key defaults to the table name)."""
+def suite_check(
+    table: str, asset: str | dg.AssetKey | None = None, name: str = "gx_suite"
+) -> dg.AssetChecksDefinition:
+    """A blocking asset check running the table's GX suite (asset key defaults to the table name;
+    a side table written by another table's asset gets its own check ``name`` on that asset)."""
     asset_key = dg.AssetKey(asset) if isinstance(asset, str) else (asset or dg.AssetKey(table))
 
     @dg.asset_check(
         asset=asset_key,
-        name="gx_suite",
+        name=name,
         blocking=True,
         description=f"Great Expectations suite quality/suites/{table}.yaml on lake/{table}/ (blocking).",
     )

@@ -93,5 +93,12 @@ def radiomics_features(
 
 defs = dg.Definitions(
     assets=[radiomics_features],
-    asset_checks=[suite_check("radiomics_features"), accounting_check("radiomics_features")],
+    asset_checks=[
+        suite_check("radiomics_features"),
+        # pyradiomics' diagnostics_* are written by the same asset into their own table
+        suite_check(
+            "radiomics_diagnostics", asset="radiomics_features", name="gx_suite_diagnostics"
+        ),
+        accounting_check("radiomics_features"),
+    ],
 )
