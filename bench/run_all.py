@@ -5,8 +5,8 @@ Its JSON result lands in ``bench/results/<name>.json`` (git-ignored); for the tw
 a ``--json`` option (code location, study) the summary is parsed from their output. Every
 result file gets the date, the machine, the wall time and the load average before and after.
 
-Sizes: ``--profile quick`` (default; about 15 minutes on 2 cores) or ``--profile full`` (the
-sizes of each issue's goal, used for bench/README.md; about 1.5 hours on 2 cores).
+Sizes: ``--profile quick`` (default; about 12 minutes on 2 cores) or ``--profile full`` (the
+sizes of each issue's goal, used for bench/README.md; about 30 minutes on 2 cores).
 
     .venv/bin/python bench/run_all.py                       # quick
     .venv/bin/python bench/run_all.py --only dicom_scan,dask_scaleout
