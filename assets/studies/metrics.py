@@ -469,49 +469,24 @@ def comparison_table(
         y = a["label"].to_numpy().astype(int)
         test = delong_test(y, a["probability"].to_numpy(), b["probability"].to_numpy(), level)
         n, n_pos = len(y), int(y.sum())
-        rows.append(
-            _row(
-                study,
-                model_version,
-                name,
-                cohort,
-                "auc_difference",
-                test["difference"],
-                test["ci_low"],
-                test["ci_high"],
-                "delong_paired",
-                n,
-                n_pos,
+        for metric, value, low, high in (
+            ("auc_difference", test["difference"], test["ci_low"], test["ci_high"]),
+            ("delong_z", test["z"], None, None),
+            ("delong_p", test["p_value"], None, None),
+        ):
+            rows.append(
+                _row(
+                    study,
+                    model_version,
+                    name,
+                    cohort,
+                    metric,
+                    value,
+                    low,
+                    high,
+                    "delong_paired",
+                    n,
+                    n_pos,
+                )
             )
-        )
-        rows.append(
-            _row(
-                study,
-                model_version,
-                name,
-                cohort,
-                "delong_z",
-                test["z"],
-                None,
-                None,
-                "delong_paired",
-                n,
-                n_pos,
-            )
-        )
-        rows.append(
-            _row(
-                study,
-                model_version,
-                name,
-                cohort,
-                "delong_p",
-                test["p_value"],
-                None,
-                None,
-                "delong_paired",
-                n,
-                n_pos,
-            )
-        )
     return pl.DataFrame(rows, schema=METRICS_SCHEMA)

@@ -334,28 +334,32 @@ def roc_png(report_dir: Path, predictions: pl.DataFrame, metrics: pl.DataFrame) 
     return save(roc_figure(predictions, metrics, _cohorts_of(predictions)), report_dir / "roc.png")
 
 
+def _per_cohort_png(
+    plot, table: pl.DataFrame, predictions: pl.DataFrame, path: Path
+) -> Path | None:
+    """One panel per cohort (in the predictions' cohort order) of a tidy table with a cohort column."""
+    from assets.studies.plots import cohort_figure, save
+
+    if table.is_empty():
+        return None
+    frames = {c: table.filter(pl.col("cohort") == c) for c, _ in _cohorts_of(predictions)}
+    return save(cohort_figure(plot, frames), path)
+
+
 def calibration_png(
     report_dir: Path, predictions: pl.DataFrame, curves: pl.DataFrame
 ) -> Path | None:
     from assets.studies.calibration import plot_calibration
-    from assets.studies.plots import cohort_figure, save
 
-    if curves.is_empty():
-        return None
-    frames = {c: curves.filter(pl.col("cohort") == c) for c, _ in _cohorts_of(predictions)}
-    return save(cohort_figure(plot_calibration, frames), report_dir / "calibration.png")
+    return _per_cohort_png(plot_calibration, curves, predictions, report_dir / "calibration.png")
 
 
 def decision_curve_png(
     report_dir: Path, predictions: pl.DataFrame, dca: pl.DataFrame
 ) -> Path | None:
     from assets.studies.calibration import plot_decision_curve
-    from assets.studies.plots import cohort_figure, save
 
-    if dca.is_empty():
-        return None
-    frames = {c: dca.filter(pl.col("cohort") == c) for c, _ in _cohorts_of(predictions)}
-    return save(cohort_figure(plot_decision_curve, frames), report_dir / "decision_curve.png")
+    return _per_cohort_png(plot_decision_curve, dca, predictions, report_dir / "decision_curve.png")
 
 
 def explanation_pngs(report_dir: Path, explanations: dict[str, Any]) -> dict[str, Path]:
