@@ -16,11 +16,15 @@ Measured on each, in this process (imports done before timing), every mode ``--r
 interleaved, median reported:
 
 - ``scan_imaging``: radlake's scanner (``assets.imaging.dicom_scan.scan_imaging``) on the landing
-  zone with an empty index (every header is read): walking, cases.csv, header reads,
+  zone with an empty index (every header is read): walking, cases.csv, header reads (in worker
+  processes, one per core, when there are enough files: ``header_worker.default_workers``),
   pseudonymization, path scrubbing, series grouping and slice ordering;
+- ``scan_imaging, 1 process``: the same with ``workers=0`` (every header read in this process);
 - ``scan_imaging re-run``: the same with the previous run's file index (nothing changed);
-- ``read_header``: the per-file header read the scanner does (``assets.imaging.io.read_header``:
-  4 KB sniff + ``dcmread(stop_before_pixels=True, specific_tags=...)``);
+- ``header read (dicom_header)``: the scanner's per-file reader
+  (``assets.imaging.dicom_header.read_header_values``: struct-level walk of the element stream);
+- ``read_header (pydicom)``: the pydicom path it falls back to for files it does not handle
+  (``assets.imaging.io.read_header``: ``dcmread(stop_before_pixels=True, specific_tags=...)``);
 - ``dcmread header``: plain ``pydicom.dcmread(path, stop_before_pixels=True)`` (all tags);
 - ``full read``: ``pydicom.dcmread(path)`` + ``.pixel_array`` of every file (the obvious way).
 
@@ -96,7 +100,9 @@ def make_clinical(
 def measure(name: str, landing: Path, files: list[Path], times: int) -> dict:
     import pydicom
 
-    from assets.imaging.dicom_scan import _SCAN_TAGS, scan_imaging
+    from assets.imaging.dicom_header import read_header_values
+    from assets.imaging.dicom_scan import scan_imaging
+    from assets.imaging.header_worker import SCAN_TAGS, default_workers
     from assets.imaging.io import read_header
     from dagster_project.pseudonym import Pseudonymizer
 
@@ -110,7 +116,11 @@ def measure(name: str, landing: Path, files: list[Path], times: int) -> dict:
 
     def header():
         for path in files:
-            read_header(path, [*_SCAN_TAGS])
+            read_header_values(path)
+
+    def pydicom_header():
+        for path in files:
+            read_header(path, SCAN_TAGS)
 
     def plain_header():
         for path in files:
@@ -119,8 +129,13 @@ def measure(name: str, landing: Path, files: list[Path], times: int) -> dict:
     def scan():
         return scan_imaging(landing, pseudonymize)
 
+    def scan_one_process():
+        return scan_imaging(landing, pseudonymize, workers=0)
+
     first = scan()
     assert first.stats["read"] == n and first.stats["quarantined"] == 0, first.stats
+    same = scan_one_process()
+    assert same.series.equals(first.series) and same.files.equals(first.files)
 
     def rescan():
         result = scan_imaging(landing, pseudonymize, previous=first.files)
@@ -139,12 +154,14 @@ def measure(name: str, landing: Path, files: list[Path], times: int) -> dict:
     full()  # warm the page cache (untimed)
     modes = {  # name: (function, evict the files before each timed call)
         "scan_imaging": (scan, False),
+        "scan_imaging, 1 process": (scan_one_process, False),
         "scan_imaging re-run": (rescan, False),
-        "read_header": (header, False),
+        "header read (dicom_header)": (header, False),
+        "read_header (pydicom)": (pydicom_header, False),
         "dcmread header": (plain_header, False),
         "full read": (full, False),
         "scan_imaging, evicted": (scan, True),
-        "read_header, evicted": (header, True),
+        "header read (dicom_header), evicted": (header, True),
         "full read, evicted": (full, True),
     }
     runs: dict[str, list[dict]] = {m: [] for m in modes}
@@ -158,6 +175,8 @@ def measure(name: str, landing: Path, files: list[Path], times: int) -> dict:
     out = {
         "files": n,
         "series": first.stats["series"],
+        "scan_workers": first.stats.get("workers", 0),
+        "cores": default_workers(10**9),
         "mean_file_kb": round(sum(sizes) / n / 1024, 1),
         "total_mb": round(sum(sizes) / 2**20, 1),
         "modes": {},
@@ -177,7 +196,7 @@ def measure(name: str, landing: Path, files: list[Path], times: int) -> dict:
     out["goal_met_warm"] = out["modes"]["scan_imaging"]["x_full_read"] >= GOAL
     out["goal_met_evicted"] = out["modes"]["scan_imaging, evicted"]["x_full_read"] >= GOAL
     print(
-        f"\n{name}: {n} DICOM files in {out['series']} series, "
+        f"\n{name}: {n} DICOM files in {out['series']} series, {out['scan_workers']} workers, "
         f"mean {out['mean_file_kb']} KB ({out['total_mb']} MB), load {load()}"
     )
     print(

@@ -29,6 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from assets.imaging.dicom_header import (  # noqa: F401  (re-exported: the readers' API)
+    DICOMDIR_SOP_CLASS,
+    RTSTRUCT_SOP_CLASS,
+    SEG_SOP_CLASS,
+    ImagingError,
+    sop_kind,
+)
 from assets.imaging.layout import DICOM_SUFFIXES, volume_format
 
 # Only the tags the lake reads (specific_tags keeps the header read cheap).
@@ -68,30 +75,9 @@ HEADER_TAGS = [
     "ContentDate",
 ]
 
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
-DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
-# SOP classes that hold no image slices (structured reports, RT plans, presentation states, ...).
-_NON_IMAGE_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.11.")
-_NON_IMAGE_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.481.5": "RT plan",
-    "1.2.840.10008.5.1.4.1.1.481.2": "RT dose",
-    "1.2.840.10008.5.1.4.1.1.104.1": "encapsulated PDF",
-    "1.2.840.10008.5.1.4.1.1.66": "raw data",
-    "1.2.840.10008.5.1.4.1.1.66.1": "spatial registration",
-}
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # A DICOM stream without preamble starts with group 0002 (file meta) or 0008 (little endian).
 _FIRST_GROUPS = {b"\x02\x00", b"\x08\x00"}
-
-
-class ImagingError(Exception):
-    """A file that cannot be used; ``rule`` is the quarantine rule id, ``detail`` the finding."""
-
-    def __init__(self, rule: str, detail: str):
-        super().__init__(f"{rule}: {detail}")
-        self.rule = rule
-        self.detail = detail
 
 
 # --- DICOM headers ---------------------------------------------------------------------------
@@ -160,27 +146,6 @@ def _looks_like_text(head: bytes) -> bool:
     except UnicodeDecodeError as exc:
         return exc.start >= len(head) - 4  # a multi-byte character cut at the end of the chunk
     return True
-
-
-def sop_kind(dataset) -> str:
-    """'image', 'seg', 'rtstruct', 'dicomdir' or 'other:<what>' for a DICOM header."""
-    sop_class = str(dataset.get("SOPClassUID", "") or "")
-    media_class = str(getattr(dataset, "file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
-    if sop_class == SEG_SOP_CLASS:
-        return "seg"
-    if sop_class == RTSTRUCT_SOP_CLASS:
-        return "rtstruct"
-    if media_class == DICOMDIR_SOP_CLASS or (
-        not sop_class and "DirectoryRecordSequence" in dataset
-    ):
-        return "dicomdir"
-    if sop_class in _NON_IMAGE_CLASSES:
-        return f"other:{_NON_IMAGE_CLASSES[sop_class]}"
-    if sop_class.startswith(_NON_IMAGE_PREFIXES):
-        return "other:structured report or presentation state"
-    if not dataset.get("Rows") or not dataset.get("Columns"):
-        return "other:no image rows/columns"
-    return "image"
 
 
 def slice_normal(orientation: Sequence[float] | None) -> np.ndarray | None:

@@ -76,14 +76,29 @@ def image_base(name: str) -> str:
 
 
 # --- walking and path safety -----------------------------------------------------------------
-@dataclass(frozen=True)
 class LandedFile:
-    """One entry under landing/imaging: a regular file, or a symlink (never followed)."""
+    """One entry under landing/imaging: a regular file, or a symlink (never followed).
 
-    path: Path
-    rel: str  # relative to landing/, posix
-    center_id: str | None  # None for a file directly under landing/imaging
-    is_link: bool
+    ``path`` (a Path) is made on first use: the scan walks tens of thousands of files and only
+    needs the path string for most of them."""
+
+    __slots__ = ("path_str", "rel", "center_id", "is_link", "_path")
+
+    def __init__(self, path: str | Path, rel: str, center_id: str | None, is_link: bool):
+        self.path_str = str(path)
+        self.rel = rel  # relative to landing/, posix
+        self.center_id = center_id  # None for a file directly under landing/imaging
+        self.is_link = is_link
+        self._path = path if isinstance(path, Path) else None
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            self._path = Path(self.path_str)
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"LandedFile({self.rel!r})"
 
 
 def imaging_root(landing: Path) -> Path:
@@ -92,24 +107,32 @@ def imaging_root(landing: Path) -> Path:
 
 def walk_imaging(landing: Path, center_id: str | None = None) -> Iterator[LandedFile]:
     """Every non-hidden file (and symlink) below landing/imaging (or one center's folder), sorted,
-    without following links."""
+    without following links: per folder its files and linked folders by name, then its
+    subfolders by name (``os.walk`` order)."""
     root = imaging_root(landing) / center_id if center_id else imaging_root(landing)
     if not root.is_dir() or (center_id and root.is_symlink()):
         return
-    landing = Path(landing)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        here = Path(dirpath)
-        # symlinked folders are listed in dirnames but not descended into: report them as links
-        names = sorted(
-            [f for f in filenames if not f.startswith(".")]
-            + [d for d in dirnames if (here / d).is_symlink()]
-        )
-        for name in names:
-            path = here / name
-            rel_parts = path.relative_to(landing).parts
-            center = rel_parts[1] if len(rel_parts) > 2 else None
-            yield LandedFile(path, Path(*rel_parts).as_posix(), center, path.is_symlink())
+    prefix = len(str(Path(landing))) + 1
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(
+                    (e for e in listing if not e.name.startswith(".")), key=lambda e: e.name
+                )
+        except OSError:  # unreadable folder: os.walk skips it too
+            continue
+        subfolders = []
+        for entry in entries:
+            link = entry.is_symlink()
+            if not link and entry.is_dir(follow_symlinks=False):
+                subfolders.append(entry.path)
+                continue
+            rel = entry.path[prefix:]
+            parts = rel.split("/")
+            yield LandedFile(entry.path, rel, parts[1] if len(parts) > 2 else None, link)
+        stack.extend(reversed(subfolders))
 
 
 def resolve_inside(landing: Path, path: Path) -> Path | None:
@@ -276,6 +299,7 @@ class Scrubber:
 
     def __init__(self, key_fn: Callable[[str], str] | None = None):
         self._key = key_fn or (lambda token: token)
+        self._plain = key_fn is None  # tokens kept as they are: search them directly
         self._contained: dict[str, str] = {}
         self._words: dict[str, str] = {}
         self._lengths: set[int] = set()
@@ -320,6 +344,13 @@ class Scrubber:
             )
         norm = normalize_token(component)
         stem = normalize_token(split_volume_name(component)[0].rsplit(".", 1)[0])
+        if self._plain and not found:  # a few plain tokens: substring search, longest first
+            for token in sorted(self._contained, key=len, reverse=True):
+                if token in (norm, stem) or len(token) >= MIN_CONTAINED and token in norm:
+                    found = self._contained[token]
+                    break
+            self._cache[component] = found
+            return found
         for length in sorted(self._lengths, reverse=True):
             if found:
                 break

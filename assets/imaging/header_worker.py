@@ -1,0 +1,452 @@
+"""Reading DICOM headers for the scan: per file, and in parallel worker processes.
+
+``read_dicom_file(path)`` turns one file into a plain dict: its kind (image, seg, rtstruct,
+rejected with rule and detail), the protocol fields of ``imaging_series`` (``dicom_row``), the
+SeriesInstanceUID and SOPInstanceUID, and the identifier values the scan needs to pseudonymize
+and to scrub paths (``ids``). Plain Part-10 files go through ``dicom_header.read_header_values``;
+everything it declines through pydicom (``io.read_header``), which also names what is wrong.
+
+``read_dicom_files(paths, workers)`` does the same for many files in ``workers`` processes. A
+worker is a fresh ``python -m assets.imaging.header_worker``: paths in on stdin, results out on
+stdout (pickle, between this process and its own child). Not ``multiprocessing``: spawn and
+forkserver children re-run the parent's ``__main__`` (in a Dagster run that is the Dagster CLI,
+over a second of imports per worker), and forking a process with threads (Dagster's, polars')
+is unsafe. This module and ``dicom_header`` import only the standard library, so a worker is
+ready in about 50 ms. A worker that fails (killed, out of memory) costs nothing but time: its
+files are read again in this process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from assets.imaging import layout
+from assets.imaging.dicom_header import (
+    Decline,
+    HeaderValues,
+    ImagingError,
+    read_header_values,
+    sop_kind,
+)
+
+# For the pydicom fallback: the wanted tags (the same as dicom_header.WANTED reads).
+SCAN_TAGS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "Modality",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "PatientID",
+    "PatientName",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "KVP",
+    "ConvolutionKernel",
+    "ContrastBolusAgent",
+    "ContrastBolusRoute",
+    "SeriesDescription",
+    "ProtocolName",
+    "BodyPartExamined",
+    "MagneticFieldStrength",
+    "SequenceName",
+    "ScanningSequence",
+    "EchoTime",
+    "RepetitionTime",
+    "SliceThickness",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "InstanceNumber",
+    "AcquisitionDate",
+    "SeriesDate",
+    "StudyDate",
+    "ContentDate",
+    # read only to find them in folder and file names (never stored): folders are often named
+    # after the birth date or the accession number (PS3.15 removes both when de-identifying)
+    "PatientBirthDate",
+    "AccessionNumber",
+    "StudyID",
+]
+ID_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "StudyID")
+MIN_FILES_PER_WORKER = 1000  # a worker costs ~0.1 s to start and ~15 us per file to talk to
+_REPO = Path(__file__).resolve().parents[2]
+
+
+# --- value converters (pydicom values and HeaderValues alike) -----------------------------------
+def text(value) -> str | None:
+    if value is None:
+        return None
+    if hasattr(value, "__iter__") and not isinstance(value, str | bytes):
+        out = "\\".join(str(v) for v in value)
+    else:
+        out = str(value)
+    out = out.strip()
+    return out or None
+
+
+def number(value) -> float | None:
+    try:
+        if value is None or str(value).strip() == "":
+            return None
+        if hasattr(value, "__iter__") and not isinstance(value, str | bytes):
+            value = list(value)[0]
+        return float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def integer(value) -> int | None:
+    found = number(value)
+    return int(found) if found is not None else None
+
+
+def numbers(value, n: int) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        items = [float(v) for v in value] if not isinstance(value, str) else [float(value)]
+    except (TypeError, ValueError):
+        return None
+    return items if len(items) == n else None
+
+
+def dicom_date(*values) -> date | None:
+    for value in values:
+        digits = re.sub(r"[^0-9]", "", str(value or ""))
+        if len(digits) >= 8:
+            try:
+                return date(int(digits[:4]), int(digits[4:6]), int(digits[6:8]))
+            except ValueError:
+                continue
+    return None
+
+
+# Fields that are the same in every file of a series (converted once per distinct set of values).
+_SERIES_FIELDS = (
+    "Modality",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "KVP",
+    "ConvolutionKernel",
+    "ContrastBolusAgent",
+    "ContrastBolusRoute",
+    "SeriesDescription",
+    "ProtocolName",
+    "BodyPartExamined",
+    "MagneticFieldStrength",
+    "SequenceName",
+    "ScanningSequence",
+    "EchoTime",
+    "RepetitionTime",
+    "SliceThickness",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "ImageOrientationPatient",
+    "AcquisitionDate",
+    "SeriesDate",
+    "StudyDate",
+    "ContentDate",
+)
+_ROW_MEMO: dict[tuple, dict[str, Any]] = {}
+
+
+def dicom_row(dataset) -> dict[str, Any]:
+    """Header fields of one DICOM image file (identifiers excluded)."""
+    get = dataset.get
+    if isinstance(dataset, HeaderValues):  # hashable values: convert once per series
+        key = tuple(get(name) for name in _SERIES_FIELDS)
+        common = _ROW_MEMO.get(key)
+        if common is None:
+            if len(_ROW_MEMO) > 4096:
+                _ROW_MEMO.clear()
+            common = _ROW_MEMO[key] = _series_fields(get)
+    else:
+        common = _series_fields(get)
+    row = dict(common)
+    row["position"] = numbers(get("ImagePositionPatient"), 3)
+    row["instance_number"] = integer(get("InstanceNumber"))
+    return row
+
+
+def _series_fields(get) -> dict[str, Any]:
+    spacing = numbers(get("PixelSpacing"), 2)
+    return {
+        "modality": text(get("Modality")),
+        "manufacturer": text(get("Manufacturer")),
+        "manufacturer_model": text(get("ManufacturerModelName")),
+        "kvp": number(get("KVP")),
+        "convolution_kernel": text(get("ConvolutionKernel")),
+        "contrast_agent": text(get("ContrastBolusAgent")),
+        "contrast_route": text(get("ContrastBolusRoute")),
+        "series_description": text(get("SeriesDescription")),
+        "protocol_name": text(get("ProtocolName")),
+        "body_part": text(get("BodyPartExamined")),
+        "field_strength_t": number(get("MagneticFieldStrength")),
+        "sequence_name": text(get("SequenceName")) or text(get("ScanningSequence")),
+        "echo_time_ms": number(get("EchoTime")),
+        "repetition_time_ms": number(get("RepetitionTime")),
+        "slice_thickness_mm": number(get("SliceThickness")),
+        "pixel_spacing_mm": spacing[0] if spacing else None,  # row spacing (between rows)
+        "pixel_spacing_col_mm": spacing[1] if spacing else None,
+        "rows": integer(get("Rows")),
+        "columns": integer(get("Columns")),
+        "n_frames": integer(get("NumberOfFrames")) or 1,
+        "orientation": numbers(get("ImageOrientationPatient"), 6),
+        "acquired_on": dicom_date(
+            get("AcquisitionDate"), get("SeriesDate"), get("StudyDate"), get("ContentDate")
+        ),
+        "file_format": "dicom",
+    }
+
+
+# --- one file ----------------------------------------------------------------------------------
+def read_dicom_file(path: str | Path, fast_only: bool = False) -> dict[str, Any] | None:
+    """What the scan needs from one DICOM file (see the module doc); never raises. With
+    ``fast_only`` a file the fast reader declines gives None (a worker leaves it to pydicom in
+    the parent process)."""
+    try:
+        try:
+            dataset = read_header_values(path)  # the fast path for plain Part-10 files
+        except (Decline, OSError):
+            if fast_only:
+                return None
+            from assets.imaging.io import read_header  # pydicom: everything else, and reasons
+
+            dataset = read_header(Path(path), SCAN_TAGS)
+        kind = sop_kind(dataset)
+    except ImagingError as exc:
+        return {"kind": "rejected", "rule": exc.rule, "detail": exc.detail}
+    except Exception as exc:  # a value that breaks while decoding
+        return _rejected("corrupt_dicom", f"has an unreadable header ({type(exc).__name__})")
+    if kind in ("seg", "rtstruct"):
+        return {"kind": kind}
+    if kind == "dicomdir":
+        return _rejected("non_image_dicom", "is a DICOMDIR index, not an image")
+    if kind != "image":
+        return _rejected("non_image_dicom", f"is a DICOM object without image slices ({kind[6:]})")
+    get = dataset.get
+    series_uid = text(get("SeriesInstanceUID"))
+    if not series_uid:
+        return _rejected("missing_series_uid", "has no SeriesInstanceUID")
+    return {
+        "kind": "image",
+        "series_uid": series_uid,
+        "sop_uid": text(get("SOPInstanceUID")),
+        "ids": {name: (None if get(name) is None else str(get(name))) for name in ID_TAGS},
+        "row": dicom_row(dataset),
+    }
+
+
+def _rejected(rule: str, detail: str) -> dict[str, Any]:
+    return {"kind": "rejected", "rule": rule, "detail": detail}
+
+
+class Identities:
+    """Pseudonyms, identifier tokens and path scrubbers per distinct set of identifiers (the
+    files of one series share them: computed once per series, not per file)."""
+
+    def __init__(self, pseudonymize: layout.Pseudonymize):
+        self.pseudonymize = pseudonymize
+        self.digest = layout.digest_fn(pseudonymize)
+        self._known: dict[tuple, dict[str, Any]] = {}
+        self._series: dict[tuple[str, str], str] = {}
+        self._texts: dict[tuple, str | None] = {}
+
+    def of(self, center: str, cases_pid, cases_study, ids: dict[str, str | None]) -> dict:
+        key = (center, cases_pid, cases_study, *ids.values())
+        known = self._known.get(key)
+        if known is None:
+            study_id = text(ids["StudyID"])
+            tokens = layout.identifier_tokens(
+                cases_pid,
+                cases_study,
+                ids["PatientID"],
+                ids["PatientName"],
+                ids["PatientBirthDate"],
+                ids["AccessionNumber"],
+                study_id if study_id and len(layout.normalize_token(study_id)) >= 4 else None,
+            )
+            patient_id = cases_pid or text(ids["PatientID"])
+            patient_key = self.pseudonymize(center, patient_id) if patient_id else None
+            scrubber = layout.Scrubber()
+            if patient_key:
+                scrubber.add(tokens, patient_key)
+            known = {
+                "patient_key": patient_key,
+                "tokens": tokens,
+                "id_digests": layout.token_digests(tokens, self.digest),
+                "scrubber": scrubber,
+                "key": key,
+            }
+            self._known[key] = known
+        return known
+
+    def series_id(self, center: str, series_uid: str) -> str:
+        found = self._series.get((center, series_uid))
+        if found is None:
+            found = layout.dicom_series_id(self.pseudonymize, center, series_uid)
+            self._series[(center, series_uid)] = found
+        return found
+
+    def scrub_text(self, value: str | None, known: dict) -> str | None:
+        if value is None:
+            return None
+        key = (value, known["key"])
+        if key not in self._texts:
+            self._texts[key] = layout.scrub_text(value, known["tokens"])
+        return self._texts[key]
+
+
+def file_row(task: FileTask, result: dict[str, Any], identities: Identities) -> dict[str, Any]:
+    """The scan index row of one DICOM file from its ``read_dicom_file`` result: identifiers
+    turned into the patient_key, digests and a scrubbed path (see ``dicom_scan``)."""
+    row = dict(task.base, file_format="dicom")
+    kind = result["kind"]
+    if kind != "image":
+        if kind == "rejected":
+            return dict(row, kind=kind, rule=result["rule"], detail=result["detail"])
+        return dict(row, kind=kind)
+    known = identities.of(task.center_id, task.cases_pid, task.cases_study, result["ids"])
+    if known["patient_key"] is None:
+        # identifiers (a name) may still be in the path: keep them as digests for scrubbing
+        return dict(
+            row,
+            kind="rejected",
+            rule="missing_patient_id",
+            detail="has no PatientID and no cases.csv patient_id",
+            id_digests=known["id_digests"],
+        )
+    row.update(result["row"])
+    row["series_description"] = identities.scrub_text(row["series_description"], known)
+    row["protocol_name"] = identities.scrub_text(row["protocol_name"], known)
+    sop_uid = result["sop_uid"]
+    row.update(
+        kind="image",
+        series_id=identities.series_id(task.center_id, result["series_uid"]),
+        patient_key=known["patient_key"],
+        instance_key=hashlib.sha256(sop_uid.encode()).hexdigest()[:32] if sop_uid else None,
+        safe_path=known["scrubber"].scrub(task.rel),
+        id_digests=known["id_digests"],
+    )
+    return row
+
+
+# --- many files --------------------------------------------------------------------------------
+class FileTask:
+    """One DICOM file to read: where it is, its center, its cases.csv ids and its index base."""
+
+    __slots__ = ("path", "rel", "center_id", "cases_pid", "cases_study", "base")
+
+    def __init__(self, path, rel, center_id, cases_pid, cases_study, base):
+        self.path: str = path
+        self.rel: str = rel  # relative to landing/ (leaves no process unscrubbed)
+        self.center_id: str = center_id
+        self.cases_pid: str | None = cases_pid
+        self.cases_study: str | None = cases_study
+        self.base: dict[str, Any] = base  # path_key, center_id, size, mtime_ns, cases_digest
+
+    def __reduce__(self):  # pickled as a plain tuple (workers get thousands)
+        return (
+            FileTask,
+            (self.path, self.rel, self.center_id, self.cases_pid, self.cases_study, self.base),
+        )
+
+
+def default_workers(n_files: int) -> int:
+    """Worker processes for ``n_files`` header reads: ``RADLAKE_SCAN_WORKERS`` if set, else one
+    per available core, at most one per ``MIN_FILES_PER_WORKER`` files (0 = in this process)."""
+    configured = os.environ.get("RADLAKE_SCAN_WORKERS", "").strip()
+    if configured:
+        return max(0, int(configured))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = min(cores or 1, n_files // MIN_FILES_PER_WORKER)
+    return workers if workers >= 2 else 0
+
+
+def file_rows(
+    tasks: list[FileTask], pseudonymize: layout.Pseudonymize, workers: int | None = None
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """``file_row`` for each task, in order, in ``workers`` processes (None: automatic, 0: in
+    this process). Also returns counts: ``workers`` used, ``worker_failures``."""
+    import pickle
+
+    workers = default_workers(len(tasks)) if workers is None else workers
+    workers = min(workers, len(tasks))
+    stats = {"workers": 0, "worker_failures": 0}
+    outputs: list[list | None] = [None]
+    chunks = [tasks]
+    if workers >= 1:
+        try:
+            pickled_key = pickle.dumps(pseudonymize)
+        except Exception:  # a pseudonymizer that cannot travel (a lambda): read here
+            workers = 0
+    if workers >= 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        size = -(-len(tasks) // workers)
+        chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
+        with ThreadPoolExecutor(len(chunks)) as pool:  # threads only wait on the pipes
+            outputs = list(pool.map(lambda chunk: _run_worker(pickled_key, chunk), chunks))
+        stats["workers"] = len(chunks)
+    identities = Identities(pseudonymize)
+    rows: list[dict[str, Any]] = []
+    for chunk, output in zip(chunks, outputs, strict=True):
+        if output is None or len(output) != len(chunk):
+            stats["worker_failures"] += workers > 0
+            output = [None] * len(chunk)
+        for task, row in zip(chunk, output, strict=True):
+            if row is None:  # declined by the fast reader, or the worker failed: read here
+                row = file_row(task, read_dicom_file(task.path), identities)
+            rows.append(row)
+    return rows, stats
+
+
+def _run_worker(pickled_key: bytes, chunk: list[FileTask]) -> list | None:
+    import pickle
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = str(_REPO)
+    try:
+        process = subprocess.run(
+            # -S: no site-packages (a worker needs only the standard library; starts in ~20 ms)
+            [sys.executable, "-S", "-m", "assets.imaging.header_worker"],
+            input=pickle.dumps((pickled_key, chunk), protocol=pickle.HIGHEST_PROTOCOL),
+            capture_output=True,
+            env=env,
+            check=False,
+        )
+        if process.returncode != 0:
+            return None
+        return pickle.loads(process.stdout)
+    except (OSError, pickle.UnpicklingError, EOFError):
+        return None
+
+
+def main() -> None:
+    """Worker: (pickled pseudonymizer, tasks) on stdin, one row (or None) per task on stdout."""
+    import pickle
+
+    pickled_key, tasks = pickle.load(sys.stdin.buffer)
+    identities = Identities(pickle.loads(pickled_key))
+    rows = []
+    for task in tasks:
+        result = read_dicom_file(task.path, fast_only=True)
+        rows.append(None if result is None else file_row(task, result, identities))
+    sys.stdout.buffer.write(pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
