@@ -32,7 +32,9 @@ def main() -> None:
     print(f"{'what':75s} median s   (min..max over {args.repeat})")
     for label, code in rows.items():
         times = [timed(code) for _ in range(args.repeat)]
-        print(f"{label:75s} {statistics.median(times):6.2f}     ({min(times):.2f}..{max(times):.2f})")
+        print(
+            f"{label:75s} {statistics.median(times):6.2f}     ({min(times):.2f}..{max(times):.2f})"
+        )
 
 
 if __name__ == "__main__":

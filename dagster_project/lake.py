@@ -7,13 +7,18 @@ Pure module (no Dagster import). Parquet under ``lake/<table>/`` is the source o
 - ``write_part`` writes one named part ``lake/<table>/<part>.parquet`` (same atomic rename);
   tables made of parts (quarantine, incremental extraction chunks) are the union of their parts.
 Readers glob ``lake/<table>/*.parquet`` and never take a lock.
+
+``HashCache`` remembers file sha256s across runs (``state/file_hashes.parquet``, no paths).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import re
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -186,13 +191,129 @@ def _copy_atomic(source: Path, target: Path, tmp_dir: Path) -> None:
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+HASH_CACHE_FILE = "file_hashes.parquet"  # under Lake.state_dir
+_HASH_KEY = ("st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
+_HASH_CACHE_SCHEMA = {
+    "st_dev": pl.UInt64,
+    "st_ino": pl.UInt64,
+    "st_size": pl.Int64,
+    "st_mtime_ns": pl.Int64,
+    "st_ctime_ns": pl.Int64,
+    "sha256": pl.Binary,  # the 32-byte digest
+}
+_FileKey = tuple[int, int, int, int, int]
+
+
+def _file_key(stat: os.stat_result) -> _FileKey:
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+class HashCache:
+    """``file_sha256`` remembered across runs, so a re-run does not re-read unchanged files.
+
+    An entry is keyed by the file's stat identity ``(st_dev, st_ino, st_size, st_mtime_ns,
+    st_ctime_ns)``, never by its path: paths under landing/ can carry patient identifiers, so the
+    cache file holds numbers and digests only. Any write to a file sets its ctime (the kernel
+    does; ``os.utime`` cannot put it back), so a rewritten file misses even when its size and mtime
+    were restored; a file on another device or inode (copied, re-mounted) simply misses too.
+
+    Two races are closed by not remembering a digest: when the file's identity changed while it
+    was read (stat before and after), and when the file changed less than ``racy_window_ns``
+    before hashing started. On a file system with coarse timestamps (1 s on ext3 and some NFS, a
+    clock tick elsewhere) a second write within the same tick would leave the identity as it was
+    and the stale digest would be trusted for good ("racy git"); such a fresh file is hashed again
+    on the next run instead, when it has aged.
+
+    ``save`` keeps only the entries used since ``load`` (hits and new digests), so files that are
+    no longer landed drop out and the cache never outgrows what one run hashes. That makes a cache
+    file private to one consumer (the ``cases`` asset). A missing, corrupt or unreadable cache file
+    gives an empty cache (``load_error`` says why): a cache can cost a re-hash, never a run.
+    """
+
+    RACY_WINDOW_NS = 2_000_000_000
+
+    def __init__(self, racy_window_ns: int = RACY_WINDOW_NS) -> None:
+        self.racy_window_ns = racy_window_ns
+        self.hits = 0
+        self.misses = 0
+        self.load_error: str | None = None
+        self._known: dict[_FileKey, bytes] = {}  # loaded from the cache file
+        self._used: dict[_FileKey, bytes] = {}  # looked up or hashed since load: what save keeps
+
+    def __len__(self) -> int:
+        return len(self._used)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, racy_window_ns: int = RACY_WINDOW_NS) -> HashCache:
+        """The cache saved at ``path``; empty when there is none or it cannot be read."""
+        cache = cls(racy_window_ns=racy_window_ns)
+        path = Path(path)
+        if not path.exists():
+            return cache
+        try:
+            frame = pl.read_parquet(path)
+            if dict(frame.schema) != _HASH_CACHE_SCHEMA:
+                raise ValueError(f"unexpected columns {dict(frame.schema)}")
+            frame = frame.drop_nulls().filter(pl.col("sha256").bin.size() == 32)
+            keys = zip(*(frame[name].to_list() for name in _HASH_KEY), strict=True)
+            cache._known = dict(zip(keys, frame["sha256"].to_list(), strict=True))
+        except Exception as exc:  # a damaged cache only costs hashing everything again
+            cache.load_error = f"{type(exc).__name__}: {exc}"[:500]
+            logging.getLogger(__name__).warning(
+                "file hash cache %s ignored, every file is hashed again: %s",
+                path.name,
+                cache.load_error,
+            )
+        return cache
+
+    def sha256(self, path: str | os.PathLike) -> str:
+        """``file_sha256(path)``, without reading the file when its identity is known."""
+        key = _file_key(os.stat(path))
+        digest = self._used.get(key) or self._known.get(key)
+        if digest is not None:
+            self.hits += 1
+            self._used[key] = digest
+            return digest.hex()
+        self.misses += 1
+        started = time.time_ns()
+        with open(path, "rb") as handle:
+            before = _file_key(os.fstat(handle.fileno()))  # the file really read (not ``key``)
+            digest = hashlib.file_digest(handle, "sha256").digest()
+            after = _file_key(os.fstat(handle.fileno()))
+        if before == after and started - before[4] >= self.racy_window_ns:
+            self._used[before] = digest
+        return digest.hex()
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the entries used since ``load`` to ``path`` (0600, temp file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        columns = list(zip(*self._used, strict=True)) or [() for _ in _HASH_KEY]
+        frame = pl.DataFrame(
+            {
+                **{name: list(values) for name, values in zip(_HASH_KEY, columns, strict=True)},
+                "sha256": list(self._used.values()),
+            },
+            schema=_HASH_CACHE_SCHEMA,
+        )
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                frame.write_parquet(handle, compression="zstd")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return path
 
 
 def iter_files(root: Path, suffixes: Iterable[str] | None = None) -> list[Path]:

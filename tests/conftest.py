@@ -18,7 +18,9 @@ def shared_path(*parts: str) -> Path:
     """A file under ../shared/data; missing data fails loudly in CI and skips elsewhere."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        message = f"shared test data missing: {path} (set RADLAKE_SHARED_DATA or check out ../shared)"
+        message = (
+            f"shared test data missing: {path} (set RADLAKE_SHARED_DATA or check out ../shared)"
+        )
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import pydicom
-import pytest
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from assets.imaging import dicom_header, header_worker
@@ -76,7 +75,12 @@ def test_fast_reader_equals_pydicom_on_every_real_file():
     assert sum(p.parent.name == "CT_head" for p in answered) == 93
     # and decline what it does not handle: big endian, deflate, ISO 2022 / other character sets
     declined_names = {p.name for p in declined}
-    assert {"MR_small_bigendian.dcm", "image_dfl.dcm", "chrRuss.dcm", "no_meta.dcm"} <= declined_names
+    assert {
+        "MR_small_bigendian.dcm",
+        "image_dfl.dcm",
+        "chrRuss.dcm",
+        "no_meta.dcm",
+    } <= declined_names
 
 
 def test_truncated_and_damaged_headers_are_declined_or_read_like_pydicom(tmp_path):

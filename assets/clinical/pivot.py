@@ -117,23 +117,24 @@ def pivot_features(
             )
     try:
         context = _Context(con, table, column, selector)
-        chosen, description = choose_cases(context, rule, phase)
-        con.register("__pivot_chosen", chosen.select("case_id").with_row_index("row_index"))
         if engine == "duckdb":
-            wide = _pivot_scatter(context, chosen)
-        elif engine == "duckdb_pivot":
-            wide = _pivot_statement(context, chosen)
+            wide, description = _pivot_scatter(context, rule, phase)
         else:
-            long = con.sql(
-                f"select patient_key, case_id, center_id, feature, value from {context.selected} "
-                "where case_id in (select case_id from __pivot_chosen)"
-            ).pl()
-            wide = pivot_long_polars(long, chosen)
+            chosen, description = choose_cases(context, rule, phase)
+            con.register("__pivot_chosen", chosen.select("case_id").with_row_index("row_index"))
+            if engine == "duckdb_pivot":
+                wide = _pivot_statement(context, chosen)
+            else:
+                long = con.sql(
+                    f"select patient_key, case_id, center_id, feature, value from {context.selected} "
+                    "where case_id in (select case_id from __pivot_chosen)"
+                ).pl()
+                wide = pivot_long_polars(long, chosen)
     finally:
         if own:
             con.close()
         else:  # leave the caller's connection as it was
-            for helper in ("__pivot_chosen", "__pivot_features"):
+            for helper in ("__pivot_chosen", "__pivot_cases", "__pivot_features"):
                 with contextlib.suppress(duckdb.Error):
                     con.unregister(helper)
     return wide, description
@@ -211,6 +212,14 @@ def choose_cases(context: _Context, rule: str, phase: str | None) -> tuple[pl.Da
         f"select any_value(patient_key) as patient_key, case_id, any_value(center_id) as center_id, "
         f"{sizes_sql} from {context.selected} group by case_id"  # a case has one patient: hash one key
     ).pl()
+    return pick_cases(context, candidates, rule, phase)
+
+
+def pick_cases(
+    context: _Context, candidates: pl.DataFrame, rule: str, phase: str | None
+) -> tuple[pl.DataFrame, str]:
+    """The case rule applied to ``candidates`` (patient_key, case_id, center_id and one column
+    per ``SIZE_FEATURES`` name: that feature's value, null when the case lacks it)."""
     dropped_note = ""
     if rule == "phase":
         in_phase = _phase_cases(context, phase)
@@ -268,57 +277,95 @@ def choose_cases(context: _Context, rule: str, phase: str | None) -> tuple[pl.Da
     return chosen.select(KEY_COLUMNS), description
 
 
-def _pivot_scatter(context: _Context, chosen: pl.DataFrame) -> pl.DataFrame:
-    """DuckDB joins every value to its (row, column) index; numpy places it in the matrix."""
+def _pivot_scatter(context: _Context, rule: str, phase: str | None) -> tuple[pl.DataFrame, str]:
+    """Every value of the feature set placed in a (case, feature) matrix, then the case rule.
+
+    Three DuckDB scans: the cases (grouped by case_id), the feature names, and one join of every
+    row to its (case row, feature column) index; numpy scatters the values. The ROI sizes of the
+    case rule are read from the matrix (no filtered aggregate over all rows), and the chosen
+    cases' rows are taken from it."""
     con = context.con
+    candidates = con.sql(
+        f"select any_value(patient_key) as patient_key, case_id, any_value(center_id) as center_id "
+        f"from {context.selected} group by case_id order by case_id"
+    ).pl()
     features = [
         r[0]
         for r in con.execute(
             f"select distinct feature from {context.selected} order by 1"
         ).fetchall()
     ]
-    if not features:
-        return _empty(chosen)
+    n, width = candidates.height, len(features)
+    con.register("__pivot_cases", candidates.select("case_id").with_row_index("row_index"))
     con.register(
         "__pivot_features", pl.DataFrame({"feature": features}).with_row_index("column_index")
     )
-    width = len(features)
     found = con.sql(
         f"""
         select (c.row_index * {width} + f.column_index)::ubigint as cell, s.value::double as v
         from {context.selected} s
-        inner join __pivot_chosen c on s.case_id = c.case_id
+        inner join __pivot_cases c on s.case_id = c.case_id
         inner join __pivot_features f on s.feature = f.feature
         """
     ).to_arrow_table()
-    cells = found.column("cell").to_numpy()
-    values = found.column("v").to_numpy()  # NULL arrives as NaN; found.column("v").null_count says
-    shape = (chosen.height, width)
-    matrix = np.full(chosen.height * width, np.nan)  # row-major: a case's values sit side by side
-    matrix[cells] = values
-    matrix = matrix.reshape(shape)
-    if found.column("v").null_count == 0 and not np.isnan(values).any():
-        present = None  # NaN marks exactly the absent cells
-        has_value = ~np.isnan(matrix).all(axis=0)
-    else:  # NULL or NaN values: track presence separately (a NULL is null, a NaN stays NaN)
-        nulls = found.column("v").is_null().to_numpy(zero_copy_only=False)
-        present = np.zeros(chosen.height * width, dtype=bool)
-        present[cells[~nulls]] = True
-        present = np.asfortranarray(present.reshape(shape))
-        has_value = np.zeros(width, dtype=bool)
-        has_value[np.unique(cells % width)] = (
-            True  # a column exists when a chosen case has the feature
-        )
-    matrix = np.asfortranarray(matrix)  # column-major: each polars column is one contiguous copy
+    matrix = np.full(n * width, np.nan)  # row-major: a case's values sit side by side
+    # chunk by chunk: zero-copy views (ChunkedArray.to_numpy would concatenate first, ~5x slower)
+    nulls_or_nans = found.column("v").null_count > 0
+    for cell_chunk, value_chunk in zip(
+        found.column("cell").chunks, found.column("v").chunks, strict=True
+    ):
+        values = value_chunk.to_numpy(zero_copy_only=False)  # NULL -> NaN
+        matrix[cell_chunk.to_numpy().view(np.int64)] = values  # int64 indexes: no conversion
+        nulls_or_nans = nulls_or_nans or bool(np.isnan(values).any())
+    present = None  # without NULL or NaN values, NaN marks exactly the absent cells
+    if nulls_or_nans:  # track presence separately (a NULL is null, a NaN stays NaN)
+        present = np.zeros(n * width, dtype=bool)
+        for cell_chunk, value_chunk in zip(
+            found.column("cell").chunks, found.column("v").chunks, strict=True
+        ):
+            valid = value_chunk.is_valid().to_numpy(zero_copy_only=False)
+            present[cell_chunk.to_numpy().view(np.int64)[valid]] = True
+        present = present.reshape(n, width)
+    matrix = matrix.reshape(n, width)
+
+    index = {name: j for j, name in enumerate(features)}
+    sizes = []
+    for name in SIZE_FEATURES:
+        column = matrix[:, index[name]] if name in index else np.full(n, np.nan)
+        sizes.append(pl.Series(name, column, nan_to_null=True))
+    chosen, description = pick_cases(context, candidates.hstack(sizes), rule, phase)
+    if not width or chosen.is_empty():
+        return _empty(chosen), description
+    rows = (
+        chosen.select("case_id")
+        .join(candidates.select("case_id").with_row_index("row"), on="case_id", how="left")
+        .get_column("row")
+        .to_numpy()
+    )
+    picked = _take_rows_fortran(matrix, rows)  # column-major: each column one contiguous copy
+    if present is None:
+        has_value = ~np.isnan(picked).all(axis=0)
+    else:
+        present = _take_rows_fortran(present, rows)
+        has_value = present.any(axis=0)  # a column exists when a chosen case has the feature
     columns = []
     for j in np.flatnonzero(has_value):
         if present is None:
-            columns.append(pl.Series(features[j], matrix[:, j], nan_to_null=True))
+            columns.append(pl.Series(features[j], picked[:, j], nan_to_null=True))
         else:
-            column = pl.Series(features[j], matrix[:, j])
+            column = pl.Series(features[j], picked[:, j])
             missing = np.flatnonzero(~present[:, j])
             columns.append(column.scatter(missing, None) if missing.size else column)
-    return chosen.select(KEY_COLUMNS).hstack(columns)
+    return chosen.select(KEY_COLUMNS).hstack(columns), description
+
+
+def _take_rows_fortran(matrix: np.ndarray, rows: np.ndarray, block: int = 256) -> np.ndarray:
+    """``np.asfortranarray(matrix[rows])`` in blocks of rows: a block's source (a few MB) stays
+    in cache while it is written column by column; 3x faster at 10k x 1,300."""
+    out = np.empty((len(rows), matrix.shape[1]), dtype=matrix.dtype, order="F")
+    for start in range(0, len(rows), block):
+        out[start : start + block] = matrix[rows[start : start + block]]
+    return out
 
 
 def _pivot_statement(context: _Context, chosen: pl.DataFrame) -> pl.DataFrame:

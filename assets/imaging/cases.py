@@ -40,6 +40,7 @@ import os
 import re
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ from assets.imaging.mask_qc import (
     CaseRejected,
     prepare_case,
 )
-from dagster_project.lake import file_sha256
+from dagster_project.lake import HashCache, file_sha256
 from dagster_project.quarantine import Reject
 
 TARGET = "cases"
@@ -161,12 +162,15 @@ def load_cases(
     require_3d: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
     resample_tolerance: float = DEFAULT_RESAMPLE_TOLERANCE,
+    hashes: HashCache | None = None,
 ) -> CasesResult:
     """Cases of every center (see the module doc).
 
     ``previous`` (the last cases table) lets unchanged cases (same case_id, image and mask
     hashes, QC settings) skip the pixel QC. ``scan_files`` (``ScanResult.files``) tells which
-    files are DICOM SEG / RTSTRUCT without reading their headers again.
+    files are DICOM SEG / RTSTRUCT without reading their headers again. ``hashes`` (loaded by the
+    caller, saved after) gives the sha256 of unchanged image and mask files without reading them
+    again; without it every file is hashed.
     """
     landing = Path(landing)
     qc = {
@@ -179,6 +183,7 @@ def load_cases(
     before = _previous(previous, qc_settings)
     series_paths = _series_paths(series_df)
     kinds = _Kinds(pseudonymize, scan_files)
+    hash_file = hashes.sha256 if hashes is not None else file_sha256
     rows: list[dict[str, Any]] = []
     rejects: list[Reject] = []
     locators: dict[str, CaseLocator] = {}
@@ -209,7 +214,7 @@ def load_cases(
             stats["landed"] += 1
             try:
                 row, locator, reused = _case(
-                    landing, cand, pseudonymize, series_paths, before, qc, qc_settings
+                    landing, cand, pseudonymize, series_paths, before, qc, qc_settings, hash_file
                 )
             except _Skip as skip:
                 item = _Early(
@@ -514,6 +519,7 @@ def _case(
     before: dict[str, dict[str, Any]],
     qc: dict[str, Any],
     qc_settings: str,
+    hash_file: Callable[[Path], str] = file_sha256,
 ) -> tuple[dict[str, Any], CaseLocator, bool]:
     if cand.image is None or cand.mask is None:
         missing = "Image" if cand.image is None else "Mask"
@@ -586,8 +592,8 @@ def _case(
         series_id = layout.volume_series_id(pseudonymize, cand.center_id, image_rel)
 
     series = series_paths.get(series_id) or {}
-    image_sha = _combined_sha256(image_files)
-    mask_sha = file_sha256(mask)
+    image_sha = _combined_sha256(image_files, hash_file)
+    mask_sha = hash_file(mask)
     scrubber = layout.Scrubber()
     scrubber.add(tokens, patient_key)
     locator = CaseLocator(
@@ -692,11 +698,11 @@ def _image_files(
     return files, uid, header
 
 
-def _combined_sha256(files: list[Path]) -> str:
+def _combined_sha256(files: list[Path], hash_file: Callable[[Path], str] = file_sha256) -> str:
     """sha256 of one file, or of the sorted per-file sha256s of a DICOM series."""
     if len(files) == 1 and layout.volume_format(files[0].name):
-        return file_sha256(files[0])
-    digests = sorted(file_sha256(f) for f in files)
+        return hash_file(files[0])
+    digests = sorted(hash_file(f) for f in files)
     return hashlib.sha256("\n".join(digests).encode("ascii")).hexdigest()
 
 

@@ -3,7 +3,9 @@
 - ``imaging_series``: scan landing/imaging (incremental: the per-file index lives in
   ``state/imaging_files.parquet``, never in the lake or the catalog).
 - ``cases``: image/mask pairs with mask QC; the real landing paths of each case (locators) are
-  kept in ``state/case_locators.json`` (0600) for the radiomics extractor.
+  kept in ``state/case_locators.json`` (0600) for the radiomics extractor, and the sha256 of
+  every image and mask file in ``state/file_hashes.parquet`` (keyed by stat identity, no paths),
+  so a re-run reads only new or changed files.
 """
 
 import os
@@ -85,8 +87,12 @@ def cases(
 ) -> dg.MaterializeResult:
     from assets.imaging.cases import LOCATORS_FILE, load_cases, write_locators
     from assets.imaging.dicom_scan import INDEX_FILE
+    from dagster_project.lake import HASH_CACHE_FILE, HashCache
 
     home = lake.lake()
+    hashes = HashCache.load(home.state_dir / HASH_CACHE_FILE)
+    if hashes.load_error:
+        context.log.warning(f"cases: file hash cache ignored ({hashes.load_error})")
     result = load_cases(
         home.landing,
         home.read_table("imaging_series"),
@@ -97,16 +103,22 @@ def cases(
         require_3d=config.require_3d,
         tolerance=config.tolerance,
         resample_tolerance=config.resample_tolerance,
+        hashes=hashes,
     )
+    try:
+        hashes.save(home.state_dir / HASH_CACHE_FILE)
+    except OSError as exc:  # only costs hashing again next run
+        context.log.warning(f"cases: file hash cache not saved ({exc})")
     home.write_table("cases", result.cases, keep_history=True)
     write_locators(home.state_dir / LOCATORS_FILE, result.locators)
     write_quarantine(home, "cases", result.rejects)
     for reject in result.rejects:
         context.log.warning(str(reject))
-    stats = result.stats
+    stats = {**result.stats, "hash_cache_hits": hashes.hits, "hash_cache_misses": hashes.misses}
     context.log.info(
         f"cases: {stats['ingested']} cases ({stats['checked']} QC'd, {stats['reused']} unchanged), "
-        f"quarantined {stats['quarantined']}"
+        f"quarantined {stats['quarantined']}; files hashed {hashes.misses}, "
+        f"hashes reused {hashes.hits}"
     )
     return table_result(home, "cases", result.cases, stats)
 
