@@ -176,7 +176,7 @@ def measure(name: str, landing: Path, files: list[Path], times: int) -> dict:
         "files": n,
         "series": first.stats["series"],
         "scan_workers": first.stats.get("workers", 0),
-        "cores": default_workers(10**9),
+        "cores": default_workers(),
         "mean_file_kb": round(sum(sizes) / n / 1024, 1),
         "total_mb": round(sum(sizes) / 2**20, 1),
         "modes": {},

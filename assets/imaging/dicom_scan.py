@@ -4,7 +4,7 @@ What is a series:
 - DICOM image files grouped by (center, SeriesInstanceUID); slices ordered by ImagePositionPatient
   along the slice normal. Headers are read up to (0028,0030) only, by ``dicom_header`` (a struct-
   level element walk; pydicom for the files it declines), in worker processes for large scans
-  (``header_worker``: one per core, from ``MIN_FILES_PER_WORKER`` files per worker).
+  (``header_worker.HeaderReader``: one per core once ``MIN_FILES_PER_WORKER`` files are queued).
 - each NIfTI (.nii, .nii.gz) / NRRD (.nrrd) file, except masks: files named as Mask in a cases.csv
   and, anywhere, volumes named like masks (``*_mask``, ``*_label``, ``*-label``, ``*_seg``, ...; see
   ``layout.MASK_MARKERS``) unless a cases.csv names them as Image. Volume headers are read with
@@ -54,7 +54,7 @@ from typing import Any
 import polars as pl
 
 from assets.imaging import layout
-from assets.imaging.header_worker import FileTask, file_rows
+from assets.imaging.header_worker import FileTask, HeaderReader
 from assets.imaging.io import ImagingError, order_slices
 from dagster_project.quarantine import Reject
 
@@ -277,8 +277,8 @@ def scan_imaging(
 ) -> ScanResult:
     """Scan ``landing/imaging/<center_id>/**`` into imaging_series rows (see the module doc).
 
-    ``workers``: processes for the DICOM header reads (None: ``header_worker.default_workers``,
-    one per core for large scans; 0: in this process)."""
+    ``workers``: processes reading DICOM headers while the walk goes on (None: one per core,
+    from ``header_worker.MIN_FILES_PER_WORKER`` files to read on; 0: all in this process)."""
     landing = Path(landing)
     digest = layout.digest_fn(pseudonymize)
     hints = _cases_hints(landing)
@@ -287,7 +287,8 @@ def scan_imaging(
     rows: list[dict[str, Any]] = []  # file index rows of this run
     # in walk order: ("reject", (center, real rel, rule, detail)) or ("row", (index, landed))
     events: list[tuple[str, Any]] = []
-    to_read: list[tuple[int, FileTask]] = []  # DICOM files whose headers are read
+    reader = HeaderReader(pseudonymize, workers)  # DICOM headers, in workers for large scans
+    to_read: list[int] = []  # rows whose DICOM header the reader reads
     real_dirs: dict[str, str] = {}
     # the cases.csv hints keyed by real path strings (hashing str is much cheaper than Path)
     masks = {str(p) for p in hints.mask_paths}
@@ -367,16 +368,15 @@ def scan_imaging(
             if fmt:
                 row = _read_volume(landed, row)
             else:
-                to_read.append(
-                    (len(rows), FileTask(path, landed.rel, landed.center_id, pid, study, row))
-                )
+                reader.submit(FileTask(path, landed.rel, landed.center_id, pid, study, row))
+                to_read.append(len(rows))
         events.append(("row", (len(rows), landed)))
         rows.append(row)
 
     # DICOM headers: read, pseudonymized and scrubbed (in worker processes for large scans)
-    read_rows, worker_stats = file_rows([task for _, task in to_read], pseudonymize, workers)
+    read_rows, worker_stats = reader.rows()
     stats.update(worker_stats)
-    for (index, _task), row in zip(to_read, read_rows, strict=True):
+    for index, row in zip(to_read, read_rows, strict=True):
         rows[index] = row
 
     pending_rejects: list[tuple[str | None, str, str, str]] = []  # (center, real rel, rule, detail)

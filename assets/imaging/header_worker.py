@@ -18,6 +18,7 @@ files are read again in this process.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -77,7 +78,7 @@ SCAN_TAGS = [
     "StudyID",
 ]
 ID_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "StudyID")
-MIN_FILES_PER_WORKER = 1000  # a worker costs ~0.1 s to start and ~15 us per file to talk to
+MIN_FILES_PER_WORKER = 1000  # workers cost ~0.1 s to start and ~15 us per file to talk to
 _REPO = Path(__file__).resolve().parents[2]
 
 
@@ -363,88 +364,196 @@ class FileTask:
         )
 
 
-def default_workers(n_files: int) -> int:
-    """Worker processes for ``n_files`` header reads: ``RADLAKE_SCAN_WORKERS`` if set, else one
-    per available core, at most one per ``MIN_FILES_PER_WORKER`` files (0 = in this process)."""
+def default_workers() -> int:
+    """Worker processes for large scans: ``RADLAKE_SCAN_WORKERS`` if set (0 = read everything
+    in this process), else one per available core (none on a single core)."""
     configured = os.environ.get("RADLAKE_SCAN_WORKERS", "").strip()
     if configured:
         return max(0, int(configured))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = min(cores or 1, n_files // MIN_FILES_PER_WORKER)
-    return workers if workers >= 2 else 0
+    return cores if (cores or 1) >= 2 else 0
+
+
+class HeaderReader:
+    """``file_row`` for a stream of tasks, read while the caller is still walking the landing
+    zone. ``submit`` tasks in order, then ``rows()`` returns one row per task, in that order.
+
+    Up to ``MIN_FILES_PER_WORKER`` tasks nothing starts (a small scan is read here, in
+    ``rows``). From then on worker processes start (``workers``, default one per core) and get
+    the tasks in chunks of ``CHUNK`` through their stdin, fed by one writer thread each so the
+    caller never waits on a pipe; a worker parses while the walk goes on and answers with all
+    its rows at the end. A file the fast reader declines, and every file of a worker that
+    failed, is read here with pydicom (``read_dicom_file``): nothing is lost.
+    """
+
+    CHUNK = 256
+
+    def __init__(self, pseudonymize: layout.Pseudonymize, workers: int | None = None):
+        import pickle
+
+        self.pseudonymize = pseudonymize
+        self.workers = default_workers() if workers is None else workers
+        self.threshold = MIN_FILES_PER_WORKER if workers is None else 0
+        self.tasks: list[FileTask] = []
+        self.sent = 0  # tasks handed to workers so far (a prefix of self.tasks)
+        self.chunks: list[tuple[int, int, int]] = []  # (worker, start, stop) in task order
+        self._procs: list = []
+        self._queues: list = []
+        self._writers: list = []
+        try:
+            self._pickled_key = pickle.dumps(pseudonymize) if self.workers else b""
+        except Exception:  # a pseudonymizer that cannot travel (a lambda): read here
+            self.workers = 0
+
+    def submit(self, task: FileTask) -> None:
+        self.tasks.append(task)
+        if not self.workers:
+            return
+        waiting = len(self.tasks) - self.sent
+        if waiting >= self.CHUNK and (self._procs or len(self.tasks) >= self.threshold):
+            self._send(len(self.tasks))
+
+    def _start(self) -> None:
+        import queue
+        import subprocess
+        import threading
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        env["PYTHONPATH"] = str(_REPO)
+        for _ in range(self.workers):
+            try:
+                proc = subprocess.Popen(
+                    # -S: no site-packages; a worker needs only the standard library
+                    [sys.executable, "-S", "-m", "assets.imaging.header_worker"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    env=env,
+                )
+            except OSError:
+                break
+            jobs: queue.SimpleQueue = queue.SimpleQueue()
+            writer = threading.Thread(target=_feed, args=(proc, jobs), daemon=True)
+            writer.start()
+            jobs.put(self._pickled_key)
+            self._procs.append(proc)
+            self._queues.append(jobs)
+            self._writers.append(writer)
+        if not self._procs:
+            self.workers = 0
+
+    def _send(self, stop: int) -> None:
+        import pickle
+
+        if not self._procs:
+            self._start()
+            if not self._procs:
+                return
+        for start in range(self.sent, stop, self.CHUNK):
+            end = min(start + self.CHUNK, stop)
+            worker = len(self.chunks) % len(self._procs)
+            self._queues[worker].put(
+                pickle.dumps(self.tasks[start:end], protocol=pickle.HIGHEST_PROTOCOL)
+            )
+            self.chunks.append((worker, start, end))
+        self.sent = stop
+
+    def rows(self) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """One row per submitted task, in order; counts ``workers`` and ``worker_failures``."""
+        unsent = self.workers and self.sent < len(self.tasks)
+        if unsent and (self._procs or len(self.tasks) >= self.threshold):
+            self._send(len(self.tasks))
+        outputs = self._collect()
+        found: list[dict[str, Any] | None] = [None] * len(self.tasks)
+        failures = 0
+        for worker, output in enumerate(outputs):
+            mine = [(start, stop) for w, start, stop in self.chunks if w == worker]
+            if output is None or len(output) != len(mine):
+                failures += 1
+                continue
+            for (start, stop), rows in zip(mine, output, strict=True):
+                if len(rows) == stop - start:
+                    found[start:stop] = rows
+        identities = Identities(self.pseudonymize)
+        for index, row in enumerate(found):
+            if row is None:  # not sent, declined by the fast reader, or its worker failed
+                task = self.tasks[index]
+                found[index] = file_row(task, read_dicom_file(task.path), identities)
+        return found, {"workers": len(self._procs), "worker_failures": failures}
+
+    def _collect(self) -> list[list | None]:
+        import pickle
+        from concurrent.futures import ThreadPoolExecutor
+
+        for jobs in self._queues:
+            jobs.put(None)  # end of input
+        for writer in self._writers:
+            writer.join()
+
+        def read(proc) -> list | None:
+            try:
+                data = proc.stdout.read()
+                proc.stdout.close()
+                return pickle.loads(data) if proc.wait() == 0 else None
+            except (OSError, pickle.UnpicklingError, EOFError, ValueError):
+                return None
+
+        if not self._procs:
+            return []
+        with ThreadPoolExecutor(len(self._procs)) as pool:  # threads only wait on the pipes
+            return list(pool.map(read, self._procs))
+
+
+def _feed(proc, jobs) -> None:
+    """Writer thread: pickled blobs from ``jobs`` into a worker's stdin until None."""
+    import struct as _struct
+
+    try:
+        while (blob := jobs.get()) is not None:
+            proc.stdin.write(_struct.pack("<Q", len(blob)) + blob)
+            proc.stdin.flush()
+    except (BrokenPipeError, OSError):  # the worker died: its chunks are read in the parent
+        while jobs.get() is not None:
+            pass
+    finally:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
 
 
 def file_rows(
     tasks: list[FileTask], pseudonymize: layout.Pseudonymize, workers: int | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """``file_row`` for each task, in order, in ``workers`` processes (None: automatic, 0: in
-    this process). Also returns counts: ``workers`` used, ``worker_failures``."""
-    import pickle
-
-    workers = default_workers(len(tasks)) if workers is None else workers
-    workers = min(workers, len(tasks))
-    stats = {"workers": 0, "worker_failures": 0}
-    outputs: list[list | None] = [None]
-    chunks = [tasks]
-    if workers >= 1:
-        try:
-            pickled_key = pickle.dumps(pseudonymize)
-        except Exception:  # a pseudonymizer that cannot travel (a lambda): read here
-            workers = 0
-    if workers >= 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        size = -(-len(tasks) // workers)
-        chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
-        with ThreadPoolExecutor(len(chunks)) as pool:  # threads only wait on the pipes
-            outputs = list(pool.map(lambda chunk: _run_worker(pickled_key, chunk), chunks))
-        stats["workers"] = len(chunks)
-    identities = Identities(pseudonymize)
-    rows: list[dict[str, Any]] = []
-    for chunk, output in zip(chunks, outputs, strict=True):
-        if output is None or len(output) != len(chunk):
-            stats["worker_failures"] += workers > 0
-            output = [None] * len(chunk)
-        for task, row in zip(chunk, output, strict=True):
-            if row is None:  # declined by the fast reader, or the worker failed: read here
-                row = file_row(task, read_dicom_file(task.path), identities)
-            rows.append(row)
-    return rows, stats
+    """``file_row`` for each task, in order (``HeaderReader`` for a list at hand)."""
+    reader = HeaderReader(pseudonymize, workers)
+    for task in tasks:
+        reader.submit(task)
+    return reader.rows()
 
 
-def _run_worker(pickled_key: bytes, chunk: list[FileTask]) -> list | None:
-    import pickle
-    import subprocess
+def _frames(stream) -> Any:
+    """Length-prefixed pickled blobs from a binary stream, until EOF."""
+    import struct as _struct
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["PYTHONPATH"] = str(_REPO)
-    try:
-        process = subprocess.run(
-            # -S: no site-packages (a worker needs only the standard library; starts in ~20 ms)
-            [sys.executable, "-S", "-m", "assets.imaging.header_worker"],
-            input=pickle.dumps((pickled_key, chunk), protocol=pickle.HIGHEST_PROTOCOL),
-            capture_output=True,
-            env=env,
-            check=False,
-        )
-        if process.returncode != 0:
-            return None
-        return pickle.loads(process.stdout)
-    except (OSError, pickle.UnpicklingError, EOFError):
-        return None
+    while len(head := stream.read(8)) == 8:
+        (size,) = _struct.unpack("<Q", head)
+        yield stream.read(size)
 
 
 def main() -> None:
-    """Worker: (pickled pseudonymizer, tasks) on stdin, one row (or None) per task on stdout."""
+    """Worker: the pickled pseudonymizer, then chunks of tasks, on stdin (length-prefixed
+    pickles); after EOF, one list of rows (or None) per chunk on stdout."""
     import pickle
 
-    pickled_key, tasks = pickle.load(sys.stdin.buffer)
-    identities = Identities(pickle.loads(pickled_key))
-    rows = []
-    for task in tasks:
-        result = read_dicom_file(task.path, fast_only=True)
-        rows.append(None if result is None else file_row(task, result, identities))
-    sys.stdout.buffer.write(pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL))
+    frames = _frames(sys.stdin.buffer)
+    identities = Identities(pickle.loads(next(frames)))
+    answers = []
+    for blob in frames:
+        rows = []
+        for task in pickle.loads(blob):
+            result = read_dicom_file(task.path, fast_only=True)
+            rows.append(None if result is None else file_row(task, result, identities))
+        answers.append(rows)
+    sys.stdout.buffer.write(pickle.dumps(answers, protocol=pickle.HIGHEST_PROTOCOL))
     sys.stdout.flush()
 
 

@@ -138,11 +138,12 @@ def walk_imaging(landing: Path, center_id: str | None = None) -> Iterator[Landed
 def resolve_inside(landing: Path, path: Path) -> Path | None:
     """The real path when ``path`` resolves (``..``, symlinks) inside landing/, else None."""
     try:
-        real = Path(os.path.realpath(path))
-        root = Path(os.path.realpath(landing))
+        real = os.path.realpath(path)
+        root = os.path.realpath(landing)
     except (OSError, RuntimeError, ValueError):  # symlink loops, NUL bytes
         return None
-    return real if real == root or real.is_relative_to(root) else None
+    inside = real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+    return Path(real) if inside else None
 
 
 def relative_to_landing(landing: Path, real: Path) -> str:
