@@ -16,7 +16,7 @@ import radiomics
 
 from assets.radiomics.backends import Backend
 from assets.radiomics.incremental import FEATURES_TABLE, read_diagnostics, read_features
-from assets.radiomics.params import SHIPPED_DIR, discover_params
+from assets.radiomics.params import SHIPPED_DIR, discover_params, params_sha256, read_params
 from assets.radiomics.run import Progress, run_extraction
 from dagster_project.lake import Lake
 from dagster_project.pseudonym import Pseudonymizer
@@ -281,3 +281,18 @@ def test_params_discovery_defaults_override_and_invalid(lake):
     (reject,) = rejects
     assert reject.rule == "invalid_params" and reject.source_path == "../params/broken.yaml"
     assert "binWidth" in reject.reason and "notASetting" in reject.reason
+
+
+def test_params_already_extracted_with_skip_the_schema_check(lake):
+    """A content hash the lake already extracted with counts as validated (no pyradiomics schema
+    load on a run with nothing new); any other content is checked, so an edit that breaks the
+    file is still rejected."""
+    (lake.params_dir / "broken.yaml").write_text("setting:\n  binWidth: -1\n")
+    broken = params_sha256(read_params(lake.params_dir / "broken.yaml"))
+    _, rejects = discover_params(lake.params_dir, include_shipped=False)
+    assert [r.rule for r in rejects] == ["invalid_params"]
+    params, rejects = discover_params(lake.params_dir, include_shipped=False, validated={broken})
+    assert rejects == [] and [p.sha256 for p in params] == [broken]
+    (lake.params_dir / "broken.yaml").write_text("setting:\n  binWidth: -2\n")  # edited: checked
+    _, rejects = discover_params(lake.params_dir, include_shipped=False, validated={broken})
+    assert [r.rule for r in rejects] == ["invalid_params"]

@@ -34,14 +34,15 @@ def radiomics_features(
     from assets.imaging.cases import LOCATORS_FILE, case_tasks, read_locators
     from assets.imaging.mask_qc import load_case_task
     from assets.radiomics.backends import Backend
-    from assets.radiomics.incremental import read_diagnostics, read_features
+    from assets.radiomics.incremental import read_diagnostics, read_features, stored_pairs
     from assets.radiomics.params import applies_to, discover_params
     from assets.radiomics.run import run_extraction
 
     home = lake.lake()
     cases = home.read_table("cases")
     tasks = case_tasks(home.landing, cases, read_locators(home.state_dir / LOCATORS_FILE))
-    params, params_rejects = discover_params(home.params_dir, landing=home.landing)
+    known = set(stored_pairs(home).get_column("params_sha256").to_list())  # validated before
+    params, params_rejects = discover_params(home.params_dir, landing=home.landing, validated=known)
     rows = {r["case_id"]: r for r in cases.iter_rows(named=True)}
     for task in tasks:
         row = rows[task["case_id"]]

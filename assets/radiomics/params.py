@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,11 +98,20 @@ def validate_params(path: str | os.PathLike) -> dict:
     return content
 
 
-def params_file(path: str | os.PathLike, source: str = "lake", validate: bool = True) -> ParamsFile:
-    """A ``ParamsFile`` for one path (validated unless ``validate=False``)."""
+def params_file(
+    path: str | os.PathLike,
+    source: str = "lake",
+    validate: bool = True,
+    validated: Collection[str] = (),
+) -> ParamsFile:
+    """A ``ParamsFile`` for one path, validated unless ``validate=False`` or its content hash is
+    in ``validated`` (parameters the lake already extracted with: they passed the schema then)."""
     path = Path(path).resolve()
-    content = validate_params(path) if validate else read_params(path)
-    return ParamsFile(params_id=path.stem, path=path, sha256=params_sha256(content), source=source)
+    content = read_params(path)
+    sha256 = params_sha256(content)
+    if validate and sha256 not in validated:
+        validate_params(path)  # imports pyradiomics and pykwalify: ~0.3 s in a fresh process
+    return ParamsFile(params_id=path.stem, path=path, sha256=sha256, source=source)
 
 
 def applies_to(params_id: str, modality: str | None) -> bool:
@@ -132,12 +142,15 @@ def discover_params(
     lake_params_dir: str | os.PathLike | None,
     include_shipped: bool = True,
     landing: str | os.PathLike | None = None,
+    validated: Collection[str] = (),
 ) -> tuple[list[ParamsFile], list[Reject]]:
     """Every usable parameter set: LAKE_HOME/params files override shipped files of the same stem.
 
     Returns ``(params, rejects)``; an invalid user file is a Reject (rule ``invalid_params``) and its
     ``params_id`` is dropped, never silently replaced by the shipped file of the same name.
     ``landing`` (the lake's landing folder) makes reject paths relative to it, as everywhere else.
+    ``validated``: content hashes known to be valid (``incremental.stored_pairs``'
+    ``params_sha256``), so a run with nothing new does not load pyradiomics' schema.
     """
     found: dict[str, ParamsFile] = {}
     rejects: list[Reject] = []
@@ -158,7 +171,7 @@ def discover_params(
             continue
         stems[path.stem] = path
         try:
-            found[path.stem] = params_file(path, source="lake")
+            found[path.stem] = params_file(path, source="lake", validated=validated)
         except ParamsError as error:
             rejects.append(
                 _reject(
@@ -172,7 +185,7 @@ def discover_params(
     if include_shipped:
         for path in _candidates(SHIPPED_DIR):
             if path.stem not in stems:
-                found[path.stem] = params_file(path, source="shipped")
+                found[path.stem] = params_file(path, source="shipped", validated=validated)
     return [found[k] for k in sorted(found)], rejects
 
 
