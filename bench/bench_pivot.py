@@ -243,7 +243,9 @@ def _peak_rss_mb() -> int:
 
 def _measure(name: str, folder: str, repeat: int, queue) -> None:
     import duckdb  # noqa: F401  (imports outside the timed region)
+    import numpy  # noqa: F401
     import polars  # noqa: F401
+    import pyarrow  # noqa: F401  (DuckDB <-> polars/numpy go through Arrow: ~0.3 s to import)
 
     baseline = _peak_rss_mb()
     times, result = [], None

@@ -167,12 +167,14 @@ def order_slices(
     """Slice order (indices) by position along the normal; files without a position go last by
     InstanceNumber. Also returns each file's position along the normal (None when unknown)."""
     normal = next((n for n in (slice_normal(o) for o in orientations) if n is not None), None)
-    along: list[float | None] = []
-    for position in positions:
-        if normal is None or position is None or len(position) != 3:
-            along.append(None)
-        else:
-            along.append(float(np.dot(np.asarray(position, dtype=float), normal)))
+    along: list[float | None] = [None] * len(positions)
+    known = [
+        i for i, p in enumerate(positions) if normal is not None and p is not None and len(p) == 3
+    ]
+    if known:  # one matrix product for the series (not one np.dot per slice)
+        products = np.asarray([positions[i] for i in known], dtype=float) @ normal
+        for i, value in zip(known, products.tolist(), strict=True):
+            along[i] = value
     big = float("inf")
     order = sorted(
         range(len(positions)),
