@@ -204,28 +204,35 @@ def _read(path: Path | str) -> HeaderValues:
 def _read_meta(stream: _Stream) -> dict:
     """File meta group 0002 (always explicit VR little endian)."""
     meta = {}
+    buf, start, pos = stream.buf, stream.start, stream.pos
     while True:
-        buf, i = stream.view(8)
+        if pos + 12 > start + len(buf):  # a meta group past the first chunk (rare): refill
+            stream.pos = pos
+            buf, _ = stream.view(8)
+            start = stream.start
+        i = pos - start
         group, element, vr, length = _TAG_VR_U16(buf, i)
         if group != 0x0002:
+            stream.pos = pos
             return meta
-        header = 8
-        if vr in _LONG_VRS:
-            buf, i = stream.view(12)
+        long = _VR_LONG.get(vr)
+        if long:
             length = _U32(buf, i + 8)[0]
-            header = 12
-        elif vr not in _VRS:
+            pos += 12
+        elif long is None:
             raise Decline("file meta is not explicit VR")
+        else:
+            pos += 8
         if length == _UNDEFINED:
             raise Decline("undefined length in file meta")
         if element in (0x0002, 0x0010):  # MediaStorageSOPClassUID, TransferSyntaxUID
-            stream.pos += header
-            buf, i = stream.view(length)
-            text = buf[i : i + length].decode("latin-1").strip(" \x00")
+            if pos + length > start + len(buf):
+                stream.pos = pos
+                buf, _ = stream.view(length)
+                start = stream.start
+            text = buf[pos - start : pos - start + length].decode("latin-1").strip(" \x00")
             meta["MediaStorageSOPClassUID" if element == 0x0002 else "TransferSyntaxUID"] = text
-            stream.pos += length
-        else:
-            stream.pos += header + length
+        pos += length
 
 
 def _read_dataset(stream: _Stream, implicit: bool) -> dict[str, tuple[bytes, str]]:
