@@ -65,6 +65,12 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], bool]] = {
         ["--patients", "2500", "--centers", "7", "--features", "1300", "--bootstrap", "1000"],
         False,
     ),
+    "suite_scale": (
+        "bench_suite_scale.py",
+        ["--cases", "1000", "--features", "1300"],
+        ["--cases", "10000", "--features", "1300", "--skip-full"],
+        True,
+    ),
     "quality_gate": (
         "bench_quality_gate.py",
         ["--patients", "60", "--repeat", "1", "--executors", "in_process"],
@@ -120,7 +126,8 @@ def headline(name: str, result: dict[str, Any]) -> str:
                     parts.append(
                         f"{zone}: scan {modes['scan_imaging']['files_per_s']:.0f} files/s = "
                         f"{modes['scan_imaging']['x_full_read']}x full read "
-                        f"(evicted {modes['scan_imaging, evicted']['x_full_read']}x)"
+                        f"(evicted {modes['scan_imaging, evicted']['x_full_read']}x), header read "
+                        f"{modes.get('header read (dicom_header)', {}).get('x_full_read')}x"
                     )
             return "; ".join(parts) + " [goal >= 10x]"
         if name.startswith("extraction"):
@@ -147,6 +154,11 @@ def headline(name: str, result: dict[str, Any]) -> str:
                 f"lake {lake} s, script {script} s, lake/script {lake / script:.2f} "
                 "[<= 1.1, lake < 180 s]"
             )
+        if name == "suite_scale":
+            runs = ", ".join(
+                f"{r['mode']} {r['seconds']} s / {r['peak_rss_mb']} MB" for r in result["runs"]
+            )
+            return f"{result['rows']:,} rows: {runs}; same outcome {result['same_outcome']}"
         if name == "quality_gate":
             parts = [f"first run {result['first_materialization']['wall_s']} s"]
             for executor in ("in_process", "multiprocess"):

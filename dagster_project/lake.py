@@ -157,6 +157,13 @@ class Lake:
             return pl.DataFrame()
         return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
 
+    def scan_table(self, table: str) -> pl.LazyFrame:
+        """``read_table`` as a lazy frame (nothing read until collected)."""
+        files = self.table_files(table)
+        if not files:
+            return pl.LazyFrame()
+        return pl.concat([pl.scan_parquet(f) for f in files], how="diagonal_relaxed")
+
     def history(self, table: str) -> list[Path]:
         folder = self.table_dir(table) / "_history"
         return sorted(folder.glob("*.parquet")) if folder.is_dir() else []

@@ -103,24 +103,10 @@ def _plain(value: Any) -> Any:
 
 def run_suite(table: str, frame, suites_dir: Path = SUITES_DIR) -> SuiteOutcome:
     """Validate a pandas DataFrame against the table's suite with an ephemeral GX context."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    import logging
-
-    import great_expectations as gx
-
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     pairs = load_suite(table, suites_dir)
     columns = set(frame.columns)
-    context = gx.get_context(mode="ephemeral")
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    # no tqdm bars in the Dagster logs
-    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    source = context.data_sources.add_pandas(f"radlake_{table}")
-    batch_def = source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe("all")
-    batch = batch_def.get_batch(batch_parameters={"dataframe": frame})
-    suite = gx.ExpectationSuite(name=f"{table}_suite")
     outcomes: list[ExpectationOutcome] = []
+    present = []
     for name, kwargs in pairs:
         column = kwargs.get("column")
         if column is not None and column not in columns:
@@ -129,34 +115,65 @@ def run_suite(table: str, frame, suites_dir: Path = SUITES_DIR) -> SuiteOutcome:
                 ExpectationOutcome(name, kwargs, False, error=f"column {column!r} is missing")
             )
             continue
-        suite.add_expectation(_gx_class(name)(**kwargs))
-    if suite.expectations:
-        result = batch.validate(
-            suite,
-            result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_SIZE},
+        present.append((name, kwargs))
+    results = validate_frame(
+        table,
+        frame,
+        present,
+        {"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_SIZE},
+    )
+    for res in results:
+        info = res.result or {}
+        outcomes.append(
+            outcome_of(res, info.get("unexpected_count"), info.get("unexpected_percent"))
         )
-        for res in result.results:
-            config = res.expectation_config
-            kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)}
-            info = res.result or {}
-            error = None
-            if res.exception_info and res.exception_info.get("raised_exception"):
-                error = str(res.exception_info.get("exception_message"))[:300]
-            outcomes.append(
-                ExpectationOutcome(
-                    expectation=config.type,
-                    kwargs=kwargs,
-                    success=bool(res.success),
-                    unexpected_count=info.get("unexpected_count"),
-                    unexpected_percent=info.get("unexpected_percent"),
-                    sample_values=[_plain(v) for v in (info.get("partial_unexpected_list") or [])][
-                        :SAMPLE_SIZE
-                    ],
-                    observed_value=_plain(info.get("observed_value")),
-                    error=error,
-                )
-            )
     return SuiteOutcome(table=table, rows=len(frame), outcomes=outcomes)
+
+
+def validate_frame(table: str, frame, pairs: list[tuple[str, dict]], result_format: dict) -> list:
+    """GX's validation results of ``pairs`` (expectation type, kwargs) on a pandas frame, in
+    order (an ephemeral context, analytics and progress bars off)."""
+    if not pairs:
+        return []
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import logging
+
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    context = gx.get_context(mode="ephemeral")
+    # no tqdm bars in the Dagster logs
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    source = context.data_sources.add_pandas(f"radlake_{table}")
+    batch_def = source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe("all")
+    batch = batch_def.get_batch(batch_parameters={"dataframe": frame})
+    suite = gx.ExpectationSuite(name=f"{table}_suite")
+    for name, kwargs in pairs:
+        suite.add_expectation(_gx_class(name)(**kwargs))
+    return list(batch.validate(suite, result_format=result_format).results)
+
+
+def outcome_of(res, unexpected_count, unexpected_percent) -> ExpectationOutcome:
+    """An ``ExpectationOutcome`` from one GX result (counts given by the caller)."""
+    config = res.expectation_config
+    kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)}
+    info = res.result or {}
+    error = None
+    if res.exception_info and res.exception_info.get("raised_exception"):
+        error = str(res.exception_info.get("exception_message"))[:300]
+    return ExpectationOutcome(
+        expectation=config.type,
+        kwargs=kwargs,
+        success=bool(res.success),
+        unexpected_count=unexpected_count,
+        unexpected_percent=unexpected_percent,
+        sample_values=[_plain(v) for v in (info.get("partial_unexpected_list") or [])][
+            :SAMPLE_SIZE
+        ],
+        observed_value=_plain(info.get("observed_value")),
+        error=error,
+    )
 
 
 def outcome_markdown(outcome: SuiteOutcome) -> str:
