@@ -111,7 +111,8 @@ def test_a_fresh_file_is_not_remembered_until_it_has_aged(tmp_path):
     assert (cache.hits, cache.misses, len(cache)) == (0, 2, 0)
 
 
-def test_cache_file_holds_no_paths_and_drops_unused_entries(tmp_path):
+def saved_cache(tmp_path):
+    """The patient files (aged past the racy window) and a cache file that knows them all."""
     files = patient_files(tmp_path)
     let_age()
     store = tmp_path / "state" / HASH_CACHE_FILE
@@ -119,7 +120,11 @@ def test_cache_file_holds_no_paths_and_drops_unused_entries(tmp_path):
     for path in files:
         cache.sha256(path)
     cache.save(store)
+    return files, store
 
+
+def test_cache_file_holds_no_paths_and_drops_unused_entries(tmp_path):
+    files, store = saved_cache(tmp_path)
     blob = store.read_bytes()
     for text in (PATIENT, "landing", "imaging", "nrrd", str(tmp_path)):
         assert text.encode() not in blob, text
@@ -137,13 +142,7 @@ def test_cache_file_holds_no_paths_and_drops_unused_entries(tmp_path):
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "other_columns", "empty"])
 def test_a_damaged_cache_file_is_ignored(tmp_path, damage):
-    files = patient_files(tmp_path)
-    let_age()
-    store = tmp_path / "state" / HASH_CACHE_FILE
-    good = HashCache(racy_window_ns=WINDOW_NS)
-    for path in files:
-        good.sha256(path)
-    good.save(store)
+    files, store = saved_cache(tmp_path)
     if damage == "garbage":
         store.write_bytes(b"\x00not a parquet file\xff" * 50)
     elif damage == "truncated":

@@ -29,6 +29,43 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+# The tags the lake reads from image headers (pydicom: ``specific_tags`` keeps reads cheap).
+HEADER_TAGS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "Modality",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "PatientID",
+    "PatientName",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "KVP",
+    "ConvolutionKernel",
+    "ContrastBolusAgent",
+    "ContrastBolusRoute",
+    "SeriesDescription",
+    "ProtocolName",
+    "BodyPartExamined",
+    "MagneticFieldStrength",
+    "SequenceName",
+    "ScanningSequence",
+    "EchoTime",
+    "RepetitionTime",
+    "SliceThickness",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "InstanceNumber",
+    "AcquisitionDate",
+    "SeriesDate",
+    "StudyDate",
+    "ContentDate",
+]
+
 # keyword -> (tag, VR), top level only. tests/test_dicom_header.py checks them against pydicom's
 # data dictionary.
 WANTED: dict[str, tuple[int, str]] = {

@@ -29,6 +29,7 @@ from typing import Any
 
 from assets.imaging import layout
 from assets.imaging.dicom_header import (
+    HEADER_TAGS,
     Decline,
     HeaderValues,
     ImagingError,
@@ -36,47 +37,10 @@ from assets.imaging.dicom_header import (
     sop_kind,
 )
 
-# For the pydicom fallback: the wanted tags (the same as dicom_header.WANTED reads).
-SCAN_TAGS = [
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "Modality",
-    "SeriesInstanceUID",
-    "FrameOfReferenceUID",
-    "PatientID",
-    "PatientName",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "KVP",
-    "ConvolutionKernel",
-    "ContrastBolusAgent",
-    "ContrastBolusRoute",
-    "SeriesDescription",
-    "ProtocolName",
-    "BodyPartExamined",
-    "MagneticFieldStrength",
-    "SequenceName",
-    "ScanningSequence",
-    "EchoTime",
-    "RepetitionTime",
-    "SliceThickness",
-    "PixelSpacing",
-    "Rows",
-    "Columns",
-    "NumberOfFrames",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "InstanceNumber",
-    "AcquisitionDate",
-    "SeriesDate",
-    "StudyDate",
-    "ContentDate",
-    # read only to find them in folder and file names (never stored): folders are often named
-    # after the birth date or the accession number (PS3.15 removes both when de-identifying)
-    "PatientBirthDate",
-    "AccessionNumber",
-    "StudyID",
-]
+# For the pydicom fallback: the wanted tags (the same as dicom_header.WANTED reads), with
+# three read only to find them in folder and file names (never stored): folders are often named
+# after the birth date or the accession number (PS3.15 removes both when de-identifying).
+SCAN_TAGS = [*HEADER_TAGS, "PatientBirthDate", "AccessionNumber", "StudyID"]
 ID_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "StudyID")
 MIN_FILES_PER_WORKER = 1000  # workers cost ~0.1 s to start and ~15 us per file to talk to
 _REPO = Path(__file__).resolve().parents[2]
@@ -131,34 +95,19 @@ def dicom_date(*values) -> date | None:
     return None
 
 
-# Fields that are the same in every file of a series (converted once per distinct set of values).
-_SERIES_FIELDS = (
-    "Modality",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "KVP",
-    "ConvolutionKernel",
-    "ContrastBolusAgent",
-    "ContrastBolusRoute",
-    "SeriesDescription",
-    "ProtocolName",
-    "BodyPartExamined",
-    "MagneticFieldStrength",
-    "SequenceName",
-    "ScanningSequence",
-    "EchoTime",
-    "RepetitionTime",
-    "SliceThickness",
-    "PixelSpacing",
-    "Rows",
-    "Columns",
-    "NumberOfFrames",
-    "ImageOrientationPatient",
-    "AcquisitionDate",
-    "SeriesDate",
-    "StudyDate",
-    "ContentDate",
-)
+# The header fields dicom_row converts once per series (all but the per-file and identifying
+# ones; the memo key is their values, so a file that differs gets its own entry).
+_PER_FILE = {
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "PatientID",
+    "PatientName",
+    "ImagePositionPatient",
+    "InstanceNumber",
+}
+_SERIES_FIELDS = tuple(t for t in HEADER_TAGS if t not in _PER_FILE)
 _ROW_MEMO: dict[tuple, dict[str, Any]] = {}
 
 

@@ -31,49 +31,13 @@ import numpy as np
 
 from assets.imaging.dicom_header import (  # noqa: F401  (re-exported: the readers' API)
     DICOMDIR_SOP_CLASS,
+    HEADER_TAGS,
     RTSTRUCT_SOP_CLASS,
     SEG_SOP_CLASS,
     ImagingError,
     sop_kind,
 )
 from assets.imaging.layout import DICOM_SUFFIXES, volume_format
-
-# Only the tags the lake reads (specific_tags keeps the header read cheap).
-HEADER_TAGS = [
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "Modality",
-    "SeriesInstanceUID",
-    "FrameOfReferenceUID",
-    "PatientID",
-    "PatientName",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "KVP",
-    "ConvolutionKernel",
-    "ContrastBolusAgent",
-    "ContrastBolusRoute",
-    "SeriesDescription",
-    "ProtocolName",
-    "BodyPartExamined",
-    "MagneticFieldStrength",
-    "SequenceName",
-    "ScanningSequence",
-    "EchoTime",
-    "RepetitionTime",
-    "SliceThickness",
-    "PixelSpacing",
-    "Rows",
-    "Columns",
-    "NumberOfFrames",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "InstanceNumber",
-    "AcquisitionDate",
-    "SeriesDate",
-    "StudyDate",
-    "ContentDate",
-]
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # A DICOM stream without preamble starts with group 0002 (file meta) or 0008 (little endian).
