@@ -6,14 +6,20 @@ SeriesInstanceUID and SOPInstanceUID, and the identifier values the scan needs t
 and to scrub paths (``ids``). Plain Part-10 files go through ``dicom_header.read_header_values``;
 everything it declines through pydicom (``io.read_header``), which also names what is wrong.
 
-``read_dicom_files(paths, workers)`` does the same for many files in ``workers`` processes. A
-worker is a fresh ``python -m assets.imaging.header_worker``: paths in on stdin, results out on
-stdout (pickle, between this process and its own child). Not ``multiprocessing``: spawn and
-forkserver children re-run the parent's ``__main__`` (in a Dagster run that is the Dagster CLI,
-over a second of imports per worker), and forking a process with threads (Dagster's, polars')
-is unsafe. This module and ``dicom_header`` import only the standard library, so a worker is
-ready in about 50 ms. A worker that fails (killed, out of memory) costs nothing but time: its
-files are read again in this process.
+``file_row(task, result, identities)`` turns that into the scan's index row: identifiers become
+the patient_key, keyed digests and a scrubbed path (``Identities`` computes them once per
+distinct set of identifiers, i.e. once per series).
+
+``HeaderReader`` does both for a stream of files, in worker processes for large scans. A worker
+is a fresh ``python -S -m assets.imaging.header_worker``: the pseudonymizer and chunks of tasks
+in on stdin, rows out on stdout (pickle, between this process and its own child; the secret
+never touches argv, the environment or disk). Not ``multiprocessing``: spawn and forkserver
+children re-run the parent's ``__main__`` (in a Dagster run that is the Dagster CLI, over a
+second of imports per worker), and forking a process with threads (Dagster's, polars') is
+unsafe. This module, ``dicom_header``, ``layout`` and the pseudonymizer import only the standard
+library, so a worker needs no site-packages (``-S``) and starts in ~0.1 s. Files the fast reader
+declines, and every file of a worker that failed (killed, out of memory), are read again in this
+process with pydicom: a worker can cost time, never a file.
 """
 
 from __future__ import annotations
@@ -467,16 +473,6 @@ def _feed(proc, jobs) -> None:
     finally:
         with contextlib.suppress(OSError):
             proc.stdin.close()
-
-
-def file_rows(
-    tasks: list[FileTask], pseudonymize: layout.Pseudonymize, workers: int | None = None
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """``file_row`` for each task, in order (``HeaderReader`` for a list at hand)."""
-    reader = HeaderReader(pseudonymize, workers)
-    for task in tasks:
-        reader.submit(task)
-    return reader.rows()
 
 
 def _frames(stream) -> Any:
