@@ -131,6 +131,7 @@ _DECLINED_SYNTAXES = {
 }
 _ENCODINGS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 _CHUNK = 16384
+_MAX_VALUE = 1 << 16  # longest wanted value read (UIDs, names, dates, numbers: a few dozen bytes)
 _MEMO: dict[tuple[bytes, str, str], object] = {}  # decoded values by (bytes, VR, encoding)
 _MEMO_SIZE = 65536
 _MISSING = object()
@@ -326,6 +327,8 @@ def _read_dataset(stream: _Stream, implicit: bool) -> dict[str, tuple[bytes, str
             continue
         wanted = by_raw.get(raw)
         if wanted is not None:
+            if length > _MAX_VALUE:  # no header value we read is this long: a damaged length
+                raise Decline(f"a {length}-byte {wanted[0]}")
             if pos + length > end:
                 stream.pos = pos
                 buf, _ = stream.view(length)
