@@ -352,87 +352,26 @@ def metrics_table(
             threshold = thresholds[model]
             point = point_metrics(y, p, threshold)
             boot = bootstrap_metrics(y, p, threshold, counts) if counts is not None else {}
+            found = []  # (metric, value, ci_low, ci_high, ci_method)
             for metric in BOOTSTRAP_METRICS:
                 low, high = percentile_ci(boot[metric], level) if boot else (math.nan, math.nan)
                 method = "bootstrap_percentile" if boot else "none"
-                rows.append(
-                    _row(
-                        study,
-                        model_version,
-                        model,
-                        cohort,
-                        metric,
-                        point[metric],
-                        low,
-                        high,
-                        method,
-                        n,
-                        n_pos,
-                    )
-                )
+                found.append((metric, point[metric], low, high, method))
             auc, low, high, _ = delong_ci(y, p, level)
-            rows.append(
-                _row(
-                    study,
-                    model_version,
-                    model,
-                    cohort,
-                    "auc_delong",
-                    auc,
-                    low,
-                    high,
-                    "delong",
-                    n,
-                    n_pos,
-                )
-            )
-            rows.append(
-                _row(
-                    study,
-                    model_version,
-                    model,
-                    cohort,
-                    "threshold",
-                    threshold,
-                    None,
-                    None,
-                    "none",
-                    n,
-                    n_pos,
-                )
-            )
+            found.append(("auc_delong", auc, low, high, "delong"))
+            found.append(("threshold", threshold, None, None, "none"))
             if cohort == "train" and cv_auc and model in cv_auc:
                 mean, sd = cv_auc[model]
-                rows.append(
-                    _row(
-                        study,
-                        model_version,
-                        model,
-                        cohort,
-                        "cv_auc",
-                        mean,
-                        None,
-                        None,
-                        "none",
-                        n,
-                        n_pos,
-                    )
+                found += [
+                    ("cv_auc", mean, None, None, "none"),
+                    ("cv_auc_sd", sd, None, None, "none"),
+                ]
+            rows += [
+                _row(
+                    study, model_version, model, cohort, metric, value, low, high, method, n, n_pos
                 )
-                rows.append(
-                    _row(
-                        study,
-                        model_version,
-                        model,
-                        cohort,
-                        "cv_auc_sd",
-                        sd,
-                        None,
-                        None,
-                        "none",
-                        n,
-                        n_pos,
-                    )
-                )
+                for metric, value, low, high, method in found
+            ]
     return pl.DataFrame(rows, schema=METRICS_SCHEMA)
 
 
@@ -469,24 +408,25 @@ def comparison_table(
         y = a["label"].to_numpy().astype(int)
         test = delong_test(y, a["probability"].to_numpy(), b["probability"].to_numpy(), level)
         n, n_pos = len(y), int(y.sum())
-        for metric, value, low, high in (
+        tests = (
             ("auc_difference", test["difference"], test["ci_low"], test["ci_high"]),
             ("delong_z", test["z"], None, None),
             ("delong_p", test["p_value"], None, None),
-        ):
-            rows.append(
-                _row(
-                    study,
-                    model_version,
-                    name,
-                    cohort,
-                    metric,
-                    value,
-                    low,
-                    high,
-                    "delong_paired",
-                    n,
-                    n_pos,
-                )
+        )
+        rows += [
+            _row(
+                study,
+                model_version,
+                name,
+                cohort,
+                metric,
+                value,
+                low,
+                high,
+                "delong_paired",
+                n,
+                n_pos,
             )
+            for metric, value, low, high in tests
+        ]
     return pl.DataFrame(rows, schema=METRICS_SCHEMA)

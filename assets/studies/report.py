@@ -262,22 +262,10 @@ def study_sections(result: Any) -> list[Section]:
 
 def survival_section(results: pl.DataFrame, figures: list[Path]) -> Section:
     """Survival rows (``survival_results``) and Kaplan-Meier figures of a study."""
-    columns = [
-        c
-        for c in (
-            "endpoint",
-            "cohort",
-            "analysis",
-            "term",
-            "estimate",
-            "ci_low",
-            "ci_high",
-            "p_value",
-            "n",
-            "events",
-        )
-        if c in results.columns
-    ]
+    from assets.studies.survival import RESULT_COLUMNS
+
+    shown = [c for c in RESULT_COLUMNS if c not in ("statistic", "df", "note", "coef", "se")]
+    columns = [c for c in shown if c in results.columns]
     return Section(
         "Survival",
         [

@@ -503,11 +503,10 @@ def train_study(
     relative = Path("models") / spec.name / version
     version_dir = Path(out_dir) / relative
     marker = read_complete(version_dir, spec, version) if reuse else None
-    if marker is not None:
-        fitted, _ = load_fitted(version_dir, spec.models)
-        kept_at = datetime.fromisoformat(marker["trained_at"])
+
+    def trained(fitted, at: datetime, fitted_now: bool) -> TrainedStudy:
         row = model_versions_row(
-            spec, version, code, data.data_hashes, fitted, relative.as_posix(), kept_at
+            spec, version, code, data.data_hashes, fitted, relative.as_posix(), at
         )
         return TrainedStudy(
             version,
@@ -516,10 +515,14 @@ def train_study(
             fitted,
             version_dir,
             row,
-            False,
-            kept_at,
+            fitted_now,
+            at,
             training_notes(fitted),
         )
+
+    if marker is not None:
+        fitted, _ = load_fitted(version_dir, spec.models)
+        return trained(fitted, datetime.fromisoformat(marker["trained_at"]), fitted_now=False)
 
     X_train, y_train = train_inputs(data, splits)
     with warnings.catch_warnings():
@@ -544,20 +547,7 @@ def train_study(
         trained_at,
         [*files, version_dir / "resolved.yaml", version_dir / "hashes.json"],
     )
-    row = model_versions_row(
-        spec, version, code, data.data_hashes, fitted, relative.as_posix(), trained_at
-    )
-    return TrainedStudy(
-        version,
-        code,
-        data.data_hashes,
-        fitted,
-        version_dir,
-        row,
-        True,
-        trained_at,
-        training_notes(fitted),
-    )
+    return trained(fitted, trained_at, fitted_now=True)
 
 
 @dataclass
