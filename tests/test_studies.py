@@ -609,6 +609,27 @@ def _plain_sklearn_pipeline(k: int = 10):
     )
 
 
+WDBC_STUDY = {  # scikit-learn's breast cancer data, two centers
+    "name": "wdbc",
+    "label": "malignant",
+    "features": {"external": {"feature_set": "wdbc"}},
+    "split": {
+        "development_centers": ["C1"],
+        "internal_validation_fraction": 0.3,
+        "external_validation_centers": ["C2"],
+        "seed": 3,
+    },
+    "selection": {
+        "variance_min": 0.0,
+        "max_correlation": 0.9,
+        "method": "univariate",
+        "n_features": 10,
+    },
+    "models": ["logistic_regression"],
+    "bootstrap": 200,
+}
+
+
 def test_breast_cancer_logistic_auc_equals_plain_sklearn(tmp_path):
     from sklearn.datasets import load_breast_cancer
     from sklearn.metrics import roc_auc_score
@@ -624,28 +645,7 @@ def test_breast_cancer_logistic_auc_equals_plain_sklearn(tmp_path):
     clinical = pl.DataFrame(
         {"patient_key": keys, "center_id": centers, "malignant": (1 - data.target).tolist()}
     )
-    spec = parse_study(
-        {
-            "name": "wdbc",
-            "label": "malignant",
-            "features": {"external": {"feature_set": "wdbc"}},
-            "split": {
-                "development_centers": ["C1"],
-                "internal_validation_fraction": 0.3,
-                "external_validation_centers": ["C2"],
-                "seed": 3,
-            },
-            "selection": {
-                "variance_min": 0.0,
-                "max_correlation": 0.9,
-                "method": "univariate",
-                "n_features": 10,
-            },
-            "models": ["logistic_regression"],
-            "bootstrap": 200,
-        },
-        "wdbc.yaml",
-    )
+    spec = parse_study(WDBC_STUDY, "wdbc.yaml")
     result = run_study(
         spec, features, clinical, tmp_path, code_version_override="test", write_report=False
     )
@@ -675,21 +675,9 @@ def test_breast_cancer_logistic_auc_equals_plain_sklearn(tmp_path):
 
 # small cohorts: fewer folds, or a clear error ----------------------------------------------
 PILOT_STUDY = {
+    **WDBC_STUDY,
     "name": "pilot",
-    "label": "malignant",
-    "features": {"external": {"feature_set": "wdbc"}},
-    "split": {
-        "development_centers": ["C1"],
-        "internal_validation_fraction": 0.3,
-        "external_validation_centers": ["C2"],
-        "seed": 3,
-    },
-    "selection": {
-        "variance_min": 0.0,
-        "max_correlation": 0.9,
-        "method": "univariate",
-        "n_features": 5,
-    },
+    "selection": {**WDBC_STUDY["selection"], "n_features": 5},
     "models": ["logistic_regression", "svm"],
     "bootstrap": 50,
 }
