@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import secrets
-from pathlib import Path
+
+TYPE_CHECKING = False  # pathlib stays unimported in the scan's header workers
+if TYPE_CHECKING:
+    from pathlib import Path
 
 KEY_FILE = ".pseudonym_key"
 KEY_LENGTH = 32
@@ -23,6 +25,9 @@ def load_secret(home: Path) -> bytes:
     env = os.environ.get("LAKE_PSEUDONYM_KEY")
     if env:
         return env.encode("utf-8")
+    import secrets
+    from pathlib import Path
+
     path = Path(home) / KEY_FILE
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,12 @@ No third-party import: process-pool workers start in milliseconds.
 
 from __future__ import annotations
 
+import os
 import struct
-from pathlib import Path
+
+TYPE_CHECKING = False  # typing and pathlib stay unimported in a worker
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # The tags the lake reads from image headers (pydicom: ``specific_tags`` keeps reads cheap).
 HEADER_TAGS = [
@@ -110,6 +114,7 @@ WANTED: dict[str, tuple[int, str]] = {
 }
 # keyed by the little-endian uint32 of the tag's 4 bytes: group | element << 16
 _BY_RAW = {(tag >> 16) | (tag & 0xFFFF) << 16: (kw, vr) for kw, (tag, vr) in WANTED.items()}
+_CHARSET_RAW = 0x0008 | 0x0005 << 16
 _LAST_GROUP, _LAST_ELEMENT = max(WANTED.values())[0] >> 16, max(WANTED.values())[0] & 0xFFFF
 
 # VRs whose explicit-VR length is 4 bytes after 2 reserved bytes (PS3.5 7.1.2).
@@ -132,9 +137,9 @@ _DECLINED_SYNTAXES = {
 _ENCODINGS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 _CHUNK = 16384
 _MAX_VALUE = 1 << 16  # longest wanted value read (UIDs, names, dates, numbers: a few dozen bytes)
-_MEMO: dict[tuple[bytes, str, str], object] = {}  # decoded values by (bytes, VR, encoding)
-_MEMO_SIZE = 65536
-_MISSING = object()
+_TABLES: dict[bytes, dict] = {}  # SpecificCharacterSet -> raw tag -> (keyword, memo)
+_MEMO_SIZE = 4096  # values kept per tag and character set
+_O_RDONLY = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 _U16 = struct.Struct("<H").unpack_from
 _U32 = struct.Struct("<I").unpack_from
@@ -181,13 +186,13 @@ class HeaderValues(dict):
 
 
 class _Stream:
-    """Reads a file in chunks; ``pos`` is a file offset."""
+    """Reads a file (an OS file descriptor) in chunks; ``pos`` is a file offset."""
 
-    __slots__ = ("handle", "buf", "start", "pos")
+    __slots__ = ("fd", "buf", "start", "pos")
 
-    def __init__(self, handle):
-        self.handle = handle
-        self.buf = handle.read(_CHUNK)
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buf = os.read(fd, _CHUNK)
         self.start = 0
         self.pos = 0
 
@@ -195,13 +200,16 @@ class _Stream:
         """(buffer, index) with at least ``n`` bytes available at ``pos``."""
         index = self.pos - self.start
         if index + n > len(self.buf):
-            self.handle.seek(self.pos)
-            self.buf = self.handle.read(max(n, _CHUNK))
+            self.buf = os.pread(self.fd, max(n, _CHUNK), self.pos)
             self.start = self.pos
             index = 0
             if len(self.buf) < n:
                 raise Decline("the header ends early")
         return self.buf, index
+
+    def at_end(self) -> bool:
+        """Whether the file ends at ``pos``."""
+        return not os.pread(self.fd, 1, self.pos)
 
 
 def read_header_values(path: Path | str) -> HeaderValues:
@@ -213,8 +221,9 @@ def read_header_values(path: Path | str) -> HeaderValues:
 
 
 def _read(path: Path | str) -> HeaderValues:
-    with open(path, "rb") as handle:
-        stream = _Stream(handle)
+    fd = os.open(path, _O_RDONLY)
+    try:
+        stream = _Stream(fd)
         if stream.buf[128:132] != b"DICM":
             raise Decline("no DICOM preamble")
         stream.pos = 132
@@ -223,20 +232,44 @@ def _read(path: Path | str) -> HeaderValues:
         if syntax in _DECLINED_SYNTAXES or not syntax:
             raise Decline(f"transfer syntax {syntax or 'missing'}")
         values = HeaderValues(file_meta=meta)
-        raw = _read_dataset(stream, implicit=syntax == IMPLICIT_LE)
-    charset = raw.pop("SpecificCharacterSet", (b"", "CS"))[0]
-    charset_text = charset.decode("latin-1").strip(" \x00")
-    encoding = _ENCODINGS.get(charset_text)
-    if encoding is None:
-        raise Decline(f"character set {charset_text}")
-    memo = _MEMO if len(_MEMO) < _MEMO_SIZE else _MEMO.clear() or _MEMO
-    for keyword, (data, vr) in raw.items():
-        key = (data, vr, encoding)
-        value = memo.get(key, _MISSING)
-        if value is _MISSING:  # the files of a series repeat most values: decode each once
-            value = memo[key] = _decode(data, vr, encoding)
-        values[keyword] = value
+        _read_dataset(stream, syntax == IMPLICIT_LE, values)
+    finally:
+        os.close(fd)
     return values
+
+
+def _tables(charset: bytes) -> dict[int, tuple[str, _Memo | None]]:
+    """raw tag -> (keyword, decoded values by bytes) for one SpecificCharacterSet value (or
+    Decline); SpecificCharacterSet itself has no memo."""
+    table = _TABLES.get(charset)
+    if table is None:
+        text = charset.decode("latin-1").strip(" \x00")
+        encoding = _ENCODINGS.get(text)
+        if encoding is None:
+            raise Decline(f"character set {text}")
+        if len(_TABLES) > 64:
+            _TABLES.clear()
+        table = _TABLES[charset] = {
+            raw: (keyword, None if raw == _CHARSET_RAW else _Memo(vr, encoding))
+            for raw, (keyword, vr) in _BY_RAW.items()
+        }
+    return table
+
+
+class _Memo(dict):
+    """bytes -> decoded value for one tag and encoding; decodes on a miss."""
+
+    __slots__ = ("vr", "encoding")
+
+    def __init__(self, vr: str, encoding: str):
+        super().__init__()
+        self.vr, self.encoding = vr, encoding
+
+    def __missing__(self, data: bytes):
+        if len(self) >= _MEMO_SIZE:
+            self.clear()
+        value = self[data] = _decode(data, self.vr, self.encoding)
+        return value
 
 
 def _read_meta(stream: _Stream) -> dict:
@@ -273,69 +306,75 @@ def _read_meta(stream: _Stream) -> dict:
         pos += length
 
 
-def _read_dataset(stream: _Stream, implicit: bool) -> dict[str, tuple[bytes, str]]:
-    """Raw bytes of the wanted top-level elements, up to the last wanted tag.
+def _read_dataset(stream: _Stream, implicit: bool, found: dict[str, object]) -> None:
+    """The wanted top-level elements into ``found``, decoded, up to the last wanted tag.
 
     The hot loop of the scan (every element of every header passes here once): tags are
-    compared as the little-endian uint32 of (group, element), i.e. ``group | element << 16``."""
-    found: dict[str, tuple[bytes, str]] = {}
-    by_raw, last_group, last_element, vr_long = _BY_RAW, _LAST_GROUP, _LAST_ELEMENT, _VR_LONG
+    compared as the little-endian uint32 of (group, element), i.e. ``group | element << 16``;
+    ``i`` is the index in the current buffer (file offset ``stream.start + i``). Values are
+    decoded through a memo per tag and character set (``_tables``: the files of a series
+    repeat most of them); SpecificCharacterSet (0008,0005) must precede the values it governs.
+    """
+    table = _tables(b"")
+    last_group, last_element, vr_long, max_value = _LAST_GROUP, _LAST_ELEMENT, _VR_LONG, _MAX_VALUE
     raw_u32, raw_vr_u16, u32, undefined = _RAW_U32, _RAW_VR_U16, _U32, _UNDEFINED
-    buf, start, pos = stream.buf, stream.start, stream.pos
-    end = start + len(buf)
+    buf, i = stream.buf, stream.pos - stream.start
+    n = len(buf)
     while True:
-        if pos + 12 > end:  # refill (the last element of a file may be only 8 bytes long)
-            stream.pos = pos
-            if pos == end and len(stream.handle.read(1)) == 0:
-                return found  # the file ends cleanly after an element (a header-only file)
+        if i + 12 > n:  # refill (the last element of a file may be only 8 bytes long)
+            stream.pos = stream.start + i
+            if i == n and stream.at_end():
+                return  # the file ends cleanly after an element (a header-only file)
             try:
                 buf, i = stream.view(12)
             except Decline:
                 buf, i = stream.view(8)
-            start = stream.start
-            end = start + len(buf)
-        i = pos - start
+            n = len(buf)
         if implicit:
             raw, length = raw_u32(buf, i)
             vr = None
-            pos += 8
+            i += 8
         else:
             raw, vr, length = raw_vr_u16(buf, i)
             long = vr_long.get(vr)
             if long:
                 length = u32(buf, i + 8)[0]
-                pos += 12
+                i += 12
             elif long is None:
-                raise Decline(f"not a VR at offset {pos}")
+                raise Decline(f"not a VR at offset {stream.start + i}")
             else:
-                pos += 8
-        group = raw & 0xFFFF
-        if group >= last_group:
-            if group == 0xFFFE:
+                i += 8
+        if raw & 0xFFFF >= last_group:
+            if raw & 0xFFFF == 0xFFFE:
                 raise Decline("item tag at the top level")
-            if group > last_group or (raw >> 16) > last_element:
-                return found
+            if raw & 0xFFFF > last_group or (raw >> 16) > last_element:
+                return
         if length == undefined:
             if vr is not None and vr != b"SQ":
                 raise Decline(f"undefined length for VR {vr.decode('latin-1')}")
-            stream.pos = pos
+            stream.pos = stream.start + i
             _skip_sequence(stream, implicit)
-            buf, start, pos = stream.buf, stream.start, stream.pos
-            end = start + len(buf)
-            if raw in by_raw:
-                found[by_raw[raw][0]] = (b"", "SQ")
+            buf, i = stream.buf, stream.pos - stream.start
+            n = len(buf)
+            if raw in table:
+                found[table[raw][0]] = True  # presence
             continue
-        wanted = by_raw.get(raw)
+        wanted = table.get(raw)
         if wanted is not None:
-            if length > _MAX_VALUE:  # no header value we read is this long: a damaged length
+            if length > max_value:  # no header value we read is this long: a damaged length
                 raise Decline(f"a {length}-byte {wanted[0]}")
-            if pos + length > end:
-                stream.pos = pos
-                buf, _ = stream.view(length)
-                start = stream.start
-                end = start + len(buf)
-            found[wanted[0]] = (buf[pos - start : pos - start + length], wanted[1])
-        pos += length
+            if i + length > n:
+                stream.pos = stream.start + i
+                buf, i = stream.view(length)
+                n = len(buf)
+            keyword, memo = wanted
+            if memo is None:  # SpecificCharacterSet: the decoding of the values after it
+                if any(k != "DirectoryRecordSequence" for k in found):
+                    raise Decline("SpecificCharacterSet after the values it governs")
+                table = _tables(buf[i : i + length])
+            else:
+                found[keyword] = memo[buf[i : i + length]]
+        i += length
 
 
 def _skip_sequence(stream: _Stream, implicit: bool) -> None:

@@ -42,7 +42,9 @@ symlink to a file inside landing/ that is scanned at its target: ``links_inside`
 
 from __future__ import annotations
 
+import gc
 import itertools
+import operator
 import os
 import re
 import statistics
@@ -175,11 +177,13 @@ class ScanResult:
 # --- what cases.csv files say about the scan --------------------------------------------------
 @dataclass
 class _CasesHints:
-    mask_paths: set[Path] = field(default_factory=set)
-    image_ids: dict[Path, str] = field(default_factory=dict)  # real image path -> patient_id
-    image_studies: dict[Path, str] = field(default_factory=dict)  # real image path -> study_id
-    image_modality: dict[Path, str] = field(default_factory=dict)
-    image_paths: set[Path] = field(default_factory=set)
+    """Keyed by real path strings (hashing a str is much cheaper than a Path)."""
+
+    mask_paths: set[str] = field(default_factory=set)
+    image_ids: dict[str, str] = field(default_factory=dict)  # real image path -> patient_id
+    image_studies: dict[str, str] = field(default_factory=dict)  # real image path -> study_id
+    image_modality: dict[str, str] = field(default_factory=dict)
+    image_paths: set[str] = field(default_factory=set)
     # center -> (patient_id, study_id) of every row: identifiers to scrub from reject paths
     pids: dict[str, list[tuple[str | None, str | None]]] = field(
         default_factory=lambda: defaultdict(list)
@@ -188,18 +192,14 @@ class _CasesHints:
 
 def _cases_hints(landing: Path) -> _CasesHints:
     hints = _CasesHints()
+    resolve = layout.Resolver(landing).real
     for center_dir in layout.center_dirs(landing):
         for csv_path in layout.cases_csv_files(center_dir):
             rows, _problem = layout.read_cases_csv(csv_path)
+            folder = str(csv_path.parent)
             for row in rows:  # unsafe or missing paths are the cases' business: ignored here
-                image = (
-                    layout.resolve_inside(landing, csv_path.parent / row.image)
-                    if row.image
-                    else None
-                )
-                mask = (
-                    layout.resolve_inside(landing, csv_path.parent / row.mask) if row.mask else None
-                )
+                image = resolve(os.path.join(folder, row.image)) if row.image else None
+                mask = resolve(os.path.join(folder, row.mask)) if row.mask else None
                 if mask is not None:
                     hints.mask_paths.add(mask)
                 if image is not None:
@@ -278,8 +278,23 @@ def scan_imaging(
     """Scan ``landing/imaging/<center_id>/**`` into imaging_series rows (see the module doc).
 
     ``workers``: processes reading DICOM headers while the walk goes on (None: one per core,
-    from ``header_worker.MIN_FILES_PER_WORKER`` files to read on; 0: all in this process)."""
-    landing = Path(landing)
+    from ``header_worker.MIN_FILES_PER_WORKER`` files to read on; 0: all in this process).
+
+    The cyclic garbage collector is off meanwhile: the scan allocates dozens of containers per
+    file and frees almost none, so every few hundred files CPython would traverse the whole
+    heap (in a Dagster run: everything Dagster, polars and pyarrow keep alive) for nothing."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _scan(Path(landing), pseudonymize, previous, workers)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _scan(
+    landing: Path, pseudonymize: layout.Pseudonymize, previous: pl.DataFrame | None, workers
+) -> ScanResult:
     digest = layout.digest_fn(pseudonymize)
     hints = _cases_hints(landing)
     cache = _index(previous)
@@ -290,11 +305,8 @@ def scan_imaging(
     reader = HeaderReader(pseudonymize, workers)  # DICOM headers, in workers for large scans
     to_read: list[int] = []  # rows whose DICOM header the reader reads
     real_dirs: dict[str, str] = {}
-    # the cases.csv hints keyed by real path strings (hashing str is much cheaper than Path)
-    masks = {str(p) for p in hints.mask_paths}
-    images = {str(p) for p in hints.image_paths}
-    image_ids = {str(p): v for p, v in hints.image_ids.items()}
-    image_studies = {str(p): v for p, v in hints.image_studies.items()}
+    masks, images = hints.mask_paths, hints.image_paths
+    image_ids, image_studies = hints.image_ids, hints.image_studies
     cases_digests: dict[tuple[str | None, str | None], str] = {}
 
     for landed in layout.walk_imaging(landing):
@@ -380,7 +392,7 @@ def scan_imaging(
         rows[index] = row
 
     pending_rejects: list[tuple[str | None, str, str, str]] = []  # (center, real rel, rule, detail)
-    volume_rows: list[tuple[dict[str, Any], layout.LandedFile, Path]] = []
+    volume_rows: list[tuple[dict[str, Any], layout.LandedFile, str]] = []
     for what, item in events:
         if what == "reject":
             pending_rejects.append(item)
@@ -389,7 +401,7 @@ def scan_imaging(
         row = rows[index]
         if row["kind"] == "volume":
             folder, name = landed.path_str.rsplit("/", 1)
-            volume_rows.append((row, landed, Path(real_dirs[folder], name)))
+            volume_rows.append((row, landed, f"{real_dirs[folder]}/{name}"))
         elif row["kind"] in ("seg", "rtstruct"):
             stats["for_cases"] += 1
         elif row["kind"] == "rejected":
@@ -401,9 +413,14 @@ def scan_imaging(
     )
     everywhere = layout.Scrubber(digest)  # for files outside any center folder
     seen: set[tuple] = set()
+    lists: set[int] = set()  # the files of a series share one id_digests list: see it once
     for row in rows:
-        entries = tuple(row.get("id_digests") or ())
-        if entries and (row["center_id"], entries) not in seen:  # files of a series share them
+        digests = row.get("id_digests")
+        if not digests or id(digests) in lists:
+            continue
+        lists.add(id(digests))
+        entries = tuple(digests)
+        if (row["center_id"], entries) not in seen:
             seen.add((row["center_id"], entries))
             for scrubber in (center_scrubbers[row["center_id"]], everywhere):
                 scrubber.add_digests(entries, row.get("patient_key") or "redacted")
@@ -457,16 +474,34 @@ def scan_imaging(
 
 def _frame(rows: list[dict[str, Any]], schema: dict[str, Any]) -> pl.DataFrame:
     """Rows to a frame, column by column; list columns through pyarrow (polars builds them from
-    Python lists about 5x slower: ~7 us per row and column)."""
+    Python lists about 5x slower: ~7 us per row and column). The rows are turned into columns
+    by ``map`` and ``zip`` (a list of ``row.get(name)`` per column costs twice as much)."""
     import pyarrow as pa
 
+    names = list(schema)
+    if not rows:
+        return pl.DataFrame(schema=schema)
+    table = [tuple(map(row.get, names)) for row in rows]  # a missing column: None
     columns = []
-    for name, dtype in schema.items():
-        values = [r.get(name) for r in rows]
+    for (name, dtype), values in zip(schema.items(), zip(*table, strict=True), strict=True):
         if isinstance(dtype, pl.List):
+            # the files of a series share their list objects (orientation, id_digests):
+            # convert each distinct object once, then gather
+            index: dict[int, int] = {}
+            distinct: list = []
+            codes = []
+            for value in values:
+                code = index.get(id(value))
+                if code is None:
+                    code = index[id(value)] = len(distinct)
+                    distinct.append(value)
+                codes.append(code)
             inner = {pl.Float64: pa.float64(), pl.Int64: pa.int64(), pl.String: pa.string()}
-            arrow = pa.array(values, type=pa.list_(inner[dtype.inner]))
-            columns.append(pl.Series(name, arrow).cast(dtype))
+            arrow = pa.array(distinct, type=pa.list_(inner[dtype.inner]))
+            series = pl.Series(name, arrow).cast(dtype)
+            if len(distinct) < len(values):
+                series = series.gather(pl.Series(codes, dtype=pl.UInt32))
+            columns.append(series)
         else:
             columns.append(pl.Series(name, values, dtype=dtype))
     return pl.DataFrame(columns)
@@ -500,8 +535,8 @@ def _dicom_series(rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict], i
             groups[(row["center_id"], row["series_id"])].append(row)
     series_rows, rejects = [], []
     merged = ingested = 0
-    for (_center, _series_id), members in sorted(groups.items()):
-        members = sorted(members, key=lambda r: r["safe_path"] or "")
+    for key in sorted(groups):
+        members = sorted(groups[key], key=_safe_path)
         patients = {m["patient_key"] for m in members}
         if len(patients) > 1:
             for m in members:
@@ -515,14 +550,43 @@ def _dicom_series(rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict], i
             continue
         unique, seen = [], set()
         for m in members:
-            if m["instance_key"] and m["instance_key"] in seen:
+            instance = m["instance_key"]
+            if instance and instance in seen:
                 merged += 1  # the same SOP instance landed twice
                 continue
-            seen.add(m["instance_key"])
+            seen.add(instance)
             unique.append(m)
         ingested += len(unique)
         series_rows.append(_series_row(unique))
     return series_rows, rejects, merged, ingested
+
+
+def _safe_path(row: dict[str, Any]) -> str:
+    return row["safe_path"] or ""
+
+
+# the protocol fields of a series row: its first file (in slice order) that has a value
+_FIRST_OF = (
+    "modality",
+    "manufacturer",
+    "slice_thickness_mm",
+    "pixel_spacing_mm",
+    "acquired_on",
+    "manufacturer_model",
+    "kvp",
+    "convolution_kernel",
+    "contrast_agent",
+    "field_strength_t",
+    "sequence_name",
+    "echo_time_ms",
+    "repetition_time_ms",
+    "rows",
+    "columns",
+    "pixel_spacing_col_mm",
+    "series_description",
+    "body_part",
+    "protocol_name",
+)
 
 
 def _series_row(members: list[dict[str, Any]]) -> dict[str, Any]:
@@ -538,43 +602,30 @@ def _series_row(members: list[dict[str, Any]]) -> dict[str, Any]:
     uniform = (
         None if not steps else max(abs(s - spacing_z) for s in steps) <= max(1e-3, 0.01 * spacing_z)
     )
-
-    def first(name: str):
-        return next((m[name] for m in ordered if m.get(name) is not None), None)
-
+    head = ordered[0]
+    first = {}
+    for name in _FIRST_OF:  # the first file usually has them all, or none of them has it
+        value = head.get(name)
+        if value is None:
+            values = list(map(operator.itemgetter(name), ordered))
+            if values.count(None) < len(values):
+                value = next(v for v in values if v is not None)
+        first[name] = value
     n_frames = sum(m["n_frames"] or 1 for m in ordered)
-    paths = [m["safe_path"] for m in ordered]
-    folder = os.path.commonpath([p.rsplit("/", 1)[0] for p in paths]) if paths else None
+    folders = {m["safe_path"].rsplit("/", 1)[0] for m in ordered}
+    folder = folders.pop() if len(folders) == 1 else os.path.commonpath(sorted(folders))
+    protocol = first.pop("protocol_name")
     return {
-        "series_id": ordered[0]["series_id"],
-        "patient_key": ordered[0]["patient_key"],
-        "center_id": ordered[0]["center_id"],
-        "modality": first("modality"),
-        "manufacturer": first("manufacturer"),
-        "slice_thickness_mm": first("slice_thickness_mm"),
-        "pixel_spacing_mm": first("pixel_spacing_mm"),
+        "series_id": head["series_id"],
+        "patient_key": head["patient_key"],
+        "center_id": head["center_id"],
+        **first,
         "n_slices": n_frames,
-        "acquired_on": first("acquired_on"),
         "source_path": Path(folder).as_posix() if folder else None,
-        "manufacturer_model": first("manufacturer_model"),
-        "kvp": first("kvp"),
-        "convolution_kernel": first("convolution_kernel"),
-        "contrast_agent": first("contrast_agent"),
-        "phase": contrast_phase(
-            first("series_description"), first("protocol_name"), first("contrast_agent")
-        ),
-        "field_strength_t": first("field_strength_t"),
-        "sequence_name": first("sequence_name"),
-        "echo_time_ms": first("echo_time_ms"),
-        "repetition_time_ms": first("repetition_time_ms"),
-        "rows": first("rows"),
-        "columns": first("columns"),
-        "pixel_spacing_col_mm": first("pixel_spacing_col_mm"),
+        "phase": contrast_phase(first["series_description"], protocol, first["contrast_agent"]),
         "spacing_z_mm": spacing_z,
         "spacing_uniform": uniform,
         "n_positions": len(positions) or None,
-        "series_description": first("series_description"),
-        "body_part": first("body_part"),
         "file_format": "dicom",
         "n_files": len(ordered),
     }

@@ -24,16 +24,12 @@ process with pydicom: a worker can cost time, never a file.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import re
 import sys
 from datetime import date
-from pathlib import Path
-from typing import Any
 
-from assets.imaging import layout
+from assets.imaging import identifiers
 from assets.imaging.dicom_header import (
     HEADER_TAGS,
     Decline,
@@ -43,14 +39,19 @@ from assets.imaging.dicom_header import (
     sop_kind,
 )
 
+TYPE_CHECKING = False  # typing and pathlib stay unimported in a worker (it starts faster)
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
 # For the pydicom fallback: the wanted tags (the same as dicom_header.WANTED reads), with
 # three read only to find them in folder and file names (never stored): folders are often named
 # after the birth date or the accession number (PS3.15 removes both when de-identifying).
 SCAN_TAGS = [*HEADER_TAGS, "PatientBirthDate", "AccessionNumber", "StudyID"]
 ID_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "StudyID")
-_HERE = -1  # a chunk this process reads itself
-MIN_FILES_PER_WORKER = 1000  # workers cost ~0.1 s to start and ~15 us per file to talk to
-_REPO = Path(__file__).resolve().parents[2]
+MIN_FILES_PER_WORKER = 256  # a worker costs ~35 ms to start and ~6 us per file to talk to
+_WORKER_MAIN = "from assets.imaging.header_worker import main; main()"  # no runpy
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 
 
 # --- value converters (pydicom values and HeaderValues alike) -----------------------------------
@@ -93,7 +94,7 @@ def numbers(value, n: int) -> list[float] | None:
 
 def dicom_date(*values) -> date | None:
     for value in values:
-        digits = re.sub(r"[^0-9]", "", str(value or ""))
+        digits = "".join(c for c in str(value or "") if "0" <= c <= "9")
         if len(digits) >= 8:
             try:
                 return date(int(digits[:4]), int(digits[4:6]), int(digits[6:8]))
@@ -120,20 +121,25 @@ _ROW_MEMO: dict[tuple, dict[str, Any]] = {}
 
 def dicom_row(dataset) -> dict[str, Any]:
     """Header fields of one DICOM image file (identifiers excluded)."""
-    get = dataset.get
-    if isinstance(dataset, HeaderValues):  # hashable values: convert once per series
-        key = tuple(get(name) for name in _SERIES_FIELDS)
-        common = _ROW_MEMO.get(key)
-        if common is None:
-            if len(_ROW_MEMO) > 4096:
-                _ROW_MEMO.clear()
-            common = _ROW_MEMO[key] = _series_fields(get)
-    else:
-        common = _series_fields(get)
-    row = dict(common)
-    row["position"] = numbers(get("ImagePositionPatient"), 3)
-    row["instance_number"] = integer(get("InstanceNumber"))
+    row = dict(_common(dataset)[1])
+    row["position"] = numbers(dataset.get("ImagePositionPatient"), 3)
+    row["instance_number"] = integer(dataset.get("InstanceNumber"))
     return row
+
+
+def _common(dataset) -> tuple[tuple | None, dict[str, Any]]:
+    """(key, fields) of the header fields a series shares; from a ``HeaderValues`` (hashable
+    values) converted once per distinct key, from a pydicom Dataset every time (key None)."""
+    get = dataset.get
+    if not isinstance(dataset, HeaderValues):
+        return None, _series_fields(get)
+    key = tuple(map(get, _SERIES_FIELDS))
+    common = _ROW_MEMO.get(key)
+    if common is None:
+        if len(_ROW_MEMO) > 4096:
+            _ROW_MEMO.clear()
+        common = _ROW_MEMO[key] = _series_fields(get)
+    return key, common
 
 
 def _series_fields(get) -> dict[str, Any]:
@@ -178,6 +184,8 @@ def read_dicom_file(path: str | Path, fast_only: bool = False) -> dict[str, Any]
         except (Decline, OSError):
             if fast_only:
                 return None
+            from pathlib import Path
+
             from assets.imaging.io import read_header  # pydicom: everything else, and reasons
 
             dataset = read_header(Path(path), SCAN_TAGS)
@@ -196,12 +204,16 @@ def read_dicom_file(path: str | Path, fast_only: bool = False) -> dict[str, Any]
     series_uid = text(get("SeriesInstanceUID"))
     if not series_uid:
         return _rejected("missing_series_uid", "has no SeriesInstanceUID")
+    common_key, common = _common(dataset)
     return {
         "kind": "image",
         "series_uid": series_uid,
         "sop_uid": text(get("SOPInstanceUID")),
-        "ids": {name: (None if get(name) is None else str(get(name))) for name in ID_TAGS},
-        "row": dicom_row(dataset),
+        "ids": tuple(None if v is None else str(v) for v in map(get, ID_TAGS)),  # ID_TAGS order
+        "common_key": common_key,
+        "common": common,
+        "position": numbers(get("ImagePositionPatient"), 3),
+        "instance_number": integer(get("InstanceNumber")),
     }
 
 
@@ -213,36 +225,39 @@ class Identities:
     """Pseudonyms, identifier tokens and path scrubbers per distinct set of identifiers (the
     files of one series share them: computed once per series, not per file)."""
 
-    def __init__(self, pseudonymize: layout.Pseudonymize):
+    def __init__(self, pseudonymize: identifiers.Pseudonymize):
         self.pseudonymize = pseudonymize
-        self.digest = layout.digest_fn(pseudonymize)
+        self.digest = identifiers.digest_fn(pseudonymize)
         self._known: dict[tuple, dict[str, Any]] = {}
         self._series: dict[tuple[str, str], str] = {}
         self._texts: dict[tuple, str | None] = {}
+        self._parts: dict[tuple, dict[str, Any]] = {}
 
-    def of(self, center: str, cases_pid, cases_study, ids: dict[str, str | None]) -> dict:
-        key = (center, cases_pid, cases_study, *ids.values())
+    def of(self, center: str, cases_pid, cases_study, ids: tuple[str | None, ...]) -> dict:
+        """``ids``: the values of ``ID_TAGS``, in that order."""
+        key = (center, cases_pid, cases_study, *ids)
         known = self._known.get(key)
         if known is None:
-            study_id = text(ids["StudyID"])
-            tokens = layout.identifier_tokens(
+            patient_id_tag, name, birth_date, accession, study_id = ids
+            study_id = text(study_id)
+            tokens = identifiers.identifier_tokens(
                 cases_pid,
                 cases_study,
-                ids["PatientID"],
-                ids["PatientName"],
-                ids["PatientBirthDate"],
-                ids["AccessionNumber"],
-                study_id if study_id and len(layout.normalize_token(study_id)) >= 4 else None,
+                patient_id_tag,
+                name,
+                birth_date,
+                accession,
+                study_id if study_id and len(identifiers.normalize_token(study_id)) >= 4 else None,
             )
-            patient_id = cases_pid or text(ids["PatientID"])
+            patient_id = cases_pid or text(patient_id_tag)
             patient_key = self.pseudonymize(center, patient_id) if patient_id else None
-            scrubber = layout.Scrubber()
+            scrubber = identifiers.Scrubber()
             if patient_key:
                 scrubber.add(tokens, patient_key)
             known = {
                 "patient_key": patient_key,
                 "tokens": tokens,
-                "id_digests": layout.token_digests(tokens, self.digest),
+                "id_digests": identifiers.token_digests(tokens, self.digest),
                 "scrubber": scrubber,
                 "key": key,
             }
@@ -252,16 +267,36 @@ class Identities:
     def series_id(self, center: str, series_uid: str) -> str:
         found = self._series.get((center, series_uid))
         if found is None:
-            found = layout.dicom_series_id(self.pseudonymize, center, series_uid)
+            found = identifiers.dicom_series_id(self.pseudonymize, center, series_uid)
             self._series[(center, series_uid)] = found
         return found
+
+    def part(self, center: str, result: dict[str, Any], known: dict) -> dict[str, Any]:
+        """The columns the files of one series share (header fields with free text scrubbed,
+        kind, series_id, patient_key, id_digests): made once per series and identities."""
+        key = result["common_key"]
+        if key is not None:
+            key = (center, result["series_uid"], known["key"], key)
+            found = self._parts.get(key)
+            if found is not None:
+                return found
+        part = dict(result["common"])
+        part["series_description"] = self.scrub_text(part["series_description"], known)
+        part["protocol_name"] = self.scrub_text(part["protocol_name"], known)
+        part["kind"] = "image"
+        part["series_id"] = self.series_id(center, result["series_uid"])
+        part["patient_key"] = known["patient_key"]
+        part["id_digests"] = known["id_digests"]
+        if key is not None:
+            self._parts[key] = part
+        return part
 
     def scrub_text(self, value: str | None, known: dict) -> str | None:
         if value is None:
             return None
         key = (value, known["key"])
         if key not in self._texts:
-            self._texts[key] = layout.scrub_text(value, known["tokens"])
+            self._texts[key] = identifiers.scrub_text(value, known["tokens"])
         return self._texts[key]
 
 
@@ -284,18 +319,12 @@ def file_row(task: FileTask, result: dict[str, Any], identities: Identities) -> 
             detail="has no PatientID and no cases.csv patient_id",
             id_digests=known["id_digests"],
         )
-    row.update(result["row"])
-    row["series_description"] = identities.scrub_text(row["series_description"], known)
-    row["protocol_name"] = identities.scrub_text(row["protocol_name"], known)
+    row.update(identities.part(task.center_id, result, known))
     sop_uid = result["sop_uid"]
-    row.update(
-        kind="image",
-        series_id=identities.series_id(task.center_id, result["series_uid"]),
-        patient_key=known["patient_key"],
-        instance_key=hashlib.sha256(sop_uid.encode()).hexdigest()[:32] if sop_uid else None,
-        safe_path=known["scrubber"].scrub(task.rel),
-        id_digests=known["id_digests"],
-    )
+    row["position"] = result["position"]
+    row["instance_number"] = result["instance_number"]
+    row["instance_key"] = hashlib.sha256(sop_uid.encode()).hexdigest()[:32] if sop_uid else None
+    row["safe_path"] = known["scrubber"].scrub(task.rel)
     return row
 
 
@@ -322,13 +351,14 @@ class FileTask:
 
 def default_workers() -> int:
     """Worker processes for large scans: ``RADLAKE_SCAN_WORKERS`` if set (0 = read everything
-    in this process), else one per available core (none on one core). This process reads a
-    share too (see ``HeaderReader._send``): measured on 2 cores, 2 workers beat 1 worker."""
+    in this process), else one per available core but one: this process walks and then reads
+    chunks too (``HeaderReader.rows``). Measured on 2 cores: 1 worker beats 2 (bench/README.md).
+    """
     configured = os.environ.get("RADLAKE_SCAN_WORKERS", "").strip()
     if configured:
         return max(0, int(configured))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return cores if (cores or 1) >= 2 else 0
+    return max((cores or 1) - 1, 0)
 
 
 class HeaderReader:
@@ -336,27 +366,34 @@ class HeaderReader:
     zone. ``submit`` tasks in order, then ``rows()`` returns one row per task, in that order.
 
     Up to ``MIN_FILES_PER_WORKER`` tasks nothing starts (a small scan is read here, in
-    ``rows``). From then on worker processes start (``workers``, default one per core) and get
-    the tasks in chunks of ``CHUNK`` through their stdin, fed by one writer thread each so the
-    caller never waits on a pipe; a worker parses while the walk goes on and answers with all
-    its rows at the end. A file the fast reader declines, and every file of a worker that
-    failed, is read here with pydicom (``read_dicom_file``): nothing is lost.
+    ``rows``). From then on worker processes start (``workers``, default one per core) and the
+    tasks are cut into chunks of ``CHUNK`` on a shared queue. One feeder thread per worker takes
+    chunks from it, keeps two in flight on the worker's stdin and collects each answer from its
+    stdout as soon as it is ready; when the walk is done this process takes chunks from the same
+    queue and reads them itself. So the work balances itself whatever the cores, the load or the
+    files. A file the fast reader declines, and every chunk of a worker that failed (killed, out
+    of memory), is read here with pydicom (``read_dicom_file``): nothing is lost.
     """
 
-    CHUNK = 256
+    CHUNK = 128
 
-    def __init__(self, pseudonymize: layout.Pseudonymize, workers: int | None = None):
+    def __init__(self, pseudonymize: identifiers.Pseudonymize, workers: int | None = None):
         import pickle
+        import threading
+        from collections import deque
 
         self.pseudonymize = pseudonymize
         self.workers = default_workers() if workers is None else workers
         self.threshold = MIN_FILES_PER_WORKER if workers is None else 0
         self.tasks: list[FileTask] = []
-        self.sent = 0  # tasks handed to workers so far (a prefix of self.tasks)
-        self.chunks: list[tuple[int, int, int]] = []  # (worker, start, stop) in task order
+        self.chunked = 0  # tasks cut into chunks so far (a prefix of self.tasks)
+        self._ready: deque[tuple[int, int]] = deque()  # chunks (start, stop) nobody took yet
+        self._cond = threading.Condition()
+        self._closed = False  # no more chunks will come
+        self._answers: dict[int, list] = {}  # chunk start -> the rows a worker read
         self._procs: list = []
-        self._queues: list = []
-        self._writers: list = []
+        self._feeders: list = []
+        self._failures = 0
         try:
             self._pickled_key = pickle.dumps(pseudonymize) if self.workers else b""
         except Exception:  # a pseudonymizer that cannot travel (a lambda): read here
@@ -364,24 +401,39 @@ class HeaderReader:
 
     def submit(self, task: FileTask) -> None:
         self.tasks.append(task)
-        if not self.workers:
+        if not self.workers or len(self.tasks) - self.chunked < self.CHUNK:
             return
-        waiting = len(self.tasks) - self.sent
-        if waiting >= self.CHUNK and (self._procs or len(self.tasks) >= self.threshold):
-            self._send(len(self.tasks))
+        if self._procs or len(self.tasks) >= self.threshold:
+            self._cut(len(self.tasks))
+
+    def _cut(self, stop: int) -> None:
+        """Queue the tasks up to ``stop`` as chunks (starting the workers first)."""
+        if not self._procs and self.workers:
+            self._start()
+        with self._cond:
+            for start in range(self.chunked, stop, self.CHUNK):
+                self._ready.append((start, min(start + self.CHUNK, stop)))
+            self.chunked = stop
+            self._cond.notify_all()
+
+    def _take(self, wait: bool) -> tuple[int, int] | None:
+        """The next chunk nobody took; None when there is none (``wait``: unless one comes)."""
+        with self._cond:
+            while wait and not self._ready and not self._closed:
+                self._cond.wait()
+            return self._ready.popleft() if self._ready else None
 
     def _start(self) -> None:
-        import queue
         import subprocess
         import threading
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-        env["PYTHONPATH"] = str(_REPO)
+        env["PYTHONPATH"] = _REPO
         for _ in range(self.workers):
             try:
                 proc = subprocess.Popen(
                     # -S: no site-packages; a worker needs only the standard library
-                    [sys.executable, "-S", "-m", "assets.imaging.header_worker"],
+                    [sys.executable, "-S", "-c", _WORKER_MAIN],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,
@@ -389,130 +441,113 @@ class HeaderReader:
                 )
             except OSError:
                 break
-            jobs: queue.SimpleQueue = queue.SimpleQueue()
-            writer = threading.Thread(target=_feed, args=(proc, jobs), daemon=True)
-            writer.start()
-            jobs.put(self._pickled_key)
+            feeder = threading.Thread(target=self._feed, args=(proc,), daemon=True)
+            feeder.start()
             self._procs.append(proc)
-            self._queues.append(jobs)
-            self._writers.append(writer)
+            self._feeders.append(feeder)
         if not self._procs:
             self.workers = 0
 
-    def _send(self, stop: int) -> None:
-        """Hand tasks up to ``stop`` out in chunks: per cycle two chunks to each worker and one
-        kept for this process, which reads its share once the walk is done (the parent also
-        walks, so it takes 1 chunk in 2W+1: a third with one worker, 1/15 with seven)."""
+    def _feed(self, proc) -> None:
+        """Feeder thread of one worker: chunks in (two in flight), answers out, until the
+        queue is closed and empty. A worker that fails leaves its chunks unanswered."""
         import pickle
+        import struct as _struct
+        from collections import deque
+        from contextlib import suppress
 
-        if not self._procs:
-            self._start()
-            if not self._procs:
-                return
-        workers = len(self._procs)
-        for start in range(self.sent, stop, self.CHUNK):
-            end = min(start + self.CHUNK, stop)
-            slot = len(self.chunks) % (2 * workers + 1)
-            worker = slot // 2 if slot < 2 * workers else _HERE
-            if worker != _HERE:
-                self._queues[worker].put(
-                    pickle.dumps(self.tasks[start:end], protocol=pickle.HIGHEST_PROTOCOL)
-                )
-            self.chunks.append((worker, start, end))
-        self.sent = stop
+        in_flight: deque[tuple[int, int]] = deque()
+        try:
+            proc.stdin.write(_struct.pack("<Q", len(self._pickled_key)) + self._pickled_key)
+            while True:
+                while len(in_flight) < 2 and (chunk := self._take(not in_flight)) is not None:
+                    blob = pickle.dumps(self.tasks[chunk[0] : chunk[1]], pickle.HIGHEST_PROTOCOL)
+                    proc.stdin.write(_struct.pack("<Q", len(blob)) + blob)
+                    proc.stdin.flush()
+                    in_flight.append(chunk)
+                if not in_flight:
+                    break
+                start, stop = in_flight.popleft()
+                rows = pickle.loads(_read_frame(proc.stdout))
+                if len(rows) == stop - start:
+                    self._answers[start] = rows
+        except (OSError, EOFError, ValueError, pickle.UnpicklingError, _struct.error):
+            self._failures += 1  # its chunks are read in rows()
+        finally:
+            with suppress(OSError):
+                proc.stdin.close()
+            with suppress(OSError):
+                proc.stdout.close()
+            proc.wait()
 
     def rows(self) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """One row per submitted task, in order; counts ``workers`` and ``worker_failures``."""
-        unsent = self.workers and self.sent < len(self.tasks)
-        if unsent and (self._procs or len(self.tasks) >= self.threshold):
-            self._send(len(self.tasks))
-        for jobs in self._queues:
-            jobs.put(None)  # end of input: the workers finish while this process reads its share
+        if self._procs:
+            self._cut(len(self.tasks))  # the last, partial chunk
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
         found: list[dict[str, Any] | None] = [None] * len(self.tasks)
         identities = Identities(self.pseudonymize)
-        for worker, start, stop in self.chunks:
-            if worker == _HERE:
-                for index in range(start, stop):
-                    task = self.tasks[index]
-                    found[index] = file_row(task, read_dicom_file(task.path), identities)
-        outputs = self._collect()
-        failures = 0
-        for worker, output in enumerate(outputs):
-            mine = [(start, stop) for w, start, stop in self.chunks if w == worker]
-            if output is None or len(output) != len(mine):
-                failures += 1
-                continue
-            for (start, stop), rows in zip(mine, output, strict=True):
-                if len(rows) == stop - start:
-                    found[start:stop] = rows
-        for index, row in enumerate(found):
-            if row is None:  # not sent, declined by the fast reader, or its worker failed
+        while (chunk := self._take(False)) is not None:  # this process takes its share
+            for index in range(*chunk):
                 task = self.tasks[index]
                 found[index] = file_row(task, read_dicom_file(task.path), identities)
-        return found, {"workers": len(self._procs), "worker_failures": failures}
-
-    def _collect(self) -> list[list | None]:
-        import pickle
-        from concurrent.futures import ThreadPoolExecutor
-
-        for writer in self._writers:
-            writer.join()
-
-        def read(proc) -> list | None:
-            try:
-                data = proc.stdout.read()
-                proc.stdout.close()
-                return pickle.loads(data) if proc.wait() == 0 else None
-            except (OSError, pickle.UnpicklingError, EOFError, ValueError):
-                return None
-
-        if not self._procs:
-            return []
-        with ThreadPoolExecutor(len(self._procs)) as pool:  # threads only wait on the pipes
-            return list(pool.map(read, self._procs))
+        for feeder in self._feeders:
+            feeder.join()
+        for start, rows in self._answers.items():
+            found[start : start + len(rows)] = rows
+        for index, row in enumerate(found):
+            if row is None:  # read here: declined by the fast reader, or its worker failed
+                task = self.tasks[index]
+                found[index] = file_row(task, read_dicom_file(task.path), identities)
+        return found, {"workers": len(self._procs), "worker_failures": self._failures}
 
 
-def _feed(proc, jobs) -> None:
-    """Writer thread: pickled blobs from ``jobs`` into a worker's stdin until None."""
+def _read_frame(stream) -> bytes:
+    """One length-prefixed blob from a binary stream (EOFError at its end)."""
     import struct as _struct
 
-    try:
-        while (blob := jobs.get()) is not None:
-            proc.stdin.write(_struct.pack("<Q", len(blob)) + blob)
-            proc.stdin.flush()
-    except (BrokenPipeError, OSError):  # the worker died: its chunks are read in the parent
-        while jobs.get() is not None:
-            pass
-    finally:
-        with contextlib.suppress(OSError):
-            proc.stdin.close()
-
-
-def _frames(stream) -> Any:
-    """Length-prefixed pickled blobs from a binary stream, until EOF."""
-    import struct as _struct
-
-    while len(head := stream.read(8)) == 8:
-        (size,) = _struct.unpack("<Q", head)
-        yield stream.read(size)
+    head = stream.read(8)
+    if len(head) != 8:
+        raise EOFError("the stream ended")
+    (size,) = _struct.unpack("<Q", head)
+    blob = stream.read(size)
+    if len(blob) != size:
+        raise EOFError("the stream ended inside a blob")
+    return blob
 
 
 def main() -> None:
     """Worker: the pickled pseudonymizer, then chunks of tasks, on stdin (length-prefixed
-    pickles); after EOF, one list of rows (or None) per chunk on stdout."""
+    pickles); for each chunk, at once, its list of rows (None: declined) on stdout."""
+    import gc
     import pickle
+    import queue
+    import struct as _struct
+    import threading
+    from contextlib import suppress
 
-    frames = _frames(sys.stdin.buffer)
-    identities = Identities(pickle.loads(next(frames)))
-    answers = []
-    for blob in frames:
+    gc.disable()  # a short-lived process that frees almost nothing (see scan_imaging)
+    source, out = sys.stdin.buffer, sys.stdout.buffer
+    identities = Identities(pickle.loads(_read_frame(source)))
+    blobs: queue.SimpleQueue = queue.SimpleQueue()
+
+    def receive() -> None:  # stdin is always drained: a large answer never blocks the feeder
+        with suppress(EOFError, OSError):
+            while True:
+                blobs.put(_read_frame(source))
+        blobs.put(None)
+
+    threading.Thread(target=receive, daemon=True).start()
+    while (blob := blobs.get()) is not None:
         rows = []
         for task in pickle.loads(blob):
             result = read_dicom_file(task.path, fast_only=True)
             rows.append(None if result is None else file_row(task, result, identities))
-        answers.append(rows)
-    sys.stdout.buffer.write(pickle.dumps(answers, protocol=pickle.HIGHEST_PROTOCOL))
-    sys.stdout.flush()
+        answer = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+        out.write(_struct.pack("<Q", len(answer)) + answer)
+        out.flush()
 
 
 if __name__ == "__main__":

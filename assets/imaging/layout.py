@@ -6,32 +6,42 @@ What lives here:
   inside ``landing/`` after following ``..`` and symlinks,
 - ``cases.csv`` parsing (pyradiomics batch convention, case-insensitive column names),
 - the file-naming convention for centers without a ``cases.csv`` (see ``mask_base``),
-- stable keyed ids (``series_id``, ``case_id``) and the ``Scrubber`` that replaces
-  identifier-bearing path components by the patient_key before a path is stored.
-
-Ids are keyed with the lake's pseudonymizer (HMAC with the lake secret): a SeriesInstanceUID is not
-a patient identifier, but it can be looked up in the hospital PACS, and a landed path can carry a
-patient name, so neither is stored raw nor as a plain (guessable) hash.
+- re-exported from ``identifiers``: stable keyed ids (``series_id``, ``case_id``) and the
+  ``Scrubber`` that replaces identifier-bearing path components by the patient_key before a
+  path is stored.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from assets.imaging.identifiers import (  # noqa: F401  (re-exported: layout's API)
+    MIN_CONTAINED,
+    VOLUME_SUFFIXES,
+    Pseudonymize,
+    Scrubber,
+    case_id_for,
+    dicom_series_id,
+    digest_fn,
+    file_key,
+    identifier_tokens,
+    normalize_token,
+    scrub_text,
+    split_volume_name,
+    token_digests,
+    volume_series_id,
+)
+
 IMAGING = "imaging"
 CASES_CSV = "cases.csv"
-VOLUME_SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "nrrd"}
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 # Naming convention: "<base><marker>.<ext>" is a mask of "<base>.<ext>" or "<base>_image.<ext>".
 MASK_MARKERS = ("_mask", "-mask", "_label", "-label", "_labels", "_seg", "-seg", "_segmentation")
 IMAGE_MARKERS = ("_image", "-image", "_img")
-
-Pseudonymize = Callable[[str, object], str]
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -42,15 +52,6 @@ def volume_format(name: str) -> str | None:
         if lower.endswith(suffix):
             return kind
     return None
-
-
-def split_volume_name(name: str) -> tuple[str, str]:
-    """('brain1_image', '.nrrd') for a volume file name; (name, '') otherwise."""
-    lower = name.lower()
-    for suffix in VOLUME_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)], name[-len(suffix) :]
-    return name, ""
 
 
 def mask_base(name: str) -> str | None:
@@ -137,13 +138,39 @@ def walk_imaging(landing: Path, center_id: str | None = None) -> Iterator[Landed
 
 def resolve_inside(landing: Path, path: Path) -> Path | None:
     """The real path when ``path`` resolves (``..``, symlinks) inside landing/, else None."""
-    try:
-        real = os.path.realpath(path)
-        root = os.path.realpath(landing)
-    except (OSError, RuntimeError, ValueError):  # symlink loops, NUL bytes
-        return None
-    inside = real == root or real.startswith(root.rstrip(os.sep) + os.sep)
-    return Path(real) if inside else None
+    real = Resolver(landing).real(path)
+    return None if real is None else Path(real)
+
+
+class Resolver:
+    """``resolve_inside`` for many paths of one landing zone, as strings: each folder is
+    resolved once (``os.path.realpath`` stats every component of every path it is given)."""
+
+    def __init__(self, landing: Path | str):
+        try:
+            self.root = os.path.realpath(landing)
+        except (OSError, RuntimeError, ValueError):
+            self.root = None
+        self._prefix = (self.root or "").rstrip(os.sep) + os.sep
+        self._folders: dict[str, str | None] = {}
+
+    def real(self, path: Path | str) -> str | None:
+        """The real path of ``path`` if it is inside landing/, else None."""
+        if self.root is None:
+            return None
+        path = os.fspath(path)
+        folder, _, name = path.rpartition(os.sep)
+        try:
+            if not folder or name in ("", ".", "..") or os.path.islink(path):
+                real = os.path.realpath(path)  # the last component needs resolving itself
+            else:
+                real_folder = self._folders.get(folder)
+                if real_folder is None:
+                    real_folder = self._folders[folder] = os.path.realpath(folder)
+                real = os.path.join(real_folder, name)
+        except (OSError, RuntimeError, ValueError):  # symlink loops, NUL bytes
+            return None
+        return real if real == self.root or real.startswith(self._prefix) else None
 
 
 def relative_to_landing(landing: Path, real: Path) -> str:
@@ -230,195 +257,6 @@ def cases_csv_files(center_dir: Path) -> list[Path]:
         if CASES_CSV in filenames and not Path(dirpath, CASES_CSV).is_symlink():
             found.append(Path(dirpath) / CASES_CSV)
     return sorted(found)
-
-
-# --- ids -------------------------------------------------------------------------------------
-def file_key(pseudonymize: Pseudonymize, center_id: str, rel: str) -> str:
-    """Keyed digest of a landed file's path: how the scan index names a file without its path."""
-    return pseudonymize(center_id, f"file\x1f{rel}")
-
-
-def dicom_series_id(pseudonymize: Pseudonymize, center_id: str, series_uid: str) -> str:
-    return pseudonymize(center_id, f"dicom-series\x1f{series_uid}")
-
-
-def volume_series_id(pseudonymize: Pseudonymize, center_id: str, rel: str) -> str:
-    return pseudonymize(center_id, f"volume\x1f{rel}")
-
-
-def case_id_for(
-    pseudonymize: Pseudonymize, center_id: str, image_rel: str, mask_rel: str, label: object
-) -> str:
-    label_text = "" if label is None else str(label)
-    return pseudonymize(center_id, f"case\x1f{image_rel}\x1f{mask_rel}\x1f{label_text}")
-
-
-# --- identifier scrubbing --------------------------------------------------------------------
-_NON_ALNUM = re.compile(r"[^0-9a-z]")
-_KEY_COMPONENT = re.compile(r"^(redacted|[0-9a-f]{32})(\.[A-Za-z0-9.]+)?$")
-MIN_CONTAINED = 3  # identifiers shorter than this only match a whole path component
-
-
-def normalize_token(text: str) -> str:
-    return _NON_ALNUM.sub("", str(text).lower())
-
-
-def identifier_tokens(*values: object) -> set[str]:
-    """Normalized identifier strings to look for in paths.
-
-    Each value whole (found anywhere inside a path component), and each part of a person name
-    of 3+ characters as a ``w:`` word token (only equal to a whole word of a component: a given
-    name such as 'Jun' must not wipe out 'junk.txt').
-    """
-    tokens: set[str] = set()
-    for value in values:
-        if value is None:
-            continue
-        text = str(value).strip()
-        if not text:
-            continue
-        whole = normalize_token(text)
-        if whole:
-            tokens.add(whole)
-        parts = [normalize_token(p) for p in re.split(r"[\^\s,]+", text)]  # PN: Family^Given^...
-        if len(parts) > 1:
-            tokens.update(f"w:{p}" for p in parts if len(p) >= MIN_CONTAINED)
-    return tokens
-
-
-def _words(component: str) -> list[str]:
-    return [w for w in re.split(r"[^0-9a-z]+", component.lower()) if w]
-
-
-class Scrubber:
-    """Replaces path components that contain a known identifier by that patient's key.
-
-    Tokens are kept as ``key_fn(token)``: the identity for identifiers in memory, or a keyed digest
-    (``digest_fn``) so an incremental index can remember identifiers without storing them
-    (``token_digests`` / ``add_digests``).
-    """
-
-    def __init__(self, key_fn: Callable[[str], str] | None = None):
-        self._key = key_fn or (lambda token: token)
-        self._plain = key_fn is None  # tokens kept as they are: search them directly
-        self._contained: dict[str, str] = {}
-        self._words: dict[str, str] = {}
-        self._lengths: set[int] = set()
-        self._cache: dict[str, str | None] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self._contained or self._words)
-
-    def add(self, tokens: Iterable[str], replacement: str) -> None:
-        for token in tokens:
-            if token.startswith("w:"):
-                self._words.setdefault(self._key(token), replacement)
-            elif token:
-                self._contained.setdefault(self._key(token), replacement)
-                self._lengths.add(len(token))
-        self._cache.clear()
-
-    def add_digests(self, entries: Iterable[str], replacement: str) -> None:
-        """Entries from ``token_digests`` made with the same ``key_fn``."""
-        for entry in entries:
-            kind, _, key = entry.partition(":")
-            if kind == "w":
-                self._words.setdefault(key, replacement)
-            elif kind.isdigit() and key:
-                self._contained.setdefault(key, replacement)
-                self._lengths.add(int(kind))
-        self._cache.clear()
-
-    def match(self, component: str) -> str | None:
-        """The replacement for a path component that carries an identifier, else None."""
-        if component in self._cache:
-            return self._cache[component]
-        found = None
-        if self._words:
-            found = next(
-                (
-                    self._words[k]
-                    for k in map(self._key, (f"w:{w}" for w in _words(component)))
-                    if k in self._words
-                ),
-                None,
-            )
-        norm = normalize_token(component)
-        stem = normalize_token(split_volume_name(component)[0].rsplit(".", 1)[0])
-        if self._plain and not found:  # a few plain tokens: substring search, longest first
-            for token in sorted(self._contained, key=len, reverse=True):
-                if token in (norm, stem) or len(token) >= MIN_CONTAINED and token in norm:
-                    found = self._contained[token]
-                    break
-            self._cache[component] = found
-            return found
-        for length in sorted(self._lengths, reverse=True):
-            if found:
-                break
-            if length < MIN_CONTAINED:
-                candidates = {n for n in (norm, stem) if len(n) == length}
-            else:
-                candidates = {norm[i : i + length] for i in range(len(norm) - length + 1)}
-            found = next(
-                (self._contained[k] for k in map(self._key, candidates) if k in self._contained),
-                None,
-            )
-        self._cache[component] = found
-        return found
-
-    def scrub(self, rel: str, keep: int = 2) -> str:
-        """``rel`` (relative to landing/) with identifier components replaced; the first ``keep``
-        components (``imaging/<center_id>``) are kept as they are."""
-        parts = rel.split("/")
-        out = parts[:keep]
-        for index, part in enumerate(parts[keep:], start=keep):
-            if _KEY_COMPONENT.match(part):  # already a patient_key: leave it
-                out.append(part)
-                continue
-            replacement = self.match(part)
-            if replacement is None:
-                out.append(part)
-            else:
-                out.append(replacement + (_file_suffix(part) if index == len(parts) - 1 else ""))
-        return "/".join(out)
-
-
-def _file_suffix(name: str) -> str:
-    """The extension to keep on a replaced file name ('.nii.gz', '.dcm'), '' if none."""
-    volume = split_volume_name(name)[1]
-    if volume:
-        return volume
-    suffix = Path(name).suffix
-    return suffix if 1 < len(suffix) <= 6 and suffix[1:].isalpha() else ""
-
-
-def digest_fn(pseudonymize: Pseudonymize) -> Callable[[str], str]:
-    """Keyed digest of an identifier token (for remembering identifiers without storing them)."""
-    return lambda token: pseudonymize("radlake", f"identifier\x1f{token}")[:24]
-
-
-def token_digests(tokens: Iterable[str], digest: Callable[[str], str]) -> list[str]:
-    """Storable form of identifier tokens: 'w:<digest>' for words, '<length>:<digest>' otherwise."""
-    return sorted(
-        f"w:{digest(t)}" if t.startswith("w:") else f"{len(t)}:{digest(t)}" for t in tokens
-    )
-
-
-def scrub_text(text: str | None, tokens: Iterable[str]) -> str | None:
-    """A free-text header value (SeriesDescription) with any identifier token masked."""
-    if text is None:
-        return None
-    out = text
-    for token in sorted(tokens, key=len, reverse=True):
-        word = token.startswith("w:")
-        token = token.removeprefix("w:")
-        if len(token) < MIN_CONTAINED or token not in normalize_token(out):
-            continue
-        pattern = r"[^0-9A-Za-z]*".join(re.escape(ch) for ch in token)
-        if word:  # a name part only as a whole word ('Art' must not hit 'arterial')
-            pattern = rf"(?<![0-9A-Za-z]){pattern}(?![0-9A-Za-z])"
-        out = re.sub(pattern, "[redacted]", out, flags=re.IGNORECASE)
-    return out
 
 
 # --- where a case's files really are (private: kept in the lake's state, never in a table) ----
