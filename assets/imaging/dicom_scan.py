@@ -49,6 +49,7 @@ import os
 import re
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ from typing import Any
 import polars as pl
 
 from assets.imaging import layout
-from assets.imaging.header_worker import FileTask, HeaderReader
+from assets.imaging.header_worker import PART_COLUMNS, FileTask, HeaderReader
 from assets.imaging.io import ImagingError, order_slices
 from dagster_project.quarantine import Reject
 
@@ -190,28 +191,38 @@ class _CasesHints:
     )
 
 
-def _cases_hints(landing: Path) -> _CasesHints:
+def _cases_hints(
+    landing: Path, listing: list[layout.LandedFile], resolver: layout.Resolver
+) -> _CasesHints:
+    """What the cases.csv files of ``listing`` (the walk) say, in ``layout.cases_csv_files``
+    order: by center, then by path."""
     hints = _CasesHints()
-    resolve = layout.Resolver(landing).real
-    for center_dir in layout.center_dirs(landing):
-        for csv_path in layout.cases_csv_files(center_dir):
-            rows, _problem = layout.read_cases_csv(csv_path)
-            folder = str(csv_path.parent)
-            for row in rows:  # unsafe or missing paths are the cases' business: ignored here
-                image = resolve(os.path.join(folder, row.image)) if row.image else None
-                mask = resolve(os.path.join(folder, row.mask)) if row.mask else None
-                if mask is not None:
-                    hints.mask_paths.add(mask)
-                if image is not None:
-                    hints.image_paths.add(image)
-                    if row.patient_id:
-                        hints.image_ids.setdefault(image, row.patient_id)
-                    if row.study_id:
-                        hints.image_studies.setdefault(image, row.study_id)
-                    if row.modality:
-                        hints.image_modality.setdefault(image, row.modality)
-                if row.patient_id or row.study_id:
-                    hints.pids[center_dir.name].append((row.patient_id, row.study_id))
+    resolve = resolver.real
+    found = sorted(
+        (landed.center_id, Path(landed.path_str))
+        for landed in listing
+        if landed.center_id is not None
+        and not landed.is_link
+        and landed.path_str.endswith("/" + layout.CASES_CSV)
+    )
+    for center, csv_path in found:
+        rows, _problem = layout.read_cases_csv(csv_path)
+        folder = str(csv_path.parent)
+        for row in rows:  # unsafe or missing paths are the cases' business: ignored here
+            image = resolve(os.path.join(folder, row.image)) if row.image else None
+            mask = resolve(os.path.join(folder, row.mask)) if row.mask else None
+            if mask is not None:
+                hints.mask_paths.add(mask)
+            if image is not None:
+                hints.image_paths.add(image)
+                if row.patient_id:
+                    hints.image_ids.setdefault(image, row.patient_id)
+                if row.study_id:
+                    hints.image_studies.setdefault(image, row.study_id)
+                if row.modality:
+                    hints.image_modality.setdefault(image, row.modality)
+            if row.patient_id or row.study_id:
+                hints.pids[center].append((row.patient_id, row.study_id))
     return hints
 
 
@@ -296,20 +307,23 @@ def _scan(
     landing: Path, pseudonymize: layout.Pseudonymize, previous: pl.DataFrame | None, workers
 ) -> ScanResult:
     digest = layout.digest_fn(pseudonymize)
-    hints = _cases_hints(landing)
+    listing = list(layout.walk_imaging(landing))  # one walk; cases.csv files first
+    reader = HeaderReader(pseudonymize, workers)  # DICOM headers, in workers for large scans
+    reader.expect(len(listing) - (0 if previous is None else previous.height))  # new files
+    resolver = layout.Resolver(landing)
+    hints = _cases_hints(landing, listing, resolver)
     cache = _index(previous)
     stats = defaultdict(int)
     rows: list[dict[str, Any]] = []  # file index rows of this run
     # in walk order: ("reject", (center, real rel, rule, detail)) or ("row", (index, landed))
     events: list[tuple[str, Any]] = []
-    reader = HeaderReader(pseudonymize, workers)  # DICOM headers, in workers for large scans
     to_read: list[int] = []  # rows whose DICOM header the reader reads
     real_dirs: dict[str, str] = {}
     masks, images = hints.mask_paths, hints.image_paths
     image_ids, image_studies = hints.image_ids, hints.image_studies
     cases_digests: dict[tuple[str | None, str | None], str] = {}
 
-    for landed in layout.walk_imaging(landing):
+    for landed in listing:
         stats["files_seen"] += 1
         if landed.is_link:
             if layout.resolve_inside(landing, landed.path) is None:
@@ -336,7 +350,7 @@ def _scan(
         folder, name = path.rsplit("/", 1)
         real_folder = real_dirs.get(folder)
         if real_folder is None:  # the file is no link: only its folder can be elsewhere
-            real_folder = real_dirs[folder] = os.path.realpath(folder)
+            real_folder = real_dirs[folder] = resolver.folder(folder)
         real = f"{real_folder}/{name}"
         fmt = layout.volume_format(name)
         if name == layout.CASES_CSV or real in masks:
@@ -354,14 +368,15 @@ def _scan(
                 ("reject", (landed.center_id, landed.rel, "unreadable_file", "cannot be opened"))
             )
             continue
-        key = layout.file_key(pseudonymize, landed.center_id, landed.rel)
+        # with no index to look in (a first scan) a DICOM file's key is made where it is read
+        key = layout.file_key(pseudonymize, landed.center_id, landed.rel) if cache or fmt else None
         # the cases.csv ids of a file decide its patient and path scrubbing: part of the cache key
         cases_digest = ""
         if pid or study:
             cases_digest = cases_digests.get((pid, study)) or cases_digests.setdefault(
                 (pid, study), digest(f"{pid or ''}\x1f{study or ''}")
             )
-        row = cache.get(key)
+        row = cache.get(key) if cache else None
         if row is not None and (row["size"], row["mtime_ns"], row["cases_digest"]) == (
             stat.st_size,
             stat.st_mtime_ns,
@@ -468,43 +483,67 @@ def _scan(
     series = pl.DataFrame(series_rows, schema=SERIES_SCHEMA).sort(
         ["center_id", "source_path", "series_id"]
     )
-    files = _frame(rows, FILES_SCHEMA)
+    files = _frame(rows, FILES_SCHEMA, shared=PART_COLUMNS)
     return ScanResult(series=series, files=files, rejects=rejects, stats=dict(stats))
 
 
-def _frame(rows: list[dict[str, Any]], schema: dict[str, Any]) -> pl.DataFrame:
-    """Rows to a frame, column by column; list columns through pyarrow (polars builds them from
-    Python lists about 5x slower: ~7 us per row and column). The rows are turned into columns
-    by ``map`` and ``zip`` (a list of ``row.get(name)`` per column costs twice as much)."""
-    import pyarrow as pa
-
-    names = list(schema)
+def _frame(
+    rows: list[dict[str, Any]], schema: dict[str, Any], shared: tuple[str, ...] = ()
+) -> pl.DataFrame:
+    """Rows to a frame, column by column (``_column``). The rows are turned into columns by
+    ``map`` and ``zip`` (a list of ``row.get(name)`` per column costs twice as much); the
+    ``shared`` columns of rows that carry a ``"_part"`` (header fields one series shares,
+    ``header_worker.Identities.part``) are converted once per part and gathered."""
     if not rows:
         return pl.DataFrame(schema=schema)
-    table = [tuple(map(row.get, names)) for row in rows]  # a missing column: None
+    own = [name for name in schema if name not in shared]
+    table = [tuple(map(row.get, own)) for row in rows]  # a missing column: None
+    values_of = dict(zip(own, zip(*table, strict=True), strict=True))
+    codes: list[int] | None = None
+    if shared:  # the ``shared`` columns of a row with a "_part": from that part (one per series)
+        index: dict[int, int] = {}
+        parts: list[tuple] = []
+        codes = []
+        for row in rows:
+            part = row.get("_part")
+            if part is None:  # a row without a part (a volume, a reused index row): its own
+                codes.append(len(parts))
+                parts.append(tuple(map(row.get, shared)))
+                continue
+            code = index.get(id(part))
+            if code is None:
+                code = index[id(part)] = len(parts)
+                parts.append(tuple(map(part.get, shared)))
+            codes.append(code)
+        values_of.update(zip(shared, zip(*parts, strict=True), strict=True))
     columns = []
-    for (name, dtype), values in zip(schema.items(), zip(*table, strict=True), strict=True):
-        if isinstance(dtype, pl.List):
-            # the files of a series share their list objects (orientation, id_digests):
-            # convert each distinct object once, then gather
-            index: dict[int, int] = {}
-            distinct: list = []
-            codes = []
-            for value in values:
-                code = index.get(id(value))
-                if code is None:
-                    code = index[id(value)] = len(distinct)
-                    distinct.append(value)
-                codes.append(code)
-            inner = {pl.Float64: pa.float64(), pl.Int64: pa.int64(), pl.String: pa.string()}
-            arrow = pa.array(distinct, type=pa.list_(inner[dtype.inner]))
-            series = pl.Series(name, arrow).cast(dtype)
-            if len(distinct) < len(values):
-                series = series.gather(pl.Series(codes, dtype=pl.UInt32))
-            columns.append(series)
-        else:
-            columns.append(pl.Series(name, values, dtype=dtype))
+    for name, dtype in schema.items():
+        series = _column(name, dtype, values_of[name])
+        if codes is not None and name in shared and len(series) < len(rows):
+            series = series.gather(pl.Series(codes, dtype=pl.UInt32))
+        columns.append(series)
     return pl.DataFrame(columns)
+
+
+def _column(name: str, dtype: Any, values: Sequence) -> pl.Series:
+    """One column; list columns through pyarrow, each distinct list object converted once (the
+    files of a series share theirs: id_digests), then gathered."""
+    if not isinstance(dtype, pl.List) or values.count(None) == len(values):
+        return pl.Series(name, values, dtype=dtype)
+    import pyarrow as pa
+
+    inner = {pl.Float64: pa.float64(), pl.Int64: pa.int64(), pl.String: pa.string()}
+    arrow_type = pa.list_(inner[dtype.inner])
+    ids = list(map(id, values))
+    index = dict.fromkeys(ids)  # distinct objects, in order of first use
+    if len(index) == len(ids):
+        return pl.Series(name, pa.array(values, type=arrow_type)).cast(dtype)
+    by_id = dict(zip(ids, values, strict=True))
+    distinct = [by_id[key] for key in index]
+    for code, key in enumerate(index):
+        index[key] = code
+    series = pl.Series(name, pa.array(distinct, type=arrow_type)).cast(dtype)
+    return series.gather(pl.Series(list(map(index.__getitem__, ids)), dtype=pl.UInt32))
 
 
 def _index(previous: pl.DataFrame | None) -> dict[str, dict[str, Any]]:
@@ -536,8 +575,8 @@ def _dicom_series(rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict], i
     series_rows, rejects = [], []
     merged = ingested = 0
     for key in sorted(groups):
-        members = sorted(groups[key], key=_safe_path)
-        patients = {m["patient_key"] for m in members}
+        members = sorted(groups[key], key=_SAFE_PATH)
+        patients = set(map(_PATIENT_KEY, members))
         if len(patients) > 1:
             for m in members:
                 rejects.append(
@@ -548,21 +587,24 @@ def _dicom_series(rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict], i
                     )
                 )
             continue
-        unique, seen = [], set()
-        for m in members:
-            instance = m["instance_key"]
-            if instance and instance in seen:
-                merged += 1  # the same SOP instance landed twice
-                continue
-            seen.add(instance)
-            unique.append(m)
+        instances = list(map(_INSTANCE_KEY, members))
+        unique = members
+        if len(set(instances)) < len(instances):  # the same SOP instance landed twice
+            unique, seen = [], set()
+            for m, instance in zip(members, instances, strict=True):
+                if instance and instance in seen:
+                    merged += 1
+                    continue
+                seen.add(instance)
+                unique.append(m)
         ingested += len(unique)
         series_rows.append(_series_row(unique))
     return series_rows, rejects, merged, ingested
 
 
-def _safe_path(row: dict[str, Any]) -> str:
-    return row["safe_path"] or ""
+_SAFE_PATH = operator.itemgetter("safe_path")  # set on every image row
+_PATIENT_KEY = operator.itemgetter("patient_key")
+_INSTANCE_KEY = operator.itemgetter("instance_key")
 
 
 # the protocol fields of a series row: its first file (in slice order) that has a value
@@ -590,12 +632,14 @@ _FIRST_OF = (
 
 
 def _series_row(members: list[dict[str, Any]]) -> dict[str, Any]:
+    parts = [m.get("_part") or m for m in members]  # header fields: a shared part, or the row
     order, along = order_slices(
-        [m["position"] for m in members],
-        [m["orientation"] for m in members],
-        [m["instance_number"] for m in members],
+        list(map(operator.itemgetter("position"), members)),
+        [p["orientation"] for p in parts],
+        list(map(operator.itemgetter("instance_number"), members)),
     )
     ordered = [members[i] for i in order]
+    ordered_parts = [parts[i] for i in order]
     positions = sorted({round(a, 4) for a in along if a is not None})
     steps = [b - a for a, b in itertools.pairwise(positions)]
     spacing_z = statistics.median(steps) if steps else None
@@ -605,13 +649,13 @@ def _series_row(members: list[dict[str, Any]]) -> dict[str, Any]:
     head = ordered[0]
     first = {}
     for name in _FIRST_OF:  # the first file usually has them all, or none of them has it
-        value = head.get(name)
+        value = ordered_parts[0].get(name)
         if value is None:
-            values = list(map(operator.itemgetter(name), ordered))
+            values = list(map(operator.itemgetter(name), ordered_parts))
             if values.count(None) < len(values):
                 value = next(v for v in values if v is not None)
         first[name] = value
-    n_frames = sum(m["n_frames"] or 1 for m in ordered)
+    n_frames = sum(p["n_frames"] or 1 for p in ordered_parts)
     folders = {m["safe_path"].rsplit("/", 1)[0] for m in ordered}
     folder = folders.pop() if len(folders) == 1 else os.path.commonpath(sorted(folders))
     protocol = first.pop("protocol_name")

@@ -173,6 +173,10 @@ def _series_fields(get) -> dict[str, Any]:
     }
 
 
+# the columns of a row's "_part" (``Identities.part``): the header fields a series shares
+PART_COLUMNS = tuple(_series_fields(lambda name: None))
+
+
 # --- one file ----------------------------------------------------------------------------------
 def read_dicom_file(path: str | Path, fast_only: bool = False) -> dict[str, Any] | None:
     """What the scan needs from one DICOM file (see the module doc); never raises. With
@@ -271,22 +275,18 @@ class Identities:
             self._series[(center, series_uid)] = found
         return found
 
-    def part(self, center: str, result: dict[str, Any], known: dict) -> dict[str, Any]:
-        """The columns the files of one series share (header fields with free text scrubbed,
-        kind, series_id, patient_key, id_digests): made once per series and identities."""
+    def part(self, result: dict[str, Any], known: dict) -> dict[str, Any]:
+        """The header fields the files of a series share (``PART_COLUMNS``), free text
+        scrubbed: one dict per distinct fields and identities, shared by the rows."""
         key = result["common_key"]
         if key is not None:
-            key = (center, result["series_uid"], known["key"], key)
+            key = (known["key"], key)
             found = self._parts.get(key)
             if found is not None:
                 return found
         part = dict(result["common"])
         part["series_description"] = self.scrub_text(part["series_description"], known)
         part["protocol_name"] = self.scrub_text(part["protocol_name"], known)
-        part["kind"] = "image"
-        part["series_id"] = self.series_id(center, result["series_uid"])
-        part["patient_key"] = known["patient_key"]
-        part["id_digests"] = known["id_digests"]
         if key is not None:
             self._parts[key] = part
         return part
@@ -304,6 +304,8 @@ def file_row(task: FileTask, result: dict[str, Any], identities: Identities) -> 
     """The scan index row of one DICOM file from its ``read_dicom_file`` result: identifiers
     turned into the patient_key, digests and a scrubbed path (see ``dicom_scan``)."""
     row = dict(task.base, file_format="dicom")
+    if row["path_key"] is None:  # left to the reader (dicom_scan: a first scan)
+        row["path_key"] = identifiers.file_key(identities.pseudonymize, task.center_id, task.rel)
     kind = result["kind"]
     if kind != "image":
         if kind == "rejected":
@@ -319,8 +321,14 @@ def file_row(task: FileTask, result: dict[str, Any], identities: Identities) -> 
             detail="has no PatientID and no cases.csv patient_id",
             id_digests=known["id_digests"],
         )
-    row.update(identities.part(task.center_id, result, known))
     sop_uid = result["sop_uid"]
+    # the series' header fields stay in one shared dict: rows pickle and unpickle faster, and
+    # the files frame converts them once per series (dicom_scan._frame)
+    row["_part"] = identities.part(result, known)
+    row["kind"] = "image"
+    row["series_id"] = identities.series_id(task.center_id, result["series_uid"])
+    row["patient_key"] = known["patient_key"]
+    row["id_digests"] = known["id_digests"]
     row["position"] = result["position"]
     row["instance_number"] = result["instance_number"]
     row["instance_key"] = hashlib.sha256(sop_uid.encode()).hexdigest()[:32] if sop_uid else None
@@ -340,7 +348,8 @@ class FileTask:
         self.center_id: str = center_id
         self.cases_pid: str | None = cases_pid
         self.cases_study: str | None = cases_study
-        self.base: dict[str, Any] = base  # path_key, center_id, size, mtime_ns, cases_digest
+        # path_key (None: file_row makes it), center_id, size, mtime_ns, cases_digest
+        self.base: dict[str, Any] = base
 
     def __reduce__(self):  # pickled as a plain tuple (workers get thousands)
         return (
@@ -398,6 +407,11 @@ class HeaderReader:
             self._pickled_key = pickle.dumps(pseudonymize) if self.workers else b""
         except Exception:  # a pseudonymizer that cannot travel (a lambda): read here
             self.workers = 0
+
+    def expect(self, files: int) -> None:
+        """Start the workers now if about ``files`` tasks will come (they boot meanwhile)."""
+        if self.workers and not self._procs and files >= self.threshold:
+            self._start()
 
     def submit(self, task: FileTask) -> None:
         self.tasks.append(task)

@@ -158,19 +158,25 @@ class Resolver:
         """The real path of ``path`` if it is inside landing/, else None."""
         if self.root is None:
             return None
-        path = os.fspath(path)
-        folder, _, name = path.rpartition(os.sep)
         try:
-            if not folder or name in ("", ".", "..") or os.path.islink(path):
-                real = os.path.realpath(path)  # the last component needs resolving itself
-            else:
-                real_folder = self._folders.get(folder)
-                if real_folder is None:
-                    real_folder = self._folders[folder] = os.path.realpath(folder)
-                real = os.path.join(real_folder, name)
+            real = self.folder(os.fspath(path))
         except (OSError, RuntimeError, ValueError):  # symlink loops, NUL bytes
             return None
         return real if real == self.root or real.startswith(self._prefix) else None
+
+    def folder(self, path: str) -> str:
+        """``os.path.realpath(path)``, from the memoized real path of its parent when its last
+        component is a plain name and no link (one ``lstat`` instead of one per component)."""
+        found = self._folders.get(path)
+        if found is None:
+            parent, _, name = path.rpartition(os.sep)
+            if not parent or name in ("", ".", "..") or os.path.islink(path):
+                found = os.path.realpath(path)
+            else:
+                found = os.path.join(self.folder(parent), name)
+            if len(self._folders) < 1 << 20:
+                self._folders[path] = found
+        return found
 
 
 def relative_to_landing(landing: Path, real: Path) -> str:
