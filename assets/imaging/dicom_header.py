@@ -31,6 +31,7 @@ import struct
 
 TYPE_CHECKING = False  # typing and pathlib stay unimported in a worker
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
 # The tags the lake reads from image headers (pydicom: ``specific_tags`` keeps reads cheap).
@@ -192,7 +193,7 @@ class _Stream:
 
     def __init__(self, fd: int):
         self.fd = fd
-        self.buf = os.read(fd, _CHUNK)
+        self.buf = os.pread(fd, _CHUNK, 0)
         self.start = 0
         self.pos = 0
 
@@ -212,16 +213,51 @@ class _Stream:
         return not os.pread(self.fd, 1, self.pos)
 
 
-def read_header_values(path: Path | str) -> HeaderValues:
-    """The wanted top-level values of one DICOM Part-10 file, or ``Decline``."""
+def read_header_values(path: Path | str, fd: int | None = None) -> HeaderValues:
+    """The wanted top-level values of one DICOM Part-10 file, or ``Decline``. ``fd``: the file
+    already open (``open_ahead``; read from its start, left open)."""
     try:
-        return _read(path)
+        return _read(path, fd)
     except (struct.error, IndexError, UnicodeDecodeError) as exc:  # broken or cut values
         raise Decline(f"{type(exc).__name__} while parsing") from exc
 
 
-def _read(path: Path | str) -> HeaderValues:
-    fd = os.open(path, _O_RDONLY)
+def open_ahead(paths: Sequence[str]) -> list[int | None]:
+    """Open files about to be read and ask the kernel to start reading their first
+    ``_CHUNK`` bytes now (``POSIX_FADV_WILLNEED``, asynchronous): the reads of a whole chunk
+    of files overlap instead of waiting one after the other (a cold page cache, a network
+    share). None for a file that cannot be opened (its reader reports why). Close them with
+    ``close_all``."""
+    fds: list[int | None] = []
+    advise = getattr(os, "posix_fadvise", None)
+    for path in paths:
+        try:
+            fd = os.open(path, _O_RDONLY)
+        except OSError:
+            fds.append(None)
+            continue
+        if advise is not None:
+            try:  # noqa: SIM105  (contextlib stays unimported in a worker)
+                advise(fd, 0, _CHUNK, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+        fds.append(fd)
+    return fds
+
+
+def close_all(fds: Sequence[int | None]) -> None:
+    for fd in fds:
+        if fd is not None:
+            try:  # noqa: SIM105
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _read(path: Path | str, fd: int | None) -> HeaderValues:
+    own = fd is None
+    if own:
+        fd = os.open(path, _O_RDONLY)
     try:
         stream = _Stream(fd)
         if stream.buf[128:132] != b"DICM":
@@ -234,7 +270,8 @@ def _read(path: Path | str) -> HeaderValues:
         values = HeaderValues(file_meta=meta)
         _read_dataset(stream, syntax == IMPLICIT_LE, values)
     finally:
-        os.close(fd)
+        if own:
+            os.close(fd)
     return values
 
 
@@ -314,22 +351,51 @@ def _read_dataset(stream: _Stream, implicit: bool, found: dict[str, object]) -> 
     ``i`` is the index in the current buffer (file offset ``stream.start + i``). Values are
     decoded through a memo per tag and character set (``_tables``: the files of a series
     repeat most of them); SpecificCharacterSet (0008,0005) must precede the values it governs.
+
+    The files of a series have the same elements, mostly of the same lengths: each element's
+    header bytes (tag, VR, length) are kept as a template for the next file (``_TEMPLATE``).
+    Where the next file has the same header bytes at the same place in its element sequence,
+    the element is taken as it was parsed then (everything parsing decides depends on those
+    bytes alone) and only its value is read; any other element goes through the full parse.
     """
+    global _TEMPLATE
     table = _tables(b"")
     last_group, last_element, vr_long, max_value = _LAST_GROUP, _LAST_ELEMENT, _VR_LONG, _MAX_VALUE
     raw_u32, raw_vr_u16, u32, undefined = _RAW_U32, _RAW_VR_U16, _U32, _UNDEFINED
     buf, i = stream.buf, stream.pos - stream.start
     n = len(buf)
+    template = _TEMPLATE[1] if _TEMPLATE[0] == implicit else ()
+    t, t_end = 0, len(template)
+    elements: list[tuple] = []  # this file's template: (header bytes, header size, size, raw)
     while True:
+        if t < t_end:  # the same element as in the previous file?
+            element = template[t]
+            t += 1
+            head, head_size, size, raw = element
+            stop = i + size
+            if stop <= n and buf[i : i + head_size] == head:
+                elements.append(element)
+                if raw is not None:  # a wanted element
+                    keyword, memo = table[raw]
+                    if memo is None:  # SpecificCharacterSet
+                        if any(k != "DirectoryRecordSequence" for k in found):
+                            raise Decline("SpecificCharacterSet after the values it governs")
+                        table = _tables(buf[i + head_size : stop])
+                    else:
+                        found[keyword] = memo[buf[i + head_size : stop]]
+                i = stop
+                continue
         if i + 12 > n:  # refill (the last element of a file may be only 8 bytes long)
             stream.pos = stream.start + i
             if i == n and stream.at_end():
+                _TEMPLATE = (implicit, elements)
                 return  # the file ends cleanly after an element (a header-only file)
             try:
                 buf, i = stream.view(12)
             except Decline:
                 buf, i = stream.view(8)
             n = len(buf)
+        first = i
         if implicit:
             raw, length = raw_u32(buf, i)
             vr = None
@@ -348,6 +414,7 @@ def _read_dataset(stream: _Stream, implicit: bool, found: dict[str, object]) -> 
             if raw & 0xFFFF == 0xFFFE:
                 raise Decline("item tag at the top level")
             if raw & 0xFFFF > last_group or (raw >> 16) > last_element:
+                _TEMPLATE = (implicit, elements)
                 return
         if length == undefined:
             if vr is not None and vr != b"SQ":
@@ -358,7 +425,12 @@ def _read_dataset(stream: _Stream, implicit: bool, found: dict[str, object]) -> 
             n = len(buf)
             if raw in table:
                 found[table[raw][0]] = True  # presence
+            elements.append(_NEVER)
             continue
+        head_size = i - first
+        elements.append(
+            (buf[first:i], head_size, head_size + length, raw if raw in table else None)
+        )
         wanted = table.get(raw)
         if wanted is not None:
             if length > max_value:  # no header value we read is this long: a damaged length
@@ -375,6 +447,10 @@ def _read_dataset(stream: _Stream, implicit: bool, found: dict[str, object]) -> 
             else:
                 found[keyword] = memo[buf[i : i + length]]
         i += length
+
+
+_NEVER = (None, 0, 0, None)  # a template element no file matches (an undefined-length sequence)
+_TEMPLATE: tuple[bool | None, list[tuple]] = (None, [])  # the last file's elements (see above)
 
 
 def _skip_sequence(stream: _Stream, implicit: bool) -> None:

@@ -35,12 +35,15 @@ from assets.imaging.dicom_header import (
     Decline,
     HeaderValues,
     ImagingError,
+    close_all,
+    open_ahead,
     read_header_values,
     sop_kind,
 )
 
 TYPE_CHECKING = False  # typing and pathlib stay unimported in a worker (it starts faster)
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
     from typing import Any
 
@@ -178,13 +181,15 @@ PART_COLUMNS = tuple(_series_fields(lambda name: None))
 
 
 # --- one file ----------------------------------------------------------------------------------
-def read_dicom_file(path: str | Path, fast_only: bool = False) -> dict[str, Any] | None:
+def read_dicom_file(
+    path: str | Path, fast_only: bool = False, fd: int | None = None
+) -> dict[str, Any] | None:
     """What the scan needs from one DICOM file (see the module doc); never raises. With
     ``fast_only`` a file the fast reader declines gives None (a worker leaves it to pydicom in
-    the parent process)."""
+    the parent process). ``fd``: the file already open (``dicom_header.open_ahead``)."""
     try:
         try:
-            dataset = read_header_values(path)  # the fast path for plain Part-10 files
+            dataset = read_header_values(path, fd)  # the fast path for plain Part-10 files
         except (Decline, OSError):
             if fast_only:
                 return None
@@ -298,6 +303,22 @@ class Identities:
         if key not in self._texts:
             self._texts[key] = identifiers.scrub_text(value, known["tokens"])
         return self._texts[key]
+
+
+def read_chunk(
+    tasks: Sequence[FileTask], identities: Identities, fast_only: bool = False
+) -> list[dict[str, Any] | None]:
+    """``file_row`` of each task (None: declined, with ``fast_only``), the chunk's files opened
+    ahead so that their reads overlap (``dicom_header.open_ahead``)."""
+    fds = open_ahead([task.path for task in tasks])
+    try:
+        rows: list[dict[str, Any] | None] = []
+        for task, fd in zip(tasks, fds, strict=True):
+            result = read_dicom_file(task.path, fast_only, fd)
+            rows.append(None if result is None else file_row(task, result, identities))
+        return rows
+    finally:
+        close_all(fds)
 
 
 def file_row(task: FileTask, result: dict[str, Any], identities: Identities) -> dict[str, Any]:
@@ -504,9 +525,7 @@ class HeaderReader:
         found: list[dict[str, Any] | None] = [None] * len(self.tasks)
         identities = Identities(self.pseudonymize)
         while (chunk := self._take(False)) is not None:  # this process takes its share
-            for index in range(*chunk):
-                task = self.tasks[index]
-                found[index] = file_row(task, read_dicom_file(task.path), identities)
+            found[chunk[0] : chunk[1]] = read_chunk(self.tasks[chunk[0] : chunk[1]], identities)
         for feeder in self._feeders:
             feeder.join()
         for start, rows in self._answers.items():
@@ -555,10 +574,7 @@ def main() -> None:
 
     threading.Thread(target=receive, daemon=True).start()
     while (blob := blobs.get()) is not None:
-        rows = []
-        for task in pickle.loads(blob):
-            result = read_dicom_file(task.path, fast_only=True)
-            rows.append(None if result is None else file_row(task, result, identities))
+        rows = read_chunk(pickle.loads(blob), identities, fast_only=True)
         answer = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
         out.write(_struct.pack("<Q", len(answer)) + answer)
         out.flush()
