@@ -599,3 +599,63 @@ def test_prepare_case_refuses_paths_leaving_landing(tmp_path):
     with pytest.raises(CaseRejected) as rejected:
         prepare_case(landing, locator)
     assert rejected.value.rule == "path_outside_landing"
+
+
+def test_resolver_agrees_with_realpath_on_links_dots_and_missing_paths(tmp_path):
+    """``layout.Resolver`` resolves a path from its parent folder's memoized real path; it must
+    give what ``os.path.realpath`` gives (and the same inside/outside verdict) for every kind
+    of path a cases.csv can name."""
+    import os
+
+    landing = tmp_path / "landing"
+    center = landing / "imaging" / "C1"
+    (center / "P1" / "CT").mkdir(parents=True)
+    (center / "P1" / "CT" / "img.nii.gz").write_bytes(b"x")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "img.nii.gz").write_bytes(b"x")
+    (center / "away").symlink_to(outside)  # a folder link leaving landing/
+    (center / "alias").symlink_to(center / "P1")  # a folder link staying inside
+    (center / "P1" / "file_link.nii.gz").symlink_to(outside / "img.nii.gz")
+    (center / "loop").symlink_to(center / "loop")  # a link loop
+    root = os.path.realpath(landing)
+    resolver = layout.Resolver(landing)
+    base = str(center)
+    for rel in [
+        "P1/CT/img.nii.gz",
+        "P1/CT/missing.nii.gz",
+        "missing/deeper/x.nii",
+        "away/img.nii.gz",
+        "alias/CT/img.nii.gz",
+        "P1/file_link.nii.gz",
+        "P1/../P1/CT/./img.nii.gz",
+        "P1/CT/../../away/img.nii.gz",
+        "../../../outside/img.nii.gz",
+        "P1/CT/",
+        "loop/x.nii",
+        str(outside / "img.nii.gz"),  # absolute
+    ]:
+        path = os.path.join(base, rel)
+        try:
+            real = os.path.realpath(path)
+            expected = real if real == root or real.startswith(root + os.sep) else None
+        except OSError:
+            expected = None
+        assert resolver.real(path) == expected, rel
+        assert layout.Resolver(landing).real(path) == expected, rel  # fresh memo, same answer
+
+
+def test_scan_survives_header_workers_that_fail(tmp_path, monkeypatch):
+    """Worker processes that die (here: at once) cost time, never a file: their chunks are
+    read in this process and the result equals a scan without workers."""
+    from assets.imaging import header_worker
+
+    landing = tmp_path / "landing"
+    shutil.copytree(shared_path("dicom", "autoradiomics", "CT_head"), landing / "imaging/A/ct")
+    here = scan_imaging(landing, PSEUDONYMIZE, workers=0)
+    monkeypatch.setattr(header_worker, "_WORKER_MAIN", "import sys; sys.exit(3)")
+    monkeypatch.setattr(header_worker.HeaderReader, "CHUNK", 8)  # chunks for the workers
+    there = scan_imaging(landing, PSEUDONYMIZE, workers=2)
+    assert there.stats["workers"] == 2 and there.stats["worker_failures"] == 2
+    assert there.series.equals(here.series) and there.files.equals(here.files)
+    assert there.stats["read"] == here.stats["read"] == 93

@@ -4,7 +4,8 @@ What is a series:
 - DICOM image files grouped by (center, SeriesInstanceUID); slices ordered by ImagePositionPatient
   along the slice normal. Headers are read up to (0028,0030) only, by ``dicom_header`` (a struct-
   level element walk; pydicom for the files it declines), in worker processes for large scans
-  (``header_worker.HeaderReader``: one per core once ``MIN_FILES_PER_WORKER`` files are queued).
+  (``header_worker.HeaderReader``: one per core but one, from ``MIN_FILES_PER_WORKER`` new
+  files on; this process walks, then reads chunks from the same queue).
 - each NIfTI (.nii, .nii.gz) / NRRD (.nrrd) file, except masks: files named as Mask in a cases.csv
   and, anywhere, volumes named like masks (``*_mask``, ``*_label``, ``*-label``, ``*_seg``, ...; see
   ``layout.MASK_MARKERS``) unless a cases.csv names them as Image. Volume headers are read with
@@ -57,7 +58,12 @@ from typing import Any
 import polars as pl
 
 from assets.imaging import layout
-from assets.imaging.header_worker import PART_COLUMNS, FileTask, HeaderReader
+from assets.imaging.header_worker import (
+    MIN_FILES_PER_WORKER,
+    PART_COLUMNS,
+    FileTask,
+    HeaderReader,
+)
 from assets.imaging.io import ImagingError, order_slices
 from dagster_project.quarantine import Reject
 
@@ -307,9 +313,15 @@ def _scan(
     landing: Path, pseudonymize: layout.Pseudonymize, previous: pl.DataFrame | None, workers
 ) -> ScanResult:
     digest = layout.digest_fn(pseudonymize)
-    listing = list(layout.walk_imaging(landing))  # one walk; cases.csv files first
+    # one walk (cases.csv files are read first); the header workers start (they boot
+    # meanwhile) as soon as it has seen enough files that the index does not know
     reader = HeaderReader(pseudonymize, workers)  # DICOM headers, in workers for large scans
-    reader.expect(len(listing) - (0 if previous is None else previous.height))  # new files
+    known = 0 if previous is None else previous.height
+    listing: list[layout.LandedFile] = []
+    for landed in layout.walk_imaging(landing):
+        listing.append(landed)
+        if len(listing) - known == MIN_FILES_PER_WORKER:
+            reader.expect(MIN_FILES_PER_WORKER)
     resolver = layout.Resolver(landing)
     hints = _cases_hints(landing, listing, resolver)
     cache = _index(previous)

@@ -8,18 +8,22 @@ everything it declines through pydicom (``io.read_header``), which also names wh
 
 ``file_row(task, result, identities)`` turns that into the scan's index row: identifiers become
 the patient_key, keyed digests and a scrubbed path (``Identities`` computes them once per
-distinct set of identifiers, i.e. once per series).
+distinct set of identifiers, i.e. once per series). The header fields a series shares stay in
+one dict per series (the row's ``"_part"``, ``PART_COLUMNS``): rows travel between processes
+and become frame columns faster. ``read_chunk`` does both for a chunk of files, opened ahead
+(``dicom_header.open_ahead``) so that their reads overlap.
 
-``HeaderReader`` does both for a stream of files, in worker processes for large scans. A worker
-is a fresh ``python -S -m assets.imaging.header_worker``: the pseudonymizer and chunks of tasks
-in on stdin, rows out on stdout (pickle, between this process and its own child; the secret
-never touches argv, the environment or disk). Not ``multiprocessing``: spawn and forkserver
-children re-run the parent's ``__main__`` (in a Dagster run that is the Dagster CLI, over a
-second of imports per worker), and forking a process with threads (Dagster's, polars') is
-unsafe. This module, ``dicom_header``, ``layout`` and the pseudonymizer import only the standard
-library, so a worker needs no site-packages (``-S``) and starts in ~0.1 s. Files the fast reader
-declines, and every file of a worker that failed (killed, out of memory), are read again in this
-process with pydicom: a worker can cost time, never a file.
+``HeaderReader`` does it for a stream of files, in worker processes for large scans. A worker
+is a fresh ``python -S -c "from assets.imaging.header_worker import main; main()"``: the
+pseudonymizer and chunks of tasks in on stdin, each chunk's rows out on stdout as soon as they
+are read (pickle, between this process and its own child; the secret never touches argv, the
+environment or disk). Not ``multiprocessing``: spawn and forkserver children re-run the
+parent's ``__main__`` (in a Dagster run that is the Dagster CLI, over a second of imports per
+worker), and forking a process with threads (Dagster's, polars') is unsafe. This module,
+``dicom_header``, ``identifiers`` and the pseudonymizer import only the standard library (and
+typing/pathlib only for type checkers), so a worker needs no site-packages (``-S``) and starts
+in ~35 ms. Files the fast reader declines, and every chunk of a worker that failed (killed, out
+of memory), are read again in this process with pydicom: a worker can cost time, never a file.
 """
 
 from __future__ import annotations
@@ -405,7 +409,7 @@ class HeaderReader:
     of memory), is read here with pydicom (``read_dicom_file``): nothing is lost.
     """
 
-    CHUNK = 128
+    CHUNK = 64  # small: at the end this process waits for at most two of a worker's chunks
 
     def __init__(self, pseudonymize: identifiers.Pseudonymize, workers: int | None = None):
         import pickle
@@ -492,6 +496,7 @@ class HeaderReader:
         from contextlib import suppress
 
         in_flight: deque[tuple[int, int]] = deque()
+        failed = False
         try:
             proc.stdin.write(_struct.pack("<Q", len(self._pickled_key)) + self._pickled_key)
             while True:
@@ -507,13 +512,14 @@ class HeaderReader:
                 if len(rows) == stop - start:
                     self._answers[start] = rows
         except (OSError, EOFError, ValueError, pickle.UnpicklingError, _struct.error):
-            self._failures += 1  # its chunks are read in rows()
+            failed = True  # its chunks are read in rows()
         finally:
             with suppress(OSError):
                 proc.stdin.close()
             with suppress(OSError):
                 proc.stdout.close()
-            proc.wait()
+            if proc.wait() != 0 or failed:
+                self._failures += 1
 
     def rows(self) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """One row per submitted task, in order; counts ``workers`` and ``worker_failures``."""

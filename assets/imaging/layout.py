@@ -120,20 +120,25 @@ def walk_imaging(landing: Path, center_id: str | None = None) -> Iterator[Landed
         try:
             with os.scandir(folder) as listing:
                 entries = sorted(
-                    (e for e in listing if not e.name.startswith(".")), key=lambda e: e.name
+                    (e for e in listing if not e.name.startswith(".")), key=_entry_name
                 )
         except OSError:  # unreadable folder: os.walk skips it too
             continue
+        parts = folder[prefix:].split("/")  # imaging[/<center_id>[/...]]: the same for its files
+        center = parts[1] if len(parts) > 1 else None
         subfolders = []
         for entry in entries:
             link = entry.is_symlink()
             if not link and entry.is_dir(follow_symlinks=False):
                 subfolders.append(entry.path)
                 continue
-            rel = entry.path[prefix:]
-            parts = rel.split("/")
-            yield LandedFile(entry.path, rel, parts[1] if len(parts) > 2 else None, link)
+            path = entry.path
+            yield LandedFile(path, path[prefix:], center, link)
         stack.extend(reversed(subfolders))
+
+
+def _entry_name(entry: os.DirEntry) -> str:
+    return entry.name
 
 
 def resolve_inside(landing: Path, path: Path) -> Path | None:
