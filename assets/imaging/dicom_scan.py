@@ -434,6 +434,42 @@ def _scan(
         elif row["kind"] == "rejected":
             pending_rejects.append((landed.center_id, landed.rel, row["rule"], row["detail"]))
 
+    series_rows, series_rejects, merged, ingested = _dicom_series(rows)
+    stats["merged"] += merged
+    stats["ingested"] += ingested
+    for row in series_rejects:
+        pending_rejects.append((row["center_id"], row["safe_path"], row["rule"], row["detail"]))
+    rejects: list[Reject] = []
+    if pending_rejects or volume_rows:  # paths to scrub with everything known of their center
+        rejects = _volumes_and_rejects(
+            rows, hints, pseudonymize, digest, volume_rows, pending_rejects, series_rows, stats
+        )
+    stats["quarantined"] = len(rejects)
+    stats["series"] = len(series_rows)
+    stats["merged"] += stats["links_inside"]  # a link inside landing/ duplicates its target
+    stats["landed"] = stats["files_seen"] - stats["for_cases"]
+    for name in ("ingested", "merged", "links_inside", "read", "reused"):
+        stats.setdefault(name, 0)
+
+    series = pl.DataFrame(series_rows, schema=SERIES_SCHEMA).sort(
+        ["center_id", "source_path", "series_id"]
+    )
+    files = _frame(rows, FILES_SCHEMA, shared=PART_COLUMNS)
+    return ScanResult(series=series, files=files, rejects=rejects, stats=dict(stats))
+
+
+def _volumes_and_rejects(
+    rows: list[dict[str, Any]],
+    hints: _CasesHints,
+    pseudonymize: layout.Pseudonymize,
+    digest,
+    volume_rows: list[tuple[dict[str, Any], layout.LandedFile, str]],
+    pending_rejects: list[tuple[str | None, str, str, str]],
+    series_rows: list[dict[str, Any]],
+    stats: dict[str, int],
+) -> list[Reject]:
+    """Volume series (appended to ``series_rows``) and the rejects, their paths scrubbed with
+    every identifier known of their center (DICOM headers, cases.csv, volume names)."""
     # scrubbers that know every identifier of a center (as keyed digests) for reject paths
     center_scrubbers: dict[str | None, layout.Scrubber] = defaultdict(
         lambda: layout.Scrubber(digest)
@@ -457,12 +493,6 @@ def _scan(
             for scrubber in (center_scrubbers[center], everywhere):
                 scrubber.add(layout.identifier_tokens(pid, study), replacement)
 
-    series_rows, series_rejects, merged, ingested = _dicom_series(rows)
-    stats["merged"] += merged
-    stats["ingested"] += ingested
-    for row in series_rejects:
-        pending_rejects.append((row["center_id"], row["safe_path"], row["rule"], row["detail"]))
-
     for row, landed, real in volume_rows:
         pid = hints.image_ids.get(real) or layout.image_base(landed.path.name)
         patient_key = pseudonymize(landed.center_id, pid)
@@ -485,18 +515,7 @@ def _scan(
             safe = everywhere.scrub(center_scrubbers[center].scrub(rel))
         todo = _TODO.get(rule, "fix or remove the file")
         rejects.append(Reject(safe, TARGET, rule, f"{rule}: {safe} {detail} ({todo})"))
-    stats["quarantined"] = len(rejects)
-    stats["series"] = len(series_rows)
-    stats["merged"] += stats["links_inside"]  # a link inside landing/ duplicates its target
-    stats["landed"] = stats["files_seen"] - stats["for_cases"]
-    for name in ("ingested", "merged", "links_inside", "read", "reused"):
-        stats.setdefault(name, 0)
-
-    series = pl.DataFrame(series_rows, schema=SERIES_SCHEMA).sort(
-        ["center_id", "source_path", "series_id"]
-    )
-    files = _frame(rows, FILES_SCHEMA, shared=PART_COLUMNS)
-    return ScanResult(series=series, files=files, rejects=rejects, stats=dict(stats))
+    return rejects
 
 
 def _frame(
