@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
+import pickle
 import signal
 import stat
 import subprocess
@@ -94,6 +97,10 @@ def test_pseudonymizer_is_keyed_and_stable(tmp_path, monkeypatch):
     keyer = Pseudonymizer(secret)
     key = keyer("C1", "GZ2019-004711")
     assert len(key) == 32 and int(key, 16) >= 0
+    # the documented definition: HMAC-SHA256(secret, "<center>\x1f<id>"), first 32 hex digits
+    expected = hmac.new(secret, b"C1\x1fGZ2019-004711", hashlib.sha256).hexdigest()
+    assert key == expected[:32]
+    assert pickle.loads(pickle.dumps(keyer))("C1", "GZ2019-004711") == key  # as workers get it
     assert keyer("C1", " GZ2019-004711 ") == key
     assert keyer("C2", "GZ2019-004711") != key  # same hospital id, other center
     assert Pseudonymizer(b"another secret")("C1", "GZ2019-004711") != key
