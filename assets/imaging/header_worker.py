@@ -445,9 +445,9 @@ class HeaderReader:
         if self._procs or len(self.tasks) >= self.threshold:
             self._cut(len(self.tasks))
 
-    def _cut(self, stop: int) -> None:
+    def _cut(self, stop: int, start_workers: bool = True) -> None:
         """Queue the tasks up to ``stop`` as chunks (starting the workers first)."""
-        if not self._procs and self.workers:
+        if start_workers and not self._procs and self.workers:
             self._start()
         with self._cond:
             for start in range(self.chunked, stop, self.CHUNK):
@@ -523,14 +523,13 @@ class HeaderReader:
 
     def rows(self) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """One row per submitted task, in order; counts ``workers`` and ``worker_failures``."""
-        if self._procs:
-            self._cut(len(self.tasks))  # the last, partial chunk
+        self._cut(len(self.tasks), start_workers=False)  # the rest (all of a small scan)
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         found: list[dict[str, Any] | None] = [None] * len(self.tasks)
         identities = Identities(self.pseudonymize)
-        while (chunk := self._take(False)) is not None:  # this process takes its share
+        while (chunk := self._take(False)) is not None:  # this process takes its share (or all)
             found[chunk[0] : chunk[1]] = read_chunk(self.tasks[chunk[0] : chunk[1]], identities)
         for feeder in self._feeders:
             feeder.join()
