@@ -17,7 +17,7 @@ interleaved, median reported:
 
 - ``scan_imaging``: radlake's scanner (``assets.imaging.dicom_scan.scan_imaging``) on the landing
   zone with an empty index (every header is read): walking, cases.csv, header reads (in worker
-  processes, one per core, when there are enough files: ``header_worker.default_workers``),
+  processes, one per core but one, from 1,000 files: ``header_worker.default_workers``),
   pseudonymization, path scrubbing, series grouping and slice ordering;
 - ``scan_imaging, 1 process``: the same with ``workers=0`` (every header read in this process);
 - ``scan_imaging re-run``: the same with the previous run's file index (nothing changed);

@@ -294,8 +294,8 @@ def scan_imaging(
 ) -> ScanResult:
     """Scan ``landing/imaging/<center_id>/**`` into imaging_series rows (see the module doc).
 
-    ``workers``: processes reading DICOM headers while the walk goes on (None: one per core,
-    from ``header_worker.MIN_FILES_PER_WORKER`` files to read on; 0: all in this process).
+    ``workers``: processes reading DICOM headers while the walk goes on (None: one per core
+    but one, from ``header_worker.MIN_FILES_PER_WORKER`` new files on; 0: all in this process).
 
     The cyclic garbage collector is off meanwhile: the scan allocates dozens of containers per
     file and frees almost none, so every few hundred files CPython would traverse the whole

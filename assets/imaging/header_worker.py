@@ -400,13 +400,14 @@ class HeaderReader:
     zone. ``submit`` tasks in order, then ``rows()`` returns one row per task, in that order.
 
     Up to ``MIN_FILES_PER_WORKER`` tasks nothing starts (a small scan is read here, in
-    ``rows``). From then on worker processes start (``workers``, default one per core) and the
-    tasks are cut into chunks of ``CHUNK`` on a shared queue. One feeder thread per worker takes
-    chunks from it, keeps two in flight on the worker's stdin and collects each answer from its
-    stdout as soon as it is ready; when the walk is done this process takes chunks from the same
-    queue and reads them itself. So the work balances itself whatever the cores, the load or the
-    files. A file the fast reader declines, and every chunk of a worker that failed (killed, out
-    of memory), is read here with pydicom (``read_dicom_file``): nothing is lost.
+    ``rows``). From then on worker processes start (``workers``, default one per core but one)
+    and the tasks are cut into chunks of ``CHUNK`` on a shared queue. One feeder thread per
+    worker takes chunks from it, keeps two in flight on the worker's stdin and collects each
+    answer from its stdout as soon as it is ready; when the walk is done this process takes
+    chunks from the same queue and reads them itself. So the work balances itself whatever the
+    cores, the load or the files. A file the fast reader declines, and every chunk of a worker
+    that failed (killed, out of memory), is read here with pydicom (``read_dicom_file``):
+    nothing is lost.
     """
 
     CHUNK = 64  # small: at the end this process waits for at most two of a worker's chunks
