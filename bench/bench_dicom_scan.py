@@ -33,6 +33,8 @@ after ``posix_fadvise(POSIX_FADV_DONTNEED)`` on every file (drops this guest's c
 root; ``echo 3 > drop_caches`` needs root). On a VM the host may still cache the disk, so
 "evicted" is closer to a fast SSD than to a network share, where header-only reading gains more.
 ``x full read`` compares warm modes with the warm full read and evicted ones with the evicted.
+Peak memory: ``scan_imaging`` and the full read once more each in a fresh interpreter: its peak
+RSS (``VmHWM``) and its header worker's (sampled).
 Goal (imaging issue): the scan reads at least 10x more files/s than a full read.
 
     .venv/bin/python bench/bench_dicom_scan.py                                  # defaults
@@ -195,9 +197,19 @@ def measure(name: str, landing: Path, files: list[Path], times: int) -> dict:
         out["modes"][mode]["x_full_read"] = round(out["modes"][mode]["files_per_s"] / rate, 2)
     out["goal_met_warm"] = out["modes"]["scan_imaging"]["x_full_read"] >= GOAL
     out["goal_met_evicted"] = out["modes"]["scan_imaging, evicted"]["x_full_read"] >= GOAL
+    out["peak_rss_mb"] = {mode: peak_rss(mode, landing) for mode in ("scan_imaging", "full read")}
     print(
         f"\n{name}: {n} DICOM files in {out['series']} series, {out['scan_workers']} workers, "
         f"mean {out['mean_file_kb']} KB ({out['total_mb']} MB), load {load()}"
+    )
+    print(
+        "peak RSS, fresh process (MB): "
+        + "; ".join(
+            f"{mode} {p['process']} (+ header workers {p['children']})"
+            if p["children"]
+            else f"{mode} {p['process']}"
+            for mode, p in out["peak_rss_mb"].items()
+        )
     )
     print(
         table(
@@ -215,6 +227,54 @@ def measure(name: str, landing: Path, files: list[Path], times: int) -> dict:
         )
     )
     return out
+
+
+_PEAK_CODE = """
+import json, sys, threading, time
+from pathlib import Path
+import psutil
+sys.path.insert(0, {repo!r})
+landing = Path({landing!r})
+children_peak, done = [0], threading.Event()
+def sample():  # the header worker's RSS, every 5 ms
+    me = psutil.Process()
+    while not done.is_set():
+        for child in me.children():
+            try:
+                children_peak[0] = max(children_peak[0], child.memory_info().rss)
+            except psutil.Error:
+                pass
+        time.sleep(0.005)
+threading.Thread(target=sample, daemon=True).start()
+if {mode!r} == "scan_imaging":
+    from assets.imaging.dicom_scan import scan_imaging
+    from dagster_project.pseudonym import Pseudonymizer
+    result = scan_imaging(landing, Pseudonymizer(b"radlake-bench"))
+    assert result.stats["read"] > 0
+else:
+    import pydicom
+    for path in sorted((landing / "imaging").rglob("*.dcm")):
+        pydicom.dcmread(path).pixel_array
+done.set()
+status = Path("/proc/self/status").read_text()
+peak = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+print(json.dumps([peak * 1024, children_peak[0]]))
+"""
+
+
+def peak_rss(mode: str, landing: Path) -> dict:
+    """Peak RSS (MB) of one ``mode`` in a fresh interpreter: the process itself (``VmHWM``;
+    ``getrusage`` would count the benchmark process it was forked from) and its largest child
+    (the scan's header worker; sampled every 5 ms)."""
+    import json
+    import subprocess
+
+    code = _PEAK_CODE.format(repo=str(REPO), landing=str(landing), mode=mode)
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=REPO
+    )
+    process, children = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"process": round(process / 2**20), "children": round(children / 2**20)}
 
 
 def main(argv: list[str] | None = None) -> dict:
