@@ -197,9 +197,7 @@ class _CasesHints:
     )
 
 
-def _cases_hints(
-    landing: Path, listing: list[layout.LandedFile], resolver: layout.Resolver
-) -> _CasesHints:
+def _cases_hints(listing: list[layout.LandedFile], resolver: layout.Resolver) -> _CasesHints:
     """What the cases.csv files of ``listing`` (the walk) say, in ``layout.cases_csv_files``
     order: by center, then by path."""
     hints = _CasesHints()
@@ -323,14 +321,13 @@ def _scan(
         if len(listing) - known == MIN_FILES_PER_WORKER:
             reader.expect(MIN_FILES_PER_WORKER)
     resolver = layout.Resolver(landing)
-    hints = _cases_hints(landing, listing, resolver)
+    hints = _cases_hints(listing, resolver)
     cache = _index(previous)
     stats = defaultdict(int)
     rows: list[dict[str, Any]] = []  # file index rows of this run
     # in walk order: ("reject", (center, real rel, rule, detail)) or ("row", (index, landed))
     events: list[tuple[str, Any]] = []
     to_read: list[int] = []  # rows whose DICOM header the reader reads
-    real_dirs: dict[str, str] = {}
     masks, images = hints.mask_paths, hints.image_paths
     image_ids, image_studies = hints.image_ids, hints.image_studies
     cases_digests: dict[tuple[str | None, str | None], str] = {}
@@ -360,9 +357,7 @@ def _scan(
             continue
         path = landed.path_str
         folder, name = path.rsplit("/", 1)
-        real_folder = real_dirs.get(folder)
-        if real_folder is None:  # the file is no link: only its folder can be elsewhere
-            real_folder = real_dirs[folder] = resolver.folder(folder)
+        real_folder = resolver.folder(folder)  # the file is no link: only its folder can move
         real = f"{real_folder}/{name}"
         fmt = layout.volume_format(name)
         if name == layout.CASES_CSV or real in masks:
@@ -428,7 +423,7 @@ def _scan(
         row = rows[index]
         if row["kind"] == "volume":
             folder, name = landed.path_str.rsplit("/", 1)
-            volume_rows.append((row, landed, f"{real_dirs[folder]}/{name}"))
+            volume_rows.append((row, landed, f"{resolver.folder(folder)}/{name}"))
         elif row["kind"] in ("seg", "rtstruct"):
             stats["for_cases"] += 1
         elif row["kind"] == "rejected":
