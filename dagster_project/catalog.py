@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,19 +32,32 @@ class CatalogReport:
     failed: dict[str, str] = field(default_factory=dict)  # view -> one-line error
 
 
-def sql_files(sql_dir: Path = SQL_DIR, layers: tuple[str, ...] = SQL_LAYERS) -> dict[str, Path]:
-    """View name (file stem) -> SQL file, over ``sql/<layer>/*.sql``. Stems must be unique."""
+def sql_roots(lake: Lake | None = None, sql_dir: Path = SQL_DIR) -> list[Path]:
+    """The SQL folders of a lake: the repository's ``sql/``, then the group's own
+    ``LAKE_HOME/sql/`` (cohorts, views and portfolio queries of this lake only)."""
+    return [sql_dir] + ([lake.home / "sql"] if lake is not None else [])
+
+
+def sql_files(
+    sql_dir: Path | list[Path] = SQL_DIR, layers: tuple[str, ...] = SQL_LAYERS
+) -> dict[str, Path]:
+    """View name (file stem) -> SQL file, over ``<root>/<layer>/*.sql`` of each root. Stems are
+    unique within a root; a later root's file replaces an earlier one of the same name (a lake's
+    own ``sql/`` can redefine a shipped view)."""
     found: dict[str, Path] = {}
-    for layer in layers:
-        for path in sorted((sql_dir / layer).glob("*.sql")):
-            name = path.stem
-            if not _VIEW_NAME.match(name):
-                raise ValueError(
-                    f"{path}: SQL file names must be lowercase snake_case (view names)"
-                )
-            if name in found:
-                raise ValueError(f"{path}: view name {name!r} already defined by {found[name]}")
-            found[name] = path
+    for root in [sql_dir] if isinstance(sql_dir, Path) else sql_dir:
+        own: dict[str, Path] = {}
+        for layer in layers:
+            for path in sorted((root / layer).glob("*.sql")):
+                name = path.stem
+                if not _VIEW_NAME.match(name):
+                    raise ValueError(
+                        f"{path}: SQL file names must be lowercase snake_case (view names)"
+                    )
+                if name in own:
+                    raise ValueError(f"{path}: view name {name!r} already defined by {own[name]}")
+                own[name] = path
+        found.update(own)
     return found
 
 
@@ -68,7 +82,7 @@ def table_view_sql(lake: Lake, table: str) -> str:
 def create_views(
     con: duckdb.DuckDBPyConnection,
     lake: Lake,
-    sql_dir: Path = SQL_DIR,
+    sql_dir: Path | list[Path] | None = None,
     layers: tuple[str, ...] = SQL_LAYERS,
     report: CatalogReport | None = None,
 ) -> CatalogReport:
@@ -77,7 +91,8 @@ def create_views(
     for table in lake.tables():
         con.execute(table_view_sql(lake, table))
         report.table_views.append(table)
-    pending = {name: read_select(path) for name, path in sql_files(sql_dir, layers).items()}
+    roots = sql_roots(lake) if sql_dir is None else sql_dir
+    pending = {name: read_select(path) for name, path in sql_files(roots, layers).items()}
     pending = {n: s for n, s in pending.items() if n not in report.table_views}
     while pending:
         errors: dict[str, str] = {}
@@ -94,7 +109,7 @@ def create_views(
     return report
 
 
-def build_catalog(lake: Lake, sql_dir: Path = SQL_DIR) -> CatalogReport:
+def build_catalog(lake: Lake, sql_dir: Path | list[Path] | None = None) -> CatalogReport:
     """Rebuild ``catalog.duckdb`` in a temporary file and swap it in atomically."""
     target = lake.catalog_path
     tmp = lake.home / f".catalog-{uuid.uuid4().hex}.duckdb"
@@ -114,7 +129,7 @@ def build_catalog(lake: Lake, sql_dir: Path = SQL_DIR) -> CatalogReport:
 
 
 def lake_connection(
-    lake: Lake, sql_dir: Path = SQL_DIR, with_sql_views: bool = True
+    lake: Lake, sql_dir: Path | list[Path] | None = None, with_sql_views: bool = True
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB over the lake's current Parquet (for assets that run SQL): no catalog lock."""
     con = duckdb.connect(":memory:")
@@ -129,3 +144,34 @@ def open_catalog(lake: Lake) -> duckdb.DuckDBPyConnection:
             f"no catalog at {lake.catalog_path}: run `make demo` or materialize the `catalog` asset"
         )
     return duckdb.connect(str(lake.catalog_path), read_only=True)
+
+
+def referenced(sql: str, names: Iterable[str]) -> list[str]:
+    """Which of ``names`` the SQL reads (after ``from`` or ``join``)."""
+    return [
+        n
+        for n in names
+        if re.search(rf"\b(?:from|join)\s+{re.escape(n)}\b", sql, flags=re.IGNORECASE)
+    ]
+
+
+def explain_sql_error(
+    con: duckdb.DuckDBPyConnection, source: str, sql: str, error: Exception
+) -> str:
+    """One line for a SQL file that cannot run on this lake: the file, DuckDB's first line (it
+    names the missing table or column), and what the tables the SQL reads do have."""
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    views = {
+        row[0]: row[1]
+        for row in con.execute(
+            "select view_name, sql from duckdb_views() where not internal"
+        ).fetchall()
+    }
+    read = referenced(sql, sorted(views))
+    have = []
+    for name in read:
+        columns = [row[0] for row in con.execute(f"describe {quote_ident(name)}").fetchall()]
+        have.append(f"{name} has {', '.join(columns)}")
+    if not read:
+        have.append(f"the lake has {', '.join(sorted(views)) or 'no tables yet'}")
+    return f"{source}: {first} ({'; '.join(have)})"

@@ -141,7 +141,7 @@ def demo_lake(tmp_path_factory) -> Path:
     generated = run("demo-data", "--patients", str(DEMO_PATIENTS), "--seed", "11")
     assert generated.returncode == 0, generated.stderr
     # the shipped demo study, with fewer bootstrap resamples to keep the test suite short
-    study = yaml.safe_load((REPO / "assets/studies/demo/gist_mitotic_index.yaml").read_text())
+    study = yaml.safe_load((REPO / "radlake/demo/studies/gist_mitotic_index.yaml").read_text())
     study["bootstrap"] = 200
     (home / "studies").mkdir(exist_ok=True)
     (home / "studies" / "gist_mitotic_index.yaml").write_text(
@@ -244,7 +244,7 @@ def test_no_patient_identifier_reaches_lake_catalog_reports_or_logs(demo_lake, c
 def test_demo_bad_rows_are_quarantined_with_distinct_reasons(catalog):
     rows = catalog.execute("select source, rule, reason from quarantine").fetchall()
     rules = {(source, rule) for source, rule, _ in rows}
-    # the demo's deliberate defects (dagster_project.demo_data.CLINICAL_DEFECTS / GRANT_DEFECTS)
+    # the demo's deliberate defects (radlake.demo.generator.CLINICAL_DEFECTS / GRANT_DEFECTS)
     clinical = sorted(rule for source, rule, _ in rows if source == "clinical")
     assert clinical == ["invalid_event", "missing_id", "negative_duration"], rows
     assert ("grants", "amount_negative") in rules, rules

@@ -1,0 +1,1 @@
+"""radlake: the user-facing package (the demo lake lives in radlake.demo)."""
