@@ -103,7 +103,7 @@ def hn1_result(hn1_tables, tmp_path_factory):
 
 # spec ------------------------------------------------------------------------------------
 def test_shipped_demo_study_loads_with_defaults():
-    spec = load_study(REPO / "assets" / "studies" / "demo" / "gist_mitotic_index.yaml")
+    spec = load_study(REPO / "radlake" / "demo" / "studies" / "gist_mitotic_index.yaml")
     assert spec.label == "mi_high" and spec.features.radiomics.params_id == "ct_default"
     assert spec.split.external_validation_centers == ("C2",)
     assert spec.models == (
