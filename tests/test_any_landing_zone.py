@@ -236,7 +236,9 @@ def test_every_landing_zone_materializes(tmp_path, scenario):
         # WORC-Lipo's patients are not in this lake's clinical table or cases: a feature table
         # computed elsewhere still lands (case ids of its own), nothing of it is dropped
         con = duckdb.connect(str(home / "catalog.duckdb"), read_only=True)
-        patients = con.execute("select count(distinct patient_key) from external_features").fetchone()
+        patients = con.execute(
+            "select count(distinct patient_key) from external_features"
+        ).fetchone()
         con.close()
         landed = expected["features"]["external_patients"]
         assert patients[0] + rejected.get(("external_features", "unknown_patient"), 0) == landed

@@ -690,9 +690,7 @@ def test_cohort_sql_parses_as_plain_select():
     cohorts = sorted((SQL_DIR / "cohorts").glob("*.sql"))
     cohorts += sorted((DEMO_DIR / "sql" / "cohorts").glob("*.sql"))
     assert len(cohorts) >= 3
-    for path in cohorts + [
-        SQL_DIR / "views" / "dataset_inventory.sql"
-    ]:
+    for path in cohorts + [SQL_DIR / "views" / "dataset_inventory.sql"]:
         select = read_select(path)
         assert "create " not in select.lower(), path
         statements = duckdb.extract_statements(select)

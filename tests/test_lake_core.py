@@ -15,8 +15,8 @@ import time
 import polars as pl
 import pytest
 
-from dagster_project.lake import LAKE_SUBDIRS, Lake, lake_home
 from dagster_project import pseudonym
+from dagster_project.lake import LAKE_SUBDIRS, Lake, lake_home
 from dagster_project.pseudonym import Pseudonymizer, load_secret
 from dagster_project.quarantine import Reject, read_quarantine, write_quarantine
 
@@ -125,7 +125,9 @@ def test_key_custody_fingerprint_refuses_another_key(tmp_path, monkeypatch):
     secret = load_secret(home)
     recorded = (home / pseudonym.FINGERPRINT_FILE).read_text().strip()
     # the fingerprint is an HMAC of a fixed label under the key: it does not contain the key
-    assert recorded == hmac.new(secret, pseudonym.FINGERPRINT_LABEL, hashlib.sha256).hexdigest()[:16]
+    assert (
+        recorded == hmac.new(secret, pseudonym.FINGERPRINT_LABEL, hashlib.sha256).hexdigest()[:16]
+    )
     assert secret not in b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
     monkeypatch.setenv("LAKE_PSEUDONYM_KEY", "a-different-key")
     with pytest.raises(pseudonym.PseudonymKeyMismatch, match="radlake key rotate"):
