@@ -7,7 +7,7 @@ nobody waits on a lock. Pure module (no Dagster import).
 
 Portable by construction:
 - **Storage version pinned** (``CATALOG_STORAGE_VERSION``): the file is written in DuckDB's v1.0.0
-  storage format (storage number 64), which every DuckDB from 0.10 to 2.x opens, whatever DuckDB
+  storage format (storage number 64), which DuckDB 0.10 and every later 1.x and 2.x opens, whatever DuckDB
   writes it; ``build_catalog`` refuses to publish a file whose header says otherwise.
 - **Relative paths**: table views read ``lake/<table>/*.parquet`` relative to the lake home, which
   DuckDB resolves against its ``file_search_path`` setting (else the working directory). A moved or
@@ -86,7 +86,9 @@ def table_view_sql(lake: Lake, table: str) -> str:
 def search_path_sql(home: Path) -> str:
     """The one statement that points a DuckDB session's relative paths at a lake home."""
     if "," in str(home):  # file_search_path is a comma-separated list
-        raise ValueError(f"{home}: a lake home path cannot contain a comma (DuckDB file_search_path)")
+        raise ValueError(
+            f"{home}: a lake home path cannot contain a comma (DuckDB file_search_path)"
+        )
     return f"set file_search_path = {quote_literal(str(home))}"
 
 
@@ -106,8 +108,10 @@ def create_views(
     layers: tuple[str, ...] = SQL_LAYERS,
     report: CatalogReport | None = None,
 ) -> CatalogReport:
-    """Create the table views, then the SQL-file views (retrying in rounds so views may use views)."""
+    """Create the table views, then the SQL-file views (retrying in rounds so views may use views).
+    Points the connection's relative paths at the lake home first (the table views' globs)."""
     report = report or CatalogReport(path=Path(":memory:"))
+    con.execute(search_path_sql(lake.home))
     for table in lake.tables():
         con.execute(table_view_sql(lake, table))
         report.table_views.append(table)
@@ -138,7 +142,6 @@ def build_catalog(lake: Lake, sql_dir: Path = SQL_DIR) -> CatalogReport:
             str(tmp), config={"storage_compatibility_version": CATALOG_STORAGE_VERSION}
         )
         try:
-            con.execute(search_path_sql(lake.home))
             create_views(con, lake, sql_dir, report=report)
             con.execute("checkpoint")
         finally:
@@ -161,7 +164,6 @@ def lake_connection(
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB over the lake's current Parquet (for assets that run SQL): no catalog lock."""
     con = duckdb.connect(":memory:")
-    con.execute(search_path_sql(lake.home))
     create_views(con, lake, sql_dir, layers=SQL_LAYERS if with_sql_views else ())
     return con
 
@@ -169,11 +171,11 @@ def lake_connection(
 def open_catalog(lake: Lake) -> duckdb.DuckDBPyConnection:
     """A read-only connection to the catalog, its relative paths resolved from the lake home
     (raises FileNotFoundError when there is none yet)."""
+    search_path = search_path_sql(lake.home)
     if not lake.catalog_path.exists():
         raise FileNotFoundError(
             f"no catalog at {lake.catalog_path}: run `make demo` or materialize the `catalog` asset"
         )
-    search_path = search_path_sql(lake.home)
     con = duckdb.connect(str(lake.catalog_path), read_only=True)
     con.execute(search_path)
     return con

@@ -8,6 +8,7 @@ half an install. When an install fails (no network), the test fails in CI and is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -40,11 +41,10 @@ def _cached(name: str, build: Callable[[Path], None]) -> Path:
     try:
         build(work)
         (work / ".complete").touch()
-        shutil.rmtree(target, ignore_errors=True)  # an incomplete leftover
-        try:
+        if target.exists() and not (target / ".complete").exists():
+            shutil.rmtree(target, ignore_errors=True)  # an incomplete leftover
+        with contextlib.suppress(OSError):  # a parallel run renamed its copy first
             os.rename(work, target)
-        except OSError:  # a parallel run renamed its copy first
-            pass
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         output = getattr(exc, "stderr", None) or getattr(exc, "output", None) or ""
         _unavailable(f"cannot install test client {name}: {exc} {str(output)[-500:]}")
