@@ -56,7 +56,7 @@ def build_core_assets(upstream: Sequence[dg.AssetKey], ingest: Sequence[dg.Asset
         description="catalog.duckdb: a view per lake table plus every sql/ file; swapped in atomically.",
     )
     def catalog(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-        from dagster_project.catalog import build_catalog
+        from dagster_project.catalog import CATALOG_STORAGE_VERSION, build_catalog
 
         report = build_catalog(lake.lake())
         for name, error in report.failed.items():
@@ -68,6 +68,7 @@ def build_core_assets(upstream: Sequence[dg.AssetKey], ingest: Sequence[dg.Asset
                 "sql_views": dg.MetadataValue.json(report.sql_views),
                 "failed_views": dg.MetadataValue.json(report.failed),
                 "n_views": len(report.table_views) + len(report.sql_views),
+                "duckdb_storage_version": CATALOG_STORAGE_VERSION,  # what DuckDB 1.x clients open
             }
         )
 
