@@ -1,9 +1,18 @@
 """The DuckDB catalog: one view per lake table plus every SQL file in sql/, rebuilt atomically.
 
-Parquet is the truth; ``catalog.duckdb`` only holds views (absolute paths to ``lake/<table>/*.parquet``).
-It is written by exactly one asset into a temporary file beside it, checkpointed, closed and then
-``os.replace``d onto ``catalog.duckdb``: a reader that has the old file open keeps reading the old
-inode, a new reader opens the new file, nobody waits on a lock. Pure module (no Dagster import).
+Parquet is the truth; ``catalog.duckdb`` only holds views. It is written by exactly one asset into a
+temporary file beside it, checkpointed, closed and then ``os.replace``d onto ``catalog.duckdb``: a
+reader that has the old file open keeps reading the old inode, a new reader opens the new file,
+nobody waits on a lock. Pure module (no Dagster import).
+
+Portable by construction:
+- **Storage version pinned** (``CATALOG_STORAGE_VERSION``): the file is written in DuckDB's v1.0.0
+  storage format (storage number 64), which DuckDB 0.10 and every later 1.x and 2.x opens, whatever DuckDB
+  writes it; ``build_catalog`` refuses to publish a file whose header says otherwise.
+- **Relative paths**: table views read ``lake/<table>/*.parquet`` relative to the lake home, which
+  DuckDB resolves against its ``file_search_path`` setting (else the working directory). A moved or
+  re-mounted lake needs one statement, ``SET file_search_path = '<lake home>'`` (or opening the
+  catalog from inside the lake home); ``open_catalog`` / ``radlake.connect()`` do it for you.
 """
 
 from __future__ import annotations
@@ -22,6 +31,10 @@ from dagster_project.lake import Lake
 SQL_DIR = Path(os.environ.get("RADLAKE_SQL_DIR", Path(__file__).resolve().parents[1] / "sql"))
 SQL_LAYERS = ("views", "cohorts", "portfolio")
 _VIEW_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# DuckDB's storage_compatibility_version for catalog.duckdb, and the storage number it writes
+# (DuckDB docs, "Storage Versions and Format": v0.10.x-v1.1.x write 64; 1.4 reads 64-67).
+CATALOG_STORAGE_VERSION = "v1.0.0"
+CATALOG_STORAGE_NUMBER = 64
 
 
 @dataclass
@@ -71,12 +84,35 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def table_view_sql(lake: Lake, table: str) -> str:
-    glob = lake.table_glob(table).replace("'", "''")
+    """A view over the table's Parquet, its glob relative to the lake home (see module doc)."""
+    glob = Path(lake.table_glob(table)).relative_to(lake.home).as_posix()
     return (
         f"create or replace view {quote_ident(table)} as "
-        f"select * from read_parquet('{glob}', union_by_name = true)"
+        f"select * from read_parquet({quote_literal(glob)}, union_by_name = true)"
     )
+
+
+def search_path_sql(home: Path) -> str:
+    """The one statement that points a DuckDB session's relative paths at a lake home."""
+    if "," in str(home):  # file_search_path is a comma-separated list
+        raise ValueError(
+            f"{home}: a lake home path cannot contain a comma (DuckDB file_search_path)"
+        )
+    return f"set file_search_path = {quote_literal(str(home))}"
+
+
+def storage_number(path: Path) -> int:
+    """The storage version number in a DuckDB file's main header (after checksum and b'DUCK')."""
+    with open(path, "rb") as handle:
+        header = handle.read(20)
+    if header[8:12] != b"DUCK":
+        raise ValueError(f"{path}: not a DuckDB database file")
+    return int.from_bytes(header[12:20], "little")
 
 
 def create_views(
@@ -86,8 +122,10 @@ def create_views(
     layers: tuple[str, ...] = SQL_LAYERS,
     report: CatalogReport | None = None,
 ) -> CatalogReport:
-    """Create the table views, then the SQL-file views (retrying in rounds so views may use views)."""
+    """Create the table views, then the SQL-file views (retrying in rounds so views may use views).
+    Points the connection's relative paths at the lake home first (the table views' globs)."""
     report = report or CatalogReport(path=Path(":memory:"))
+    con.execute(search_path_sql(lake.home))
     for table in lake.tables():
         con.execute(table_view_sql(lake, table))
         report.table_views.append(table)
@@ -115,13 +153,21 @@ def build_catalog(lake: Lake, sql_dir: Path | list[Path] | None = None) -> Catal
     tmp = lake.home / f".catalog-{uuid.uuid4().hex}.duckdb"
     report = CatalogReport(path=target)
     try:
-        con = duckdb.connect(str(tmp))
+        con = duckdb.connect(
+            str(tmp), config={"storage_compatibility_version": CATALOG_STORAGE_VERSION}
+        )
         try:
             create_views(con, lake, sql_dir, report=report)
             con.execute("checkpoint")
         finally:
             con.close()
         Path(f"{tmp}.wal").unlink(missing_ok=True)
+        written = storage_number(tmp)
+        if written != CATALOG_STORAGE_NUMBER:  # a DuckDB upgrade must not silently raise it
+            raise RuntimeError(
+                f"catalog written with DuckDB storage number {written}, expected "
+                f"{CATALOG_STORAGE_NUMBER} ({CATALOG_STORAGE_VERSION}): older clients could not open it"
+            )
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -138,12 +184,16 @@ def lake_connection(
 
 
 def open_catalog(lake: Lake) -> duckdb.DuckDBPyConnection:
-    """A read-only connection to the catalog (raises FileNotFoundError when there is none yet)."""
+    """A read-only connection to the catalog, its relative paths resolved from the lake home
+    (raises FileNotFoundError when there is none yet)."""
+    search_path = search_path_sql(lake.home)
     if not lake.catalog_path.exists():
         raise FileNotFoundError(
             f"no catalog at {lake.catalog_path}: run `make demo` or materialize the `catalog` asset"
         )
-    return duckdb.connect(str(lake.catalog_path), read_only=True)
+    con = duckdb.connect(str(lake.catalog_path), read_only=True)
+    con.execute(search_path)
+    return con
 
 
 def referenced(sql: str, names: Iterable[str]) -> list[str]:

@@ -33,7 +33,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
     lake = Lake.at(create=False)
     try:
         con = open_catalog(lake)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # no catalog; a lake path DuckDB cannot search
         return _fail(f"sql: {exc}")
     except duckdb.Error as exc:
         return _fail(f"sql: cannot open catalog {lake.catalog_path}: {str(exc).splitlines()[0]}")

@@ -65,7 +65,7 @@ def build_core_assets(ingest: Sequence[dg.AssetKey], table_schemas: dict | None 
         "cohort or a study.",
     )
     def catalog(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-        from dagster_project.catalog import build_catalog
+        from dagster_project.catalog import CATALOG_STORAGE_VERSION, build_catalog
         from dagster_project.tables import ensure_tables
 
         home = lake.lake()
@@ -82,6 +82,7 @@ def build_core_assets(ingest: Sequence[dg.AssetKey], table_schemas: dict | None 
                 "sql_views": dg.MetadataValue.json(report.sql_views),
                 "failed_views": dg.MetadataValue.json(report.failed),
                 "n_views": len(report.table_views) + len(report.sql_views),
+                "duckdb_storage_version": CATALOG_STORAGE_VERSION,  # what DuckDB 1.x clients open
             }
         )
 

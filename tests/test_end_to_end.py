@@ -16,9 +16,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import duckdb
 import pytest
 import yaml
+
+import radlake
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -155,7 +156,7 @@ def demo_lake(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def catalog(demo_lake):
-    con = duckdb.connect(str(demo_lake / "catalog.duckdb"), read_only=True)
+    con = radlake.connect(demo_lake)
     yield con
     con.close()
 
@@ -185,6 +186,17 @@ def test_sql_views_cohorts_and_portfolio_run(catalog):
         "select count(distinct patient_key) from gist_portal_venous"
     ).fetchall()[0][0]
     assert 0 < cohort <= DEMO_PATIENTS
+
+
+def test_cohort_funding_and_model_history_views_answer_in_duckdb_1_4(demo_lake, catalog):
+    """Every view of the demo catalog (cohorts and model_history included, which the real-file
+    lake of tests/test_catalog_portable.py lacks) gives DuckDB 2.x's rows in DuckDB 1.4."""
+    from tests.clients import python_digests, python_duckdb
+    from tests.clients.digests import digests
+
+    answer = python_digests(python_duckdb(), demo_lake, cwd=REPO)
+    assert {"gist_portal_venous", "grants_per_year", "model_history"} <= set(answer["views"])
+    assert answer["views"] == digests(catalog)
 
 
 def _demo_identifiers(home: Path) -> set[str]:
