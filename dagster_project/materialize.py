@@ -56,3 +56,14 @@ def table_result(
     return dg.MaterializeResult(
         metadata=metadata, data_version=dg.DataVersion(frame_version(frame))
     )
+
+
+def removed_since_last_version(lake: Lake, table: str, frame: pl.DataFrame, key: str) -> int:
+    """How many ``key`` values the table's live version has that ``frame`` (the next version)
+    no longer has: what left the lake because it left landing/. Call before writing ``frame``."""
+    if not lake.has_table(table) or key not in frame.columns:
+        return 0
+    previous = lake.read_table(table)
+    if key not in previous.columns:
+        return 0
+    return previous.select(pl.col(key).is_in(frame.get_column(key).implode()).not_().sum()).item()

@@ -19,7 +19,7 @@ import dagster as dg
 from dagster_project.catalog import sql_files, sql_roots
 from dagster_project.core_assets import INGEST_TAG
 from dagster_project.lake import Lake
-from dagster_project.materialize import table_result
+from dagster_project.materialize import removed_since_last_version, table_result
 from dagster_project.quarantine import write_quarantine
 from dagster_project.resources import LakeResource
 from dagster_project.sql_assets import sql_file_asset
@@ -70,6 +70,11 @@ def clinical(context: dg.AssetExecutionContext, lake: LakeResource):
         loaded_at=loaded_at,
     )
     history = update_history(history, table, loaded_at)
+    stats["patients_removed"] = removed_since_last_version(home, "clinical", table, "patient_key")
+    if stats["patients_removed"]:
+        context.log.info(
+            f"clinical: {stats['patients_removed']} patients removed (not in landing/)"
+        )
     home.write_table("clinical", table, keep_history=True)
     home.write_table("clinical_history", history)
     write_quarantine(home, "clinical", rejects)
