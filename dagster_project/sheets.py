@@ -34,6 +34,7 @@ JSON_SUFFIXES = (".json", ".jsonl", ".jl", ".ndjson")
 RECORD_SUFFIXES = TEXT_SUFFIXES + XLSX_SUFFIXES + JSON_SUFFIXES
 HEADER_SCAN_ROWS = 30  # title rows above the header are looked for in this many non-blank rows
 _NUMBER = re.compile(r"^[+-]?(\d[\d,]*\.?\d*|\.\d+)([eE][+-]?\d+)?%?$")
+_PLACEHOLDER = re.compile(r"^Unnamed: \d+$")
 _CJK_OR_WIDE = re.compile(r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f]")
 
 
@@ -125,9 +126,13 @@ def find_header(
     if known:
         for i, cells in enumerate(scan):
             if filled[i] >= 2 and any(normalize_name(c) in known for c in cells if c):
+                if sum(1 for c in cells if c and _PLACEHOLDER.match(c)) * 2 >= filled[i]:
+                    continue
                 return i
     width = max(filled)
     for i, cells in enumerate(scan):
+        if sum(1 for c in cells if c and _PLACEHOLDER.match(c)) * 2 >= filled[i]:
+            continue  # a title row written by pandas above the header ("x, Unnamed: 1, ...")
         values = [c for c in cells if c]
         numbers = sum(1 for c in values if is_number_text(c))
         if filled[i] >= max(2, math.ceil(width / 2)) and numbers * 2 <= len(values):
@@ -188,7 +193,7 @@ def _xlsx_rows(path: Path) -> list[tuple[int, int | None, list[str | None]]]:
                 (n, None, [cell_text(v) for v in values])
                 for n, values in enumerate(sheet.iter_rows(values_only=True), start=1)
             ]
-            if any(any(c for c in cells) for _, cells in rows):
+            if any(any(c for c in cells) for _n, _line, cells in rows):
                 return rows
         return []
     finally:

@@ -754,7 +754,7 @@ def _parse_flat(sheet: Sheet, spec: _FlatSpec, path: str, order: int, stats: dic
                 "amount_original_unit": unit_label if raw_amount is not None else None,
                 "start_year": start,
                 "end_year": end,
-                "discipline_code": spec.get(cells, "discipline_code"),
+                "discipline_code": _discipline_code(spec.get(cells, "discipline_code")),
                 "keywords": split_keywords(spec.get(cells, "keywords")),
                 "source_format": spec.fmt,
                 "_order": (order, k),
@@ -762,6 +762,12 @@ def _parse_flat(sheet: Sheet, spec: _FlatSpec, path: str, order: int, stats: dic
             }
         )
     return records, rejects
+
+
+def _discipline_code(text: str | None) -> str | None:
+    """The most specific NSFC code of "一级：C05，二级：C0501，三级：C050101" (else the text)."""
+    codes = re.findall(r"[A-L]\d{2}(?:\d{2}){0,2}", text or "")
+    return max(codes, key=len) if len(codes) > 1 else text
 
 
 def _unit_label(factor: float, spec: _FlatSpec) -> str:
@@ -1141,8 +1147,6 @@ def load_grants(
             continue
         if sheet.encoding:
             stats["encodings"][path] = sheet.encoding
-        if sheet.header_row > 1 and sheet.kind != "json":
-            stats["header_rows"][path] = sheet.header_row
         stats["blank_rows"] += sheet.blank_rows
         mapping = mapping_for(mappings, path, sheet.header)
         if mapping is not None:
@@ -1157,6 +1161,8 @@ def load_grants(
             )
             continue
         stats["formats"][path] = fmt
+        if sheet.header_row > 1 and sheet.kind != "json":
+            stats["header_rows"][path] = sheet.header_row
         if fmt is None:
             stats["landed"] += 1
             rejects.append(_unknown_format(path, sheet, mapping_errors or {}))

@@ -1,0 +1,281 @@
+"""Real grant exports land: NSFC (institution export with Chinese headers, the NSFC database's own
+field names, per-discipline files of a collection tool, XLSX with a title row), NIH RePORTER API
+JSON; code lists and read-mes are skipped; an unknown format is quarantined with a mapping
+skeleton that, filled in and saved in LAKE_HOME/mappings, lands the file unchanged.
+
+The records are real (tests/fixtures/grants/README.md says where each comes from). Every expected
+total is computed here from the source files with csv / json / openpyxl and the source's own
+amount field, with the unit conversion written out (NSFC: 万元 x 10 000 = CNY; NIH: USD).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from assets.portfolio.grants import amount_and_unit, load_grants, parse_year
+from dagster_project.mappings import load_mappings
+from tests.conftest import REPO, shared_path
+
+FIXTURES = REPO / "tests" / "fixtures" / "grants"
+WAN = 10_000  # 1 万元 = 10 000 CNY
+
+
+# independent readings of the fixtures ------------------------------------------------------------
+def _csv_rows(name: str, delimiter: str = ",") -> list[dict]:
+    with (FIXTURES / name).open(encoding="utf-8-sig", newline="") as handle:
+        return list(csv.DictReader(handle, delimiter=delimiter))
+
+
+def _xlsx_rows(name: str) -> list[dict]:
+    from openpyxl import load_workbook
+
+    book = load_workbook(FIXTURES / name, read_only=True)
+    rows = list(book.worksheets[0].iter_rows(values_only=True))
+    book.close()
+    return [dict(zip(rows[0], r, strict=False)) for r in rows[1:]]
+
+
+def nsfc_expected() -> dict[str, float]:
+    """grant id -> amount in CNY, from each file's own id and amount fields."""
+    out: dict[str, float] = {}
+    for row in _csv_rows("C0105.csv"):
+        out[row["approveText"]] = float(row["money"]) * WAN
+    for row in _csv_rows("all_search_results.csv"):  # "65.0（万元）": the unit is in the cell
+        out[row["approveText"]] = float(row["money"].replace("（万元）", "")) * WAN
+    for row in _xlsx_rows("C0102.xlsx"):
+        out[str(row["approveText"])] = row["money"] * WAN
+    for row in _xlsx_rows("C0501.2019.xlsx"):
+        out[str(row["project_id"])] = row["money"] * WAN
+    for row in _csv_rows("nsfc_result_query.tsv", "\t"):
+        out[row["批准号"]] = float(row["资助经费(万元)"]) * WAN
+    for response in json.loads((FIXTURES / "nsfc_conclusion_projects.json").read_text()):
+        out[response["data"]["ratifyNo"]] = float(response["data"]["supportNum"]) * WAN
+    return out
+
+
+def reporter_expected() -> dict[str, float]:
+    """core project number -> USD: award_amount summed over the non-sub-project records."""
+    results = json.loads((FIXTURES / "reporter_projects_search.json").read_text())["results"]
+    out: dict[str, float] = {}
+    for project in results:
+        if project["subproject_id"] is None:
+            core = project["core_project_num"]
+            out[core] = out.get(core, 0.0) + project["award_amount"]
+    return out
+
+
+def _landed_rows() -> int:
+    """Data rows in the fixtures (what the lake must account for), counted independently."""
+    return (
+        len(_csv_rows("C0105.csv"))
+        + len(_csv_rows("all_search_results.csv"))
+        + len(_xlsx_rows("C0102.xlsx"))
+        + len(_xlsx_rows("C0501.2019.xlsx"))
+        + len(_csv_rows("nsfc_result_query.tsv", "\t"))
+        + len(json.loads((FIXTURES / "nsfc_conclusion_projects.json").read_text()))
+        + len(json.loads((FIXTURES / "reporter_projects_search.json").read_text())["results"])
+    )
+
+
+def _with_title_rows(landing: Path) -> None:
+    """Shapes groups have: a CSV with a title line, a blank line and a 合计 (total) line; an XLSX
+    with a merged title cell above the header (the real records, re-laid out)."""
+    from openpyxl import Workbook, load_workbook
+
+    grants = landing / "portfolio" / "grants"
+    text = (FIXTURES / "C0105.csv").read_text(encoding="utf-8")
+    total = sum(float(r["money"]) for r in _csv_rows("C0105.csv"))
+    (grants / "C01").mkdir(parents=True, exist_ok=True)
+    (grants / "C01" / "C0105.csv").write_text(
+        "国家自然科学基金资助项目（申请代码 C0105）,,,\n\n" + text + f"合计,,,,,,,,,{total},,,,\n",
+        encoding="utf-8",
+    )
+    source = load_workbook(FIXTURES / "C0102.xlsx", read_only=True)
+    rows = list(source.worksheets[0].iter_rows(values_only=True))
+    source.close()
+    book = Workbook()
+    sheet = book.active
+    sheet.append(["2019年度 国家自然科学基金资助项目 C0102"])
+    sheet.merge_cells(start_row=1, start_column=1, end_row=1, end_column=len(rows[0]))
+    for row in rows:
+        sheet.append(list(row))
+    book.save(grants / "C01" / "C0102.xlsx")
+
+
+def land_fixtures(landing: Path) -> None:
+    grants = landing / "portfolio" / "grants"
+    grants.mkdir(parents=True, exist_ok=True)
+    for name in (
+        "all_search_results.csv",
+        "C0501.2019.xlsx",
+        "nsfc_result_query.tsv",
+        "nsfc_conclusion_projects.json",
+        "reporter_projects_search.json",
+        "subcodes_C.csv",
+        "README.md",
+    ):
+        shutil.copy(FIXTURES / name, grants / name)
+    _with_title_rows(landing)
+    # a real file of a format the lake does not know: NIH clinical studies per project
+    with gzip.open(shared_path("funding", "nih", "clinical_studies.csv.gz"), "rt") as handle:
+        head = [next(handle) for _ in range(6)]
+    (grants / "clinical_studies.csv").write_text("".join(head), encoding="utf-8")
+
+
+# pure ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("raw", "value", "factor"),
+    [
+        ("50", 50.0, None),
+        ("50.00", 50.0, None),
+        ("５０．５", 50.5, None),  # full-width digits
+        ("50万", 50.0, 1e4),
+        ("65.0（万元）", 65.0, 1e4),
+        ("500000元", 500000.0, 1.0),
+        ("1,234.5", 1234.5, None),
+        ("¥ 60", 60.0, None),
+    ],
+)
+def test_amount_cells_as_groups_write_them(raw, value, factor):
+    assert amount_and_unit(raw) == (value, factor)
+
+
+def test_year_cells():
+    assert [parse_year(t) for t in ("2019", "2019年", "201912", "2014-01-01 00:00:00.0")] == [
+        2019,
+        2019,
+        2019,
+        2014,
+    ]
+
+
+def test_each_real_format_alone_matches_its_source(tmp_path):
+    landing = tmp_path / "landing"
+    expected = nsfc_expected()
+    for name, fmt in (
+        ("C0105.csv", "nsfc"),
+        ("all_search_results.csv", "nsfc"),
+        ("C0102.xlsx", "nsfc"),
+        ("C0501.2019.xlsx", "nsfc"),
+        ("nsfc_result_query.tsv", "nsfc"),
+        ("nsfc_conclusion_projects.json", "nsfc"),
+        ("reporter_projects_search.json", "nih_reporter_api"),
+    ):
+        path = landing / "portfolio" / "grants" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(FIXTURES / name, path)
+        grants, rejects, stats = load_grants([path], landing)
+        assert rejects == [], name
+        assert stats["formats"] == {f"portfolio/grants/{name}": fmt}
+        want = reporter_expected() if fmt == "nih_reporter_api" else expected
+        got = dict(grants.select("grant_id", "amount").rows())
+        assert got == pytest.approx({k: want[k] for k in got}), name
+        assert set(grants["currency"]) == {"USD" if fmt == "nih_reporter_api" else "CNY"}
+        assert stats["landed"] == stats["ingested"] + stats["merged"]
+    # titles arrive numbered ("1.聚琥珀酸..."): the list number is not part of the title
+    first = _csv_rows("C0105.csv")[0]
+    grants, _, _ = load_grants([landing / "portfolio" / "grants" / "C0105.csv"], landing)
+    row = grants.filter(pl.col("grant_id") == first["approveText"]).row(0, named=True)
+    assert first["title"].startswith("1.") and row["title"] == first["title"][2:]
+    assert (row["pi"], row["institution"], row["discipline_code"]) == (
+        first["personText"],
+        first["organization"],
+        "C0105",
+    )
+
+
+# through Dagster ---------------------------------------------------------------------------------
+def _materialize(lake_home: Path):
+    import dagster as dg
+
+    from assets.portfolio import defs as portfolio
+    from dagster_project.resources import LakeResource
+
+    checks = [c for c in portfolio.defs.asset_checks if "grants" in str(c.check_keys)]
+    result = dg.materialize(
+        [portfolio.grants, *checks], resources={"lake": LakeResource(home=str(lake_home))}
+    )
+    assert result.success
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    return result.asset_materializations_for_node("grants")[0].metadata
+
+
+def test_real_exports_land_through_dagster_and_unknown_one_lands_by_mapping(lake_home):
+    from dagster_project.lake import Lake
+    from dagster_project.quarantine import read_quarantine
+
+    home = Lake.at(lake_home)
+    land_fixtures(home.landing)
+    landed_before = {
+        p: p.read_bytes() for p in (home.landing / "portfolio" / "grants").rglob("*") if p.is_file()
+    }
+    metadata = _materialize(lake_home)
+
+    grants = home.read_table("grants")
+    nsfc, nih = nsfc_expected(), reporter_expected()
+    assert grants.height == len(nsfc) + len(nih)
+    cny = grants.filter(pl.col("currency") == "CNY")
+    assert dict(cny.select("grant_id", "amount").rows()) == pytest.approx(nsfc)
+    assert cny["amount"].sum() == pytest.approx(sum(nsfc.values()))
+    usd = grants.filter(pl.col("currency") == "USD")
+    assert dict(usd.select("grant_id", "amount").rows()) == pytest.approx(nih)
+    assert set(cny["source"]) == {"nsfc"} and set(usd["source"]) == {"nih"}
+
+    quarantine = read_quarantine(home, "grants")
+    assert quarantine.select("source_path", "rule").rows() == [
+        ("portfolio/grants/clinical_studies.csv", "unknown_format")
+    ]
+    reason = quarantine["reason"].item()
+    assert "header (row 1): project_num, trial_id, study_status" in reason
+    skeleton = yaml.safe_load(reason.split("materialize again:\n", 1)[1])
+    assert skeleton["target"] == "grants"
+    assert list(skeleton["columns"]) == ["project_num", "trial_id", "study_status"]
+
+    # accounting: every data row is a grant, a merged duplicate or in quarantine; the unknown
+    # file is one unit; the 合计 line, the code list and the read-me are not records
+    assert metadata["landed"].value == _landed_rows() + 1
+    assert metadata["quarantined"].value == 1
+    assert metadata["summary_rows"].value == 1
+    assert metadata["header_rows"].value == {
+        "portfolio/grants/C01/C0105.csv": 3,
+        "portfolio/grants/C01/C0102.xlsx": 2,
+    }
+    assert set(metadata["skipped_files"].value) == {
+        "portfolio/grants/subcodes_C.csv",
+        "portfolio/grants/README.md",
+    }
+
+    # the user fills in the skeleton and saves it: the same file lands, unchanged
+    skeleton["columns"]["project_num"] = "grant_id"
+    skeleton["constants"] = {"source": "nih"}
+    (home.home / "mappings").mkdir(exist_ok=True)
+    (home.home / "mappings" / "nih_clinical_studies.yaml").write_text(
+        yaml.safe_dump(skeleton, allow_unicode=True), encoding="utf-8"
+    )
+    assert load_mappings(home.home, "grants")[1] == {}
+    metadata = _materialize(lake_home)
+    grants = home.read_table("grants")
+    studies = _csv_rows_text((home.landing / "portfolio" / "grants" / "clinical_studies.csv"))
+    mapped = grants.filter(pl.col("source_format") == "mapping:mappings/nih_clinical_studies.yaml")
+    assert sorted(mapped["grant_id"]) == sorted({r["project_num"] for r in studies})
+    assert read_quarantine(home, "grants").height == 0
+    assert metadata["formats"].value["portfolio/grants/clinical_studies.csv"] == (
+        "mapping:mappings/nih_clinical_studies.yaml"
+    )
+    after = {
+        p: p.read_bytes() for p in (home.landing / "portfolio" / "grants").rglob("*") if p.is_file()
+    }
+    assert after == landed_before  # landing/ is never modified
+
+
+def _csv_rows_text(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
