@@ -263,7 +263,7 @@ def test_real_exports_land_through_dagster_and_unknown_one_lands_by_mapping(lake
     assert load_mappings(home.home, "grants")[1] == {}
     metadata = _materialize(lake_home)
     grants = home.read_table("grants")
-    studies = _csv_rows_text((home.landing / "portfolio" / "grants" / "clinical_studies.csv"))
+    studies = _csv_rows_text(home.landing / "portfolio" / "grants" / "clinical_studies.csv")
     mapped = grants.filter(pl.col("source_format") == "mapping:mappings/nih_clinical_studies.yaml")
     assert sorted(mapped["grant_id"]) == sorted({r["project_num"] for r in studies})
     assert read_quarantine(home, "grants").height == 0

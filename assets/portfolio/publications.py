@@ -43,9 +43,9 @@ import polars as pl
 
 from assets.portfolio.grant_numbers import GrantKey, grants_in_text, parse_grant
 from assets.portfolio.grants import frame_from_rows, relative_path
-from dagster_project.sheets import read_text
 from assets.portfolio.lookups import normalize_text
 from dagster_project.quarantine import Reject
+from dagster_project.sheets import read_text
 
 TARGET = "publications"
 FORMAT_PRIORITY = {"pubmed_xml": 0, "medline": 1, "export": 2}  # which source's fields win a merge
