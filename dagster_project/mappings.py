@@ -29,7 +29,6 @@ Pure module (no Dagster import).
 from __future__ import annotations
 
 import fnmatch
-import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +63,6 @@ REQUIRED = {
 }
 TOP_KEYS = ("target", "description", "files", "header", "header_row", "columns", "constants")
 COLUMN_KEYS = ("field", "factor", "currency", "values")
-_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class MappingError(ValueError):
@@ -150,10 +148,10 @@ def _parse_rule(source: str, spec: object, where: str, target: str) -> ColumnRul
             f"{', '.join(COLUMN_KEYS)}"
         )
     name = spec.get("field")
-    if name is not None and (not isinstance(name, str) or not _FIELD_NAME.match(name)):
+    if name is not None and (not isinstance(name, str) or not name.isidentifier()):
         raise MappingError(
             f"{where}: column {source!r} maps to {name!r}, which is not a field name "
-            "(letters, digits and _)"
+            "(letters, digits and _, no spaces or brackets)"
         )
     if target == "grants" and name is not None and name not in GRANT_FIELDS:
         raise MappingError(
@@ -288,7 +286,7 @@ def skeleton(
 ) -> str:
     """A ready-to-edit mapping (YAML text) for a file of an unknown format."""
     guesses = guesses or {}
-    allowed = ", ".join(fields) if fields else "any field name (letters, digits, _)"
+    allowed = ", ".join(fields) if fields else "any name (letters, digits, _)"
     required = ", ".join(REQUIRED[target]) or "none"
     lines = [
         "# save as LAKE_HOME/mappings/<name>.yaml; fill in each column's field (null drops it)",

@@ -72,7 +72,7 @@ from assets.clinical.schema import (
     SchemaError,
     schema_for,
 )
-from dagster_project.mappings import Mapping, mapping_for
+from dagster_project.mappings import Mapping, mapping_for, skeleton
 from dagster_project.quarantine import Reject
 from dagster_project.sheets import XLSX_SUFFIXES, SheetError, read_sheet
 
@@ -149,6 +149,7 @@ class _Sheet:
     header_row: int = 1
     renamed: dict[str, str] = field(default_factory=dict)  # landed column -> lake column
     mapping: str | None = None
+    landed: list[str] = field(default_factory=list)  # the columns as the file names them
 
 
 class _FileProblem(Exception):
@@ -221,6 +222,20 @@ def _read_sheet(path: Path, shown: str, mappings: list[Mapping] | None = None) -
         header_row=sheet.header_row,
         renamed=plan.renamed,
         mapping=mapping.path if mapping else None,
+        landed=landed_names,
+    )
+
+
+def _mapping_hint(shown: str, sheet: _Sheet) -> str:
+    """A ready-to-edit mapping for a file whose id columns were not recognized."""
+    guesses = {}
+    for name in sheet.landed:
+        lake = sheet.renamed.get(name, name)
+        guesses[name] = lake if lake.isidentifier() else None
+    text = skeleton("clinical", shown, sheet.landed, guesses, header_row=sheet.header_row)
+    return (
+        ". To land it as it is, name the id columns (or give center_id under constants:) in "
+        f"this mapping and save it in LAKE_HOME/mappings:\n{text}"
     )
 
 
@@ -467,7 +482,8 @@ def load_clinical(
                 "missing_id_column",
                 f"missing_id_column: {shown} has no {' and no '.join(missing)} column (found: "
                 f"{', '.join(sheet.header[:12])}{', ...' if len(sheet.header) > 12 else ''}); every "
-                "clinical file needs patient_id and center_id columns",
+                "clinical file needs patient_id and center_id columns"
+                + _mapping_hint(shown, sheet),
             )
             continue
         pid_col, center_col = normalized["patient_id"], normalized["center_id"]
