@@ -177,3 +177,36 @@ def test_header_detection_on_title_rows_and_full_width_numbers(tmp_path):
     assert table["os_event"].to_list() == [1, 0, 1]
     assert stats["header_rows"] == {"clinical/随访.csv": 4}
     assert stats["landed"] == 3
+
+
+def test_mapping_names_the_id_of_a_feature_table(tmp_path):
+    """external_features: a real radMLBench table whose patient column has a Chinese name."""
+    import pandas as pd
+
+    from assets.clinical.external import load_external_features
+    from dagster_project.mappings import parse_mapping
+    from tests.conftest import shared_path
+
+    source = pd.read_csv(
+        shared_path("radiomics_features", "radMLBench", "datasets", "Head-Neck-Radiomics-HN1.gz")
+    ).iloc[:12]
+    features = [c for c in source.columns if c not in ("ID", "Target")][:25]
+    table = source[["ID", "Target", *features]].rename(columns={"ID": "受试者编号"})
+    landing = tmp_path / "landing"
+    (landing / "features" / "HN").mkdir(parents=True)
+    table.to_csv(landing / "features" / "HN" / "hn1.csv", index=False)
+    mapping = parse_mapping(
+        {
+            "target": "external_features",
+            "header": ["受试者编号"],
+            "columns": {"受试者编号": "patient_id", "Target": None},
+        },
+        "mappings/hn1.yaml",
+    )
+    long, rejects, stats = load_external_features(
+        landing, lambda c, p: f"{c}:{p}", mappings=[mapping]
+    )
+    assert rejects == [] and stats["mappings"] == {"features/HN/hn1.csv": "mappings/hn1.yaml"}
+    assert long.height == len(table) * len(features)
+    assert set(long["feature"]) == set(features)  # the label column was dropped, not a feature
+    assert long["value"].sum() == pytest.approx(float(table[features].to_numpy().sum()))

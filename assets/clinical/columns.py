@@ -137,7 +137,9 @@ def plan_columns(header: list[str], mapping: Mapping | None = None) -> ColumnPla
         elif key in b.durations:
             stem = b.durations[key]
             suffix = b.units.get(_key(unit)) if unit else None
-            name = f"{stem}_{suffix}" if suffix else (stem if stem == "tumor_size" else f"{stem}_time")
+            name = (
+                f"{stem}_{suffix}" if suffix else (stem if stem == "tumor_size" else f"{stem}_time")
+            )
         elif key in b.events:
             name, convert = b.events[key], _coded(b.event_codes)
         if name is None:

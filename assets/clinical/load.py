@@ -175,7 +175,8 @@ def _read_sheet(path: Path, shown: str, mappings: list[Mapping] | None = None) -
     except SheetError as exc:
         if exc.rule == "empty_file":
             raise _FileProblem(
-                "empty_file", f"empty_file: {shown} has no header and no rows; land a file with data"
+                "empty_file",
+                f"empty_file: {shown} has no header and no rows; land a file with data",
             ) from exc
         detail = exc.message.removeprefix("could not be read ")
         raise _FileProblem(
@@ -195,7 +196,8 @@ def _read_sheet(path: Path, shown: str, mappings: list[Mapping] | None = None) -
     names = plan.header
     seen: dict[str, str] = {}
     for landed, name in zip(
-        [n for n, lake in zip(landed_names, plan.names, strict=True) if lake] + list(plan.constants),
+        [n for n, lake in zip(landed_names, plan.names, strict=True) if lake]
+        + list(plan.constants),
         names,
         strict=True,
     ):
