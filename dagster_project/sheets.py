@@ -321,7 +321,8 @@ def _sheet_from_rows(raw, kind, encoding, known, header_row) -> Sheet:
             blank += 1
             continue
         if (
-            sum(1 for c in cells if c) >= 2
+            cells[0] == header_cells[0]  # cheap first: a repeated header repeats its first cell
+            and sum(1 for c in cells if c) >= 2
             and [normalize_name(c or "") for c in cells[: len(header)]] == header_keys[: len(cells)]
         ):
             repeated += 1

@@ -272,6 +272,8 @@ GRANT_ALIASES: dict[str, tuple[str, ...]] = {
         "researchperiod",
         "duration",
         "researchtimescope",
+        "执行时间",
+        "执行年限",
     ),
     "discipline_code": (
         "申请代码",
@@ -285,6 +287,7 @@ GRANT_ALIASES: dict[str, tuple[str, ...]] = {
         "code",
         "applycode",
         "searchcode",
+        "学科分类",
     ),
     "keywords": (
         "关键词",
@@ -765,9 +768,10 @@ def _parse_flat(sheet: Sheet, spec: _FlatSpec, path: str, order: int, stats: dic
 
 
 def _discipline_code(text: str | None) -> str | None:
-    """The most specific NSFC code of "一级：C05，二级：C0501，三级：C050101" (else the text)."""
-    codes = re.findall(r"[A-L]\d{2}(?:\d{2}){0,2}", text or "")
-    return max(codes, key=len) if len(codes) > 1 else text
+    """The most specific NSFC code in a cell: "一级：C05，二级：C0501，三级：C050101" -> C050101,
+    "H1806 肿瘤影像" -> H1806; a cell without such a code stays as written."""
+    codes = re.findall(r"(?<![A-Za-z0-9])[A-L]\d{2}(?:\d{2}){0,2}(?!\d)", text or "")
+    return max(codes, key=len) if codes else text
 
 
 def _unit_label(factor: float, spec: _FlatSpec) -> str:
