@@ -62,6 +62,8 @@ class Sheet:
     blank_rows: int = 0
     repeated_headers: int = 0
     records: list[dict] = field(default_factory=list)  # JSON only: the raw objects
+    part: str | None = None  # worksheet title when the workbook has several with data
+    other_parts: list[str] = field(default_factory=list)  # read_sheet: the worksheets not read
 
     def index(self) -> dict[str, int]:
         """Normalized header name -> first column index."""
@@ -183,19 +185,21 @@ def _text_rows(path: Path) -> tuple[list[tuple[int, int | None, list[str | None]
     return out, encoding
 
 
-def _xlsx_rows(path: Path) -> list[tuple[int, int | None, list[str | None]]]:
+def _xlsx_sheets(path: Path) -> list[tuple[str, list[tuple[int, int | None, list[str | None]]]]]:
+    """(worksheet title, rows) of every worksheet that holds data."""
     from openpyxl import load_workbook
 
     book = load_workbook(path, read_only=True, data_only=True)
     try:
+        out = []
         for sheet in book.worksheets:
             rows = [
                 (n, None, [cell_text(v) for v in values])
                 for n, values in enumerate(sheet.iter_rows(values_only=True), start=1)
             ]
             if any(any(c for c in cells) for _n, _line, cells in rows):
-                return rows
-        return []
+                out.append((sheet.title, rows))
+        return out
     finally:
         book.close()
 
@@ -262,40 +266,65 @@ def _json_records(path: Path) -> list[dict]:
         return records
 
 
-def read_sheet(
+def read_sheets(
     path: Path, known: frozenset[str] | set[str] = frozenset(), header_row: int | None = None
-) -> Sheet:
-    """A record file as a :class:`Sheet`; raises :class:`SheetError` (rule + message)."""
+) -> list[Sheet]:
+    """Every table of a record file: one per worksheet with data (``Sheet.part`` = its title when
+    the workbook has several), else one. Raises :class:`SheetError` (rule + message)."""
     path = Path(path)
     name = path.name.lower()
     if name.endswith(JSON_SUFFIXES):
-        try:
-            records = _json_records(path)
-        except SheetError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise SheetError("unreadable_file", f"not readable as JSON ({exc})") from exc
-        if not records:
-            raise SheetError("empty_file", "holds no records")
-        flat = [flatten(r) for r in records]
-        header: list[str] = []
-        seen: set[str] = set()
-        for row in flat:
-            for key in row:
-                if key not in seen:
-                    seen.add(key)
-                    header.append(key)
-        rows = [(i, None, [row.get(k) for k in header]) for i, row in enumerate(flat, 1)]
-        return Sheet(header, rows, "json", records=records)
+        return [_json_sheet(path)]
     try:
         if name.endswith(XLSX_SUFFIXES):
-            raw, kind, encoding = _xlsx_rows(path), "xlsx", None
-        else:
-            (raw, encoding), kind = _text_rows(path), "text"
+            parts = _xlsx_sheets(path)
+            if not parts:
+                raise SheetError("empty_file", "has no header row and no data")
+            sheets = []
+            for title, raw in parts:
+                sheet = _sheet_from_rows(raw, "xlsx", None, known, header_row)
+                sheet.part = title if len(parts) > 1 else None
+                sheets.append(sheet)
+            return sheets
+        raw, encoding = _text_rows(path)
+    except SheetError:
+        raise
     except Exception as exc:  # any parser error is a quarantined file, never a crashed run
         detail = (str(exc).splitlines() or [type(exc).__name__])[0].replace(str(path), path.name)
         raise SheetError("unreadable_file", f"could not be read ({detail[:200]})") from exc
-    return _sheet_from_rows(raw, kind, encoding, known, header_row)
+    return [_sheet_from_rows(raw, "text", encoding, known, header_row)]
+
+
+def read_sheet(
+    path: Path, known: frozenset[str] | set[str] = frozenset(), header_row: int | None = None
+) -> Sheet:
+    """The first table of a record file (see :func:`read_sheets`); ``other_parts`` names the
+    other worksheets that hold data."""
+    sheets = read_sheets(path, known, header_row)
+    first = sheets[0]
+    first.other_parts = [s.part for s in sheets[1:] if s.part]
+    return first
+
+
+def _json_sheet(path: Path) -> Sheet:
+    try:
+        records = _json_records(path)
+    except SheetError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise SheetError("unreadable_file", f"not readable as JSON ({exc})") from exc
+    if not records:
+        raise SheetError("empty_file", "holds no records")
+    flat = [flatten(r) for r in records]
+    header: list[str] = []
+    seen: set[str] = set()
+    for row in flat:
+        for key in row:
+            if key not in seen:
+                seen.add(key)
+                header.append(key)
+    rows = [(i, None, [row.get(k) for k in header]) for i, row in enumerate(flat, 1)]
+    return Sheet(header, rows, "json", records=records)
 
 
 def _sheet_from_rows(raw, kind, encoding, known, header_row) -> Sheet:

@@ -279,3 +279,32 @@ def test_real_exports_land_through_dagster_and_unknown_one_lands_by_mapping(lake
 def _csv_rows_text(path: Path) -> list[dict]:
     with path.open(encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def test_every_worksheet_of_a_workbook_is_read(tmp_path):
+    """A workbook with one sheet per discipline and a code-list sheet: all records land."""
+    from openpyxl import Workbook
+
+    book = Workbook()
+    book.remove(book.active)
+    for title, name in (("C0102", "C0102.xlsx"), ("C0501", "C0501.2019.xlsx")):
+        sheet = book.create_sheet(title)
+        rows = _xlsx_rows(name)
+        sheet.append(list(rows[0]))
+        for row in rows:
+            sheet.append(list(row.values()))
+    codes = book.create_sheet("代码表")
+    for line in _csv_rows("subcodes_C.csv"):
+        codes.append(list(line.values()))
+    path = tmp_path / "landing" / "portfolio" / "grants" / "C01_C05.xlsx"
+    path.parent.mkdir(parents=True)
+    book.save(path)
+    grants, rejects, stats = load_grants([path], tmp_path / "landing")
+    ids = {str(r["approveText"]) for r in _xlsx_rows("C0102.xlsx")}
+    ids |= {str(r["project_id"]) for r in _xlsx_rows("C0501.2019.xlsx")}
+    assert rejects == [] and set(grants["grant_id"]) == ids
+    assert set(stats["formats"]) == {
+        "portfolio/grants/C01_C05.xlsx [C0102]",
+        "portfolio/grants/C01_C05.xlsx [C0501]",
+    }
+    assert list(stats["skipped_files"]) == ["portfolio/grants/C01_C05.xlsx [代码表]"]

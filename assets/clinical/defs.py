@@ -70,6 +70,11 @@ def clinical(context: dg.AssetExecutionContext, lake: LakeResource):
     )
     for error in mapping_errors.values():
         context.log.warning(f"mapping not used: {error}")
+    for path, names in stats["other_sheets"].items():
+        context.log.warning(
+            f"{path}: only the first worksheet with data is read; not read: {', '.join(names)} "
+            "(one table per file, or one file per sheet)"
+        )
     stats["mapping_errors"] = mapping_errors
     history = update_history(history, table, loaded_at)
     home.write_table("clinical", table, keep_history=True)

@@ -1,10 +1,16 @@
 """The ``clinical`` table: one typed row per patient from ``landing/clinical/*.csv|*.xlsx``.
 
 Input files
-    CSV (UTF-8 with or without BOM, else Windows-1252; separator ``,``, ``;`` or tab, sniffed) and
-    XLSX (first worksheet, read with openpyxl; the header is the first non-empty row). One row per
-    patient; ``patient_id`` and ``center_id`` are required (header matched case-insensitively, spaces
-    and hyphens read as ``_``); every other column is kept under its own name.
+    CSV/TSV (UTF-8 with or without BOM, GB18030, else Windows-1252; separator ``,``, ``;`` or tab)
+    and XLSX (the first worksheet with data; other worksheets with data are listed in
+    ``stats['other_sheets']``), read by ``dagster_project.sheets``: title rows above the header are
+    skipped (``stats['header_rows']``), a header repeated inside the data is dropped. Columns are
+    named by ``columns.py``: a mapping file (``LAKE_HOME/mappings``), then the built-in Chinese and
+    English names (患者编号 -> patient_id, 中心 -> center_id, 随访时间(月) -> follow_up_months,
+    是否复发 是/否 -> rfs_event 1/0 ...; ``stats['renamed_columns']``). One row per patient;
+    ``patient_id`` and ``center_id`` are required (header matched case-insensitively, spaces and
+    hyphens read as ``_``); every other column is kept under its own name. Full-width digits are
+    read as numbers. A file without the id columns is quarantined with a mapping skeleton.
 
 Row numbers
     A reject's ``record`` is ``row N`` where N is the row number a spreadsheet program shows: the
@@ -150,6 +156,7 @@ class _Sheet:
     renamed: dict[str, str] = field(default_factory=dict)  # landed column -> lake column
     mapping: str | None = None
     landed: list[str] = field(default_factory=list)  # the columns as the file names them
+    other_sheets: list[str] = field(default_factory=list)  # worksheets with data not read
 
 
 class _FileProblem(Exception):
@@ -225,6 +232,7 @@ def _read_sheet(path: Path, shown: str, mappings: list[Mapping] | None = None) -
         renamed=plan.renamed,
         mapping=mapping.path if mapping else None,
         landed=landed_names,
+        other_sheets=sheet.other_parts,
     )
 
 
@@ -444,6 +452,7 @@ def load_clinical(
         "header_rows": {},
         "renamed_columns": {},
         "mappings": {},
+        "other_sheets": {},
     }
     rows: list[_Row] = []
     columns: list[str] = []  # landed columns in first-seen order
@@ -474,6 +483,8 @@ def load_clinical(
             stats["renamed_columns"][shown] = sheet.renamed
         if sheet.mapping:
             stats["mappings"][shown] = sheet.mapping
+        if sheet.other_sheets:
+            stats["other_sheets"][shown] = sheet.other_sheets
         normalized = {_normalize(n): n for n in sheet.header}
         missing = [c for c in ("patient_id", "center_id") if c not in normalized]
         if missing:

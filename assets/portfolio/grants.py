@@ -85,7 +85,7 @@ from dagster_project.sheets import (
     SheetError,
     cell_text,
     normalize_name,
-    read_sheet,
+    read_sheets,
     split_unit,
 )
 
@@ -656,7 +656,9 @@ def _mapped_spec(mapping: Mapping, sheet: Sheet) -> _FlatSpec:
 def _label(sheet: Sheet, k: int, position: int, line: int | None) -> str:
     if sheet.kind == "text":
         return f"row {k} (line {line})"
-    return f"record {position}" if sheet.kind == "json" else f"row {position}"
+    if sheet.kind == "json":
+        return f"record {position}"
+    return f"row {position}" if sheet.part is None else f"sheet {sheet.part!r} row {position}"
 
 
 def _is_summary_row(cells: list[str | None]) -> bool:
@@ -1139,7 +1141,7 @@ def load_grants(
         by_glob = [m for m in mappings if m.files and m.match(path, list(m.header)) == 2]
         header_row = by_glob[0].header_row if by_glob else None
         try:
-            sheet = read_sheet(Path(file), KNOWN_HEADER_KEYS, header_row)
+            sheets = read_sheets(Path(file), KNOWN_HEADER_KEYS, header_row)
         except SheetError as problem:
             stats["landed"] += 1
             hint = (
@@ -1149,48 +1151,13 @@ def load_grants(
             )
             rejects.append(_file_reject(path, problem.rule, f"{path} {problem.message}; {hint}"))
             continue
-        if sheet.encoding:
-            stats["encodings"][path] = sheet.encoding
-        stats["blank_rows"] += sheet.blank_rows
-        mapping = mapping_for(mappings, path, sheet.header)
-        if mapping is not None:
-            fmt = f"mapping:{mapping.path}"
-        elif is_reporter_json(sheet):
-            fmt = "nih_reporter_api"
-        else:
-            fmt = detect_format(sheet.header, [cells for _p, _l, cells in sheet.rows[:5]])
-        if fmt is None and is_code_list(sheet.header):
-            stats["skipped_files"][path] = (
-                f"a code list ({', '.join(h for h in sheet.header if h)}), not grant records"
-            )
-            continue
-        stats["formats"][path] = fmt
-        if sheet.header_row > 1 and sheet.kind != "json":
-            stats["header_rows"][path] = sheet.header_row
-        if fmt is None:
-            stats["landed"] += 1
-            rejects.append(_unknown_format(path, sheet, mapping_errors or {}))
-            continue
-        if mapping is not None:
-            records, bad = _parse_flat(sheet, _mapped_spec(mapping, sheet), path, order, stats)
-            plain.extend(records)
-        elif fmt == "nsfc":
-            spec = _nsfc_spec(sheet, stats, path)
-            records, bad = _parse_flat(sheet, spec, path, order, stats)
-            plain.extend(records)
-        elif fmt == "nih_reporter_api":
-            rows = _reporter_rows(sheet)
-            records, bad = _parse_nih_exporter(rows, path, order, None, fmt, stats)
-            exporter.extend(records)
-        elif fmt == "nih_exporter":
-            width = len(sheet.header) if sheet.kind == "text" else None
-            rows = _exporter_rows(sheet)
-            records, bad = _parse_nih_exporter(rows, path, order, width, fmt, stats)
-            exporter.extend(records)
-        else:
-            records, bad = _parse_nih_project_io(sheet, path, order, stats)
-            plain.extend(records)
-        rejects.extend(bad)
+        for sheet in sheets:
+            found = _load_sheet(sheet, path, order, mappings, mapping_errors or {}, stats)
+            if found is None:
+                continue
+            records, bad, into_exporter = found
+            (exporter if into_exporter else plain).extend(records)
+            rejects.extend(bad)
     aggregated, merged_exporter = _aggregate_exporter(exporter)
     rows, merged = _merge(plain + aggregated)
     stats["quarantined"] = len(rejects)
@@ -1203,9 +1170,55 @@ def load_grants(
     return frame.select(list(GRANTS_SCHEMA)).sort("grant_id"), rejects, stats
 
 
-def _unknown_format(path: str, sheet: Sheet, mapping_errors: dict[str, str]) -> Reject:
+def _load_sheet(
+    sheet: Sheet,
+    path: str,
+    order: int,
+    mappings: list[Mapping],
+    mapping_errors: dict[str, str],
+    stats: dict,
+) -> tuple[list[dict], list[Reject], bool] | None:
+    """One table of a file -> (records, rejects, ExPORTER-like?); None when it holds no records."""
+    shown = path if sheet.part is None else f"{path} [{sheet.part}]"
+    if sheet.encoding:
+        stats["encodings"][shown] = sheet.encoding
+    stats["blank_rows"] += sheet.blank_rows
+    mapping = mapping_for(mappings, path, sheet.header)
+    if mapping is not None:
+        fmt = f"mapping:{mapping.path}"
+    elif is_reporter_json(sheet):
+        fmt = "nih_reporter_api"
+    else:
+        fmt = detect_format(sheet.header, [cells for _p, _l, cells in sheet.rows[:5]])
+    if fmt is None and is_code_list(sheet.header):
+        stats["skipped_files"][shown] = (
+            f"a code list ({', '.join(h for h in sheet.header if h)}), not grant records"
+        )
+        return None
+    stats["formats"][shown] = fmt
+    if sheet.header_row > 1 and sheet.kind != "json":
+        stats["header_rows"][shown] = sheet.header_row
+    if fmt is None:
+        stats["landed"] += 1
+        return [], [_unknown_format(shown, path, sheet, mapping_errors)], False
+    if mapping is not None:
+        records, bad = _parse_flat(sheet, _mapped_spec(mapping, sheet), path, order, stats)
+        return records, bad, False
+    if fmt == "nsfc":
+        records, bad = _parse_flat(sheet, _nsfc_spec(sheet, stats, shown), path, order, stats)
+        return records, bad, False
+    if fmt in ("nih_reporter_api", "nih_exporter"):
+        width = len(sheet.header) if sheet.kind == "text" else None
+        rows = _reporter_rows(sheet) if fmt == "nih_reporter_api" else _exporter_rows(sheet)
+        records, bad = _parse_nih_exporter(rows, path, order, width, fmt, stats)
+        return records, bad, True
+    records, bad = _parse_nih_project_io(sheet, path, order, stats)
+    return records, bad, False
+
+
+def _unknown_format(shown: str, path: str, sheet: Sheet, mapping_errors: dict[str, str]) -> Reject:
     """unknown_format with the header and a ready-to-edit mapping skeleton in the reason."""
-    shown = ", ".join(h for h in sheet.header[:12] if h)
+    header = ", ".join(h for h in sheet.header[:12] if h)
     guesses = {}
     for name in sheet.header:
         key = normalize_name(name)
@@ -1213,16 +1226,17 @@ def _unknown_format(path: str, sheet: Sheet, mapping_errors: dict[str, str]) -> 
         if guess and guess not in guesses.values():
             guesses[name] = guess
     text = (
-        f"{path} matches no known grant format (an NSFC export needs a grant id column such as "
+        f"{shown} matches no known grant format (an NSFC export needs a grant id column such as "
         f"批准号 / ratifyNo / Approval Number; NIH ExPORTER: CORE_PROJECT_NUM, FY; RePORTER API "
         f"JSON: core_project_num, fiscal_year; project_io: project_num, total_cost) and no "
-        f"mapping in LAKE_HOME/mappings; header (row {sheet.header_row}): {shown}. To land it "
+        f"mapping in LAKE_HOME/mappings; header (row {sheet.header_row}): {header}. To land it "
         f"as it is, save this mapping, fill it in and materialize again:\n"
         + skeleton("grants", path, sheet.header, guesses, GRANT_FIELDS, sheet.header_row)
     )
     if mapping_errors:
         text += "\nMapping files not used: " + "; ".join(mapping_errors.values())
-    return _file_reject(path, "unknown_format", text)
+    record = "" if sheet.part is None else f"sheet {sheet.part!r}"
+    return Reject(path, TARGET, "unknown_format", f"unknown_format: {text}", record=record)
 
 
 def _file_reject(path: str, rule: str, text: str) -> Reject:
