@@ -142,6 +142,8 @@ def land_fixtures(landing: Path) -> None:
         ("500000元", 500000.0, 1.0),
         ("1,234.5", 1234.5, None),
         ("¥ 60", 60.0, None),
+        ("—", None, None),  # "no value" is a grant without an amount, not a bad row
+        ("无", None, None),
     ],
 )
 def test_amount_cells_as_groups_write_them(raw, value, factor):

@@ -348,6 +348,32 @@ def clean_title(value: str | None) -> str | None:
     return text or None
 
 
+MISSING_TEXTS = frozenset(
+    {
+        "-",
+        "--",
+        "—",
+        "–",
+        "/",
+        "无",
+        "暂无",
+        "不详",
+        "未知",
+        "na",
+        "n/a",
+        "#n/a",
+        "null",
+        "none",
+        "nan",
+    }
+)
+
+
+def is_missing(text: str) -> bool:
+    """A cell that says "no value" ("-", "—", "无", "N/A" ...)."""
+    return unicodedata.normalize("NFKC", text).strip().lower() in MISSING_TEXTS
+
+
 _CELL_UNITS = (("亿元", 1e8), ("亿", 1e8), ("万元", 1e4), ("万", 1e4), ("元", 1.0), ("yuan", 1.0))
 _CELL_AMOUNT = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(.*)")
 
@@ -359,7 +385,7 @@ def amount_and_unit(raw: str | None) -> tuple[float | None, float | None]:
 
     Raises ValueError when the text is not a number (the caller quarantines the row)."""
     text = clean_text(raw)
-    if text is None:
+    if text is None or is_missing(text):
         return None, None
     text = unicodedata.normalize("NFKC", text)
     text = re.sub(r"[,\s¥$￥()\[\]]", "", text)
@@ -387,7 +413,7 @@ def parse_year(raw: str | None) -> int | None:
 
     Raises ValueError when no year can be read."""
     text = clean_text(raw)
-    if text is None:
+    if text is None or is_missing(text):
         return None
     text = unicodedata.normalize("NFKC", text)
     match = re.fullmatch(r"(\d{4})(?:\.0+|年.*|[-/.]\d{1,2}(?:[-/.]\d{1,2})?(?:[ T].*)?)?", text)
