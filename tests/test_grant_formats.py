@@ -310,3 +310,52 @@ def test_every_worksheet_of_a_workbook_is_read(tmp_path):
         "portfolio/grants/C01_C05.xlsx [C0501]",
     }
     assert list(stats["skipped_files"]) == ["portfolio/grants/C01_C05.xlsx [代码表]"]
+
+
+def test_reporter_website_export_with_metadata_rows(tmp_path):
+    """The RePORTER website's Export CSV (column names as public loaders of SearchResult_Export
+    read them; six metadata rows above the header), holding the two real API records."""
+    results = json.loads((FIXTURES / "reporter_projects_search.json").read_text())["results"]
+    header = [
+        "Application ID", "Project Number", "Project Title", "Contact PI / Project Leader",
+        "Organization Name", "Organization State", "Organization Country", "Fiscal Year",
+        "Activity", "Project Start Date", "Project End Date", "Total Cost",
+        "Total Cost (Sub Projects)",
+    ]  # fmt: skip
+    lines = [
+        ["NIH RePORTER"], ["Search Results Export"], ["Criteria: fiscal years 2022-2023"],
+        ["Exported on: 11/01/2026"], ["Records: 2"], [],
+    ]  # fmt: skip
+    lines.append(header)
+    for p in results:
+        pi = next(x["full_name"] for x in p["principal_investigators"] if x["is_contact_pi"])
+        start, end = p["project_start_date"][:10].split("-"), p["project_end_date"][:10].split("-")
+        lines.append(
+            [
+                p["appl_id"], p["project_num"], p["project_title"], pi,
+                p["organization"]["org_name"], p["organization"]["org_state"],
+                p["organization"]["org_country"], p["fiscal_year"], p["activity_code"],
+                f"{int(start[1])}/{int(start[2])}/{start[0]}", f"{int(end[1])}/{int(end[2])}/{end[0]}",
+                p["award_amount"], "",
+            ]
+        )  # fmt: skip
+    path = tmp_path / "landing" / "portfolio" / "grants" / "SearchResult_Export.csv"
+    path.parent.mkdir(parents=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(lines)
+    # a sub-project row: its cost is already inside the parent's Total Cost
+    first = lines[7]
+    lines.append([999, first[1], "Core B", first[3], first[4], first[5], first[6], first[7],
+                  first[8], first[9], first[10], "", 12345])  # fmt: skip
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(lines)
+    grants, rejects, stats = load_grants([path], tmp_path / "landing")
+    assert rejects == [] and stats["formats"] == {
+        "portfolio/grants/SearchResult_Export.csv": "nih_reporter_export"
+    }
+    assert stats["landed"] == 3 and stats["merged"] == 1
+    assert stats["header_rows"] == {"portfolio/grants/SearchResult_Export.csv": 7}
+    assert dict(grants.select("grant_id", "amount").rows()) == reporter_expected()
+    assert dict(grants.select("grant_id", "end_year").rows()) == {
+        p["core_project_num"]: int(p["project_end_date"][:4]) for p in results
+    }

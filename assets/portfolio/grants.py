@@ -14,6 +14,9 @@ by ``dagster_project.sheets`` (any common encoding; title rows above the header 
   application and fiscal year).
 - ``nih_reporter_api``: NIH RePORTER API v2 JSON (the ``results`` of ``/v2/projects/search``, an
   envelope or a list of project objects): the same rules as ExPORTER (award_amount = TOTAL_COST).
+- ``nih_reporter_export``: the RePORTER website's Export CSV/XLSX (SearchResult_Export: Project
+  Number, Fiscal Year, Total Cost, Contact PI / Project Leader, Organization Name ..., with its
+  metadata rows above the header): the same rules (Project Number -> core project number).
 - ``nih_project_io``: the per-project summary of rnabioco/nihexporter (project_num, n_pubs, n_patents,
   total_cost), e.g. ../shared/data/funding/nih/project_io_NCI_CA_subset.csv.
 - ``mapping:<file>``: any other table, through a mapping file in ``LAKE_HOME/mappings/``
@@ -520,9 +523,12 @@ def _check_order(problems: _Problems, start: int | None, end: int | None, where:
 # format detection -------------------------------------------------------------------------------
 _EXPORTER_KEYS = ("coreprojectnum", "fy")
 _PROJECT_IO_KEYS = ("projectnum", "totalcost")
+# the RePORTER website's "Export" CSV (SearchResult_Export.csv, metadata rows above the header)
+_REPORTER_EXPORT_KEYS = ("projectnumber", "fiscalyear", "contactpiprojectleader")
 KNOWN_HEADER_KEYS = frozenset(
     {k for names in GRANT_ALIASES.values() for k in names}
     | {"coreprojectnum", "fy", "projectnum", "totalcost", "applicationid"}
+    | set(_REPORTER_EXPORT_KEYS)
 )
 NOT_RECORD_NAME = re.compile(
     r"^(readme|read_me|license|licence|changelog|notes?|说明|使用说明)", re.I
@@ -555,6 +561,8 @@ def detect_format(headers: list[str], sample: list[list[str | None]] | None = No
     keys = {normalize_header(h)[0] for h in headers}
     if set(_EXPORTER_KEYS) <= keys:
         return "nih_exporter"
+    if set(_REPORTER_EXPORT_KEYS) <= keys:
+        return "nih_reporter_export"
     if set(_PROJECT_IO_KEYS) <= keys:
         return "nih_project_io"
     if keys & set(GRANT_ALIASES["grant_id"]):
@@ -838,6 +846,42 @@ def _exporter_rows(sheet: Sheet):
         yield k, _label(sheet, k, position, line), cells, values
 
 
+def _reporter_export_rows(sheet: Sheet):
+    """The RePORTER website export (Project Number, Fiscal Year, Total Cost, Contact PI / Project
+    Leader, Organization Name ...) in ExPORTER terms; a row with only "Total Cost (Sub Projects)"
+    is a sub-project (its cost is inside the parent's Total Cost)."""
+    index: dict[str, int] = {}
+    for i, name in enumerate(sheet.header):  # the brackets are part of these names
+        key = re.sub(r"[^0-9a-z]", "", unicodedata.normalize("NFKC", name).lower())
+        index.setdefault(key, i)
+    for k, (position, line, cells) in enumerate(sheet.rows, start=1):
+
+        def get(name: str, cells: list[str | None] = cells) -> str | None:
+            return _cell(cells, index.get(name))
+
+        number = get("projectnumber") or ""
+        core = re.sub(r"^\d(?=[A-Z])|-.*$", "", number.replace(" ", "").upper()) or None
+        contact = get("contactpiprojectleader")
+        sub_only = get("totalcost") is None and get("totalcostsubprojects") is not None
+        values = {
+            "applicationid": get("applicationid"),
+            "coreprojectnum": core,
+            "fy": get("fiscalyear"),
+            "totalcost": get("totalcost"),
+            "subprojectid": "sub-project" if sub_only else None,
+            "projecttitle": get("projecttitle"),
+            "pinames": f"{contact} (contact)" if contact else None,
+            "orgname": get("organizationname"),
+            "orgstate": get("organizationstate"),
+            "orgcountry": get("organizationcountry"),
+            "activity": get("activity"),
+            "projectstart": get("projectstartdate"),
+            "projectend": get("projectenddate"),
+            "projectterms": get("projectterms"),
+        }
+        yield k, _label(sheet, k, position, line), cells, values
+
+
 def _reporter_rows(sheet: Sheet):
     """RePORTER API v2 project objects in ExPORTER terms (the same rules apply to both)."""
     for k, project in enumerate(sheet.records, start=1):
@@ -873,8 +917,10 @@ def _reporter_rows(sheet: Sheet):
 def _parse_nih_exporter(rows, path: str, order: int, width: int | None, fmt: str, stats: dict):
     this_year = date.today().year
     records, rejects = [], []
-    amount_column = "award_amount" if fmt == "nih_reporter_api" else "TOTAL_COST"
-    id_column = "core_project_num" if fmt == "nih_reporter_api" else "CORE_PROJECT_NUM"
+    amount_column, id_column = {
+        "nih_reporter_api": ("award_amount", "core_project_num"),
+        "nih_reporter_export": ("Total Cost", "Project Number"),
+    }.get(fmt, ("TOTAL_COST", "CORE_PROJECT_NUM"))
     for k, record, cells, values in rows:
         stats["landed"] += 1
         where = f"{record} of {path}"
@@ -1233,9 +1279,13 @@ def _load_sheet(
     if fmt == "nsfc":
         records, bad = _parse_flat(sheet, _nsfc_spec(sheet, stats, shown), path, order, stats)
         return records, bad, False
-    if fmt in ("nih_reporter_api", "nih_exporter"):
+    if fmt in ("nih_reporter_api", "nih_exporter", "nih_reporter_export"):
         width = len(sheet.header) if sheet.kind == "text" else None
-        rows = _reporter_rows(sheet) if fmt == "nih_reporter_api" else _exporter_rows(sheet)
+        rows = {
+            "nih_reporter_api": _reporter_rows,
+            "nih_exporter": _exporter_rows,
+            "nih_reporter_export": _reporter_export_rows,
+        }[fmt](sheet)
         records, bad = _parse_nih_exporter(rows, path, order, width, fmt, stats)
         return records, bad, True
     records, bad = _parse_nih_project_io(sheet, path, order, stats)
