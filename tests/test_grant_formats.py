@@ -359,3 +359,20 @@ def test_reporter_website_export_with_metadata_rows(tmp_path):
     assert dict(grants.select("grant_id", "end_year").rows()) == {
         p["core_project_num"]: int(p["project_end_date"][:4]) for p in results
     }
+
+
+def test_files_beside_the_exports_are_skipped_not_lost(tmp_path):
+    """ExPORTER companions, a read-me and a code list hold no grants: listed, not quarantined."""
+    grants_dir = tmp_path / "landing" / "portfolio" / "grants"
+    grants_dir.mkdir(parents=True)
+    (grants_dir / "RePORTER_PUBLNK_C_2023.csv").write_text("PMID,PROJECT_NUMBER\n1,R01CA1\n")
+    (grants_dir / "RePORTER_PRJABS_C_FY2023.csv").write_text("APPLICATION_ID,ABSTRACT_TEXT\n1,a\n")
+    (grants_dir / "说明.txt").write_text("数据来源：国家自然科学基金委\n", encoding="utf-8")
+    (grants_dir / "figure.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    shutil.copy(FIXTURES / "subcodes_C.csv", grants_dir / "subcodes_C.csv")
+    grants, rejects, stats = load_grants(sorted(grants_dir.iterdir()), tmp_path / "landing")
+    assert grants.height == 0 and rejects == []
+    assert stats["landed"] == stats["quarantined"] == 0
+    assert sorted(stats["skipped_files"]) == sorted(
+        f"portfolio/grants/{p.name}" for p in grants_dir.iterdir()
+    )

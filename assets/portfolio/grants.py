@@ -605,6 +605,23 @@ def is_code_list(header: list[str]) -> bool:
     return all(any(w in k for w in _CODE_LIST_WORDS) for k in named)
 
 
+# ExPORTER files that sit beside the project files but hold no grants
+_COMPANIONS = (
+    ({"applicationid", "abstracttext"}, "ExPORTER abstracts (APPLICATION_ID, ABSTRACT_TEXT)"),
+    ({"pmid", "projectnumber"}, "ExPORTER publication links (PMID, PROJECT_NUMBER)"),
+    ({"pmid", "pubtitle"}, "ExPORTER publications (PMID, PUB_TITLE)"),
+    ({"patentid", "patenttitle"}, "ExPORTER patents (PATENT_ID, PATENT_TITLE)"),
+)
+
+
+def _companion_file(header: list[str]) -> str | None:
+    keys = {normalize_header(h)[0] for h in header}
+    for signature, what in _COMPANIONS:
+        if signature <= keys:
+            return f"{what}, not grant records"
+    return None
+
+
 # one file -> records ----------------------------------------------------------------------------
 @dataclass
 class _FlatSpec:
@@ -1262,6 +1279,10 @@ def _load_sheet(
         fmt = "nih_reporter_api"
     else:
         fmt = detect_format(sheet.header, [cells for _p, _l, cells in sheet.rows[:5]])
+    companion = _companion_file(sheet.header) if fmt is None else None
+    if companion:
+        stats["skipped_files"][shown] = companion
+        return None
     if fmt is None and is_code_list(sheet.header):
         stats["skipped_files"][shown] = (
             f"a code list ({', '.join(h for h in sheet.header if h)}), not grant records"
