@@ -32,6 +32,7 @@ TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".tab")
 XLSX_SUFFIXES = (".xlsx", ".xlsm")
 JSON_SUFFIXES = (".json", ".jsonl", ".jl", ".ndjson")
 RECORD_SUFFIXES = TEXT_SUFFIXES + XLSX_SUFFIXES + JSON_SUFFIXES
+ZIP_SUFFIXES = (".zip",)
 HEADER_SCAN_ROWS = 30  # title rows above the header are looked for in this many non-blank rows
 _NUMBER = re.compile(r"^[+-]?(\d[\d,]*\.?\d*|\.\d+)([eE][+-]?\d+)?%?$")
 _PLACEHOLDER = re.compile(r"^Unnamed: \d+$")
@@ -173,8 +174,8 @@ def _delimiter(line: str) -> str:
     return max(counts, key=lambda d: (counts[d], d == ","))
 
 
-def _text_rows(path: Path) -> tuple[list[tuple[int, int | None, list[str | None]]], str]:
-    text, encoding = decode(Path(path).read_bytes())
+def _text_rows(data: bytes) -> tuple[list[tuple[int, int | None, list[str | None]]], str]:
+    text, encoding = decode(data)
     first = next((line for line in text.splitlines() if line.strip()), "")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(first))
     out = []
@@ -185,11 +186,13 @@ def _text_rows(path: Path) -> tuple[list[tuple[int, int | None, list[str | None]
     return out, encoding
 
 
-def _xlsx_sheets(path: Path) -> list[tuple[str, list[tuple[int, int | None, list[str | None]]]]]:
-    """(worksheet title, rows) of every worksheet that holds data."""
+def _xlsx_sheets(source) -> list[tuple[str, list[tuple[int, int | None, list[str | None]]]]]:
+    """(worksheet title, rows) of every worksheet that holds data (``source``: path or bytes)."""
     from openpyxl import load_workbook
 
-    book = load_workbook(path, read_only=True, data_only=True)
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    book = load_workbook(source, read_only=True, data_only=True)
     try:
         out = []
         for sheet in book.worksheets:
@@ -246,8 +249,8 @@ def flatten(record: dict, prefix: str = "") -> dict[str, str | None]:
     return out
 
 
-def _json_records(path: Path) -> list[dict]:
-    text, _encoding = decode(Path(path).read_bytes())
+def _json_records(data: bytes) -> list[dict]:
+    text, _encoding = decode(data)
     stripped = text.strip()
     if not stripped:
         return []
@@ -270,29 +273,59 @@ def read_sheets(
     path: Path, known: frozenset[str] | set[str] = frozenset(), header_row: int | None = None
 ) -> list[Sheet]:
     """Every table of a record file: one per worksheet with data (``Sheet.part`` = its title when
-    the workbook has several), else one. Raises :class:`SheetError` (rule + message)."""
+    the workbook has several), one per record file inside a ZIP archive (``part`` = the member),
+    else one. Raises :class:`SheetError` (rule + message)."""
     path = Path(path)
-    name = path.name.lower()
-    if name.endswith(JSON_SUFFIXES):
-        return [_json_sheet(path)]
     try:
-        if name.endswith(XLSX_SUFFIXES):
-            parts = _xlsx_sheets(path)
-            if not parts:
-                raise SheetError("empty_file", "has no header row and no data")
-            sheets = []
-            for title, raw in parts:
-                sheet = _sheet_from_rows(raw, "xlsx", None, known, header_row)
-                sheet.part = title if len(parts) > 1 else None
-                sheets.append(sheet)
-            return sheets
-        raw, encoding = _text_rows(path)
+        if path.name.lower().endswith(ZIP_SUFFIXES):
+            return _zip_sheets(path, known, header_row)
+        return _sheets(path.name, path.read_bytes(), known, header_row)
     except SheetError:
         raise
     except Exception as exc:  # any parser error is a quarantined file, never a crashed run
         detail = (str(exc).splitlines() or [type(exc).__name__])[0].replace(str(path), path.name)
         raise SheetError("unreadable_file", f"could not be read ({detail[:200]})") from exc
+
+
+def _sheets(name: str, data: bytes, known, header_row) -> list[Sheet]:
+    name = name.lower()
+    if name.endswith(JSON_SUFFIXES):
+        return [_json_sheet(data)]
+    if name.endswith(XLSX_SUFFIXES):
+        parts = _xlsx_sheets(data)
+        if not parts:
+            raise SheetError("empty_file", "has no header row and no data")
+        sheets = []
+        for title, raw in parts:
+            sheet = _sheet_from_rows(raw, "xlsx", None, known, header_row)
+            sheet.part = title if len(parts) > 1 else None
+            sheets.append(sheet)
+        return sheets
+    raw, encoding = _text_rows(data)
     return [_sheet_from_rows(raw, "text", encoding, known, header_row)]
+
+
+def _zip_sheets(path: Path, known, header_row) -> list[Sheet]:
+    """The record files inside a ZIP archive (how NIH ExPORTER distributes its CSV files)."""
+    import zipfile
+
+    sheets = []
+    with zipfile.ZipFile(path) as archive:
+        members = [
+            m
+            for m in archive.infolist()
+            if not m.is_dir()
+            and not m.filename.startswith("__MACOSX/")
+            and m.filename.lower().endswith(RECORD_SUFFIXES)
+        ]
+        if not members:
+            raise SheetError("empty_file", "holds no CSV/TSV/XLSX/JSON file")
+        for member in members:
+            for sheet in _sheets(member.filename, archive.read(member), known, header_row):
+                inner = f"{member.filename}:{sheet.part}" if sheet.part else member.filename
+                sheet.part = inner if len(members) > 1 or sheet.part else None
+                sheets.append(sheet)
+    return sheets
 
 
 def read_sheet(
@@ -306,9 +339,9 @@ def read_sheet(
     return first
 
 
-def _json_sheet(path: Path) -> Sheet:
+def _json_sheet(data: bytes) -> Sheet:
     try:
-        records = _json_records(path)
+        records = _json_records(data)
     except SheetError:
         raise
     except (OSError, ValueError) as exc:

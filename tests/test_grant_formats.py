@@ -376,3 +376,26 @@ def test_files_beside_the_exports_are_skipped_not_lost(tmp_path):
     assert sorted(stats["skipped_files"]) == sorted(
         f"portfolio/grants/{p.name}" for p in grants_dir.iterdir()
     )
+
+
+def test_zip_archive_of_exports(tmp_path):
+    """Exports arrive zipped (NIH ExPORTER ships its CSV files as ZIP): every member is read."""
+    import zipfile
+
+    path = tmp_path / "landing" / "portfolio" / "grants" / "nsfc_C01_C05.zip"
+    path.parent.mkdir(parents=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in ("C0105.csv", "all_search_results.csv", "C0102.xlsx"):
+            archive.write(FIXTURES / name, f"exports/{name}")
+    grants, rejects, stats = load_grants([path], tmp_path / "landing")
+    expected = nsfc_expected()
+    ids = {r["approveText"] for r in _csv_rows("C0105.csv") + _csv_rows("all_search_results.csv")}
+    ids |= {str(r["approveText"]) for r in _xlsx_rows("C0102.xlsx")}
+    assert rejects == [] and set(grants["grant_id"]) == ids
+    assert dict(grants.select("grant_id", "amount").rows()) == pytest.approx(
+        {i: expected[i] for i in ids}
+    )
+    assert sorted(stats["formats"]) == [
+        f"portfolio/grants/nsfc_C01_C05.zip [exports/{n}]"
+        for n in ("C0102.xlsx", "C0105.csv", "all_search_results.csv")
+    ]

@@ -84,6 +84,7 @@ from dagster_project.mappings import (
 from dagster_project.quarantine import Reject
 from dagster_project.sheets import (
     RECORD_SUFFIXES,
+    ZIP_SUFFIXES,
     Sheet,
     SheetError,
     cell_text,
@@ -589,7 +590,7 @@ def not_records_reason(path: Path) -> str | None:
     name = path.name
     if NOT_RECORD_NAME.match(name):
         return "a read-me or licence file, not grant records"
-    if not name.lower().endswith(RECORD_SUFFIXES):
+    if not name.lower().endswith(RECORD_SUFFIXES + ZIP_SUFFIXES):
         if name.lower().endswith((".xls", ".et")):
             return None  # a spreadsheet we cannot read: quarantined as unreadable, not skipped
         return f"a {path.suffix or 'suffix-less'} file, not a CSV/TSV/XLSX/JSON record export"
@@ -706,7 +707,11 @@ def _mapped_spec(mapping: Mapping, sheet: Sheet) -> _FlatSpec:
 
 def _label(sheet: Sheet, k: int, position: int, line: int | None) -> str:
     if sheet.kind == "text":
-        return f"row {k} (line {line})"
+        return (
+            f"row {k} (line {line})"
+            if sheet.part is None
+            else f"{sheet.part} row {k} (line {line})"
+        )
     if sheet.kind == "json":
         return f"record {position}"
     return f"row {position}" if sheet.part is None else f"sheet {sheet.part!r} row {position}"
