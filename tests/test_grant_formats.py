@@ -399,3 +399,19 @@ def test_zip_archive_of_exports(tmp_path):
         f"portfolio/grants/nsfc_C01_C05.zip [exports/{n}]"
         for n in ("C0102.xlsx", "C0105.csv", "all_search_results.csv")
     ]
+
+
+def test_amount_column_without_unit_in_yuan_is_not_multiplied(tmp_path):
+    """The same real records with the amount written in 元 under a header without a unit."""
+    rows = _csv_rows("C0105.csv")
+    path = tmp_path / "landing" / "portfolio" / "grants" / "yuan.csv"
+    path.parent.mkdir(parents=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["批准号", "项目名称", "批准金额"])
+        writer.writerows([r["approveText"], r["title"], int(float(r["money"]) * WAN)] for r in rows)
+    grants, _rejects, stats = load_grants([path], tmp_path / "landing")
+    assert stats["assumed_cny_files"] == ["portfolio/grants/yuan.csv"]
+    assert dict(grants.select("grant_id", "amount").rows()) == pytest.approx(
+        {r["approveText"]: float(r["money"]) * WAN for r in rows}
+    )

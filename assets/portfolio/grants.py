@@ -26,7 +26,9 @@ Decisions (what a user can rely on):
 - ``amount`` is in whole currency units of ``currency`` (``amount_unit`` says it: "CNY" / "USD").
   NSFC exports give 万元 (10k CNY): the amount is multiplied by 10 000; ``amount_original`` keeps the
   number as written and ``amount_original_unit`` its unit. An NSFC amount header without a unit
-  is read as 万元 (the NSFC export convention) and counted in ``stats["assumed_10k_cny_files"]``.
+  is read as 万元 (the NSFC export convention) and counted in ``stats["assumed_10k_cny_files"]``,
+  unless the column's median is 10 000 or more (that would be 1亿 per grant): then it is read
+  as 元 and counted in ``stats["assumed_cny_files"]``.
   A unit written in the cell wins over the column's: "50万" and "65.0（万元）" are 10k CNY,
   "500000元" is CNY. Full-width digits and separators are read (NFKC).
 - NIH ``grant_id`` is the core project number (R01CA123456). ExPORTER rows of one core project
@@ -670,9 +672,28 @@ def _nsfc_spec(sheet: Sheet, stats: dict, path: str) -> _FlatSpec:
             pass
         elif unit and _PLAIN_CURRENCY.search(unit):
             spec.factor, spec.unit_label = 1.0, "CNY"
+        elif _median_amount(sheet, columns["amount"][0]) >= YUAN_MEDIAN:
+            spec.factor, spec.unit_label = 1.0, "CNY"
+            stats["assumed_cny_files"].append(path)
         else:
             stats["assumed_10k_cny_files"].append(path)
     return spec
+
+
+YUAN_MEDIAN = 10_000  # a median NSFC amount this large is in 元, not 万元 (that would be 1亿)
+
+
+def _median_amount(sheet: Sheet, index: int) -> float:
+    values = []
+    for _p, _l, cells in sheet.rows:
+        try:
+            value, factor = amount_and_unit(cells[index] if index < len(cells) else None)
+        except ValueError:
+            continue
+        if value is not None and factor is None:
+            values.append(value)
+    values.sort()
+    return values[len(values) // 2] if values else 0.0
 
 
 def _mapped_spec(mapping: Mapping, sheet: Sheet) -> _FlatSpec:
@@ -1204,7 +1225,7 @@ def load_grants(
     ``stats``: landed / ingested / quarantined / merged (units: data rows; an unreadable file is
     one unit), plus files, formats (file -> format), encodings, header_rows (file -> row of the
     header when not the first), skipped_files (file -> why it holds no records), blank_rows,
-    summary_rows, assumed_10k_cny_files.
+    summary_rows, assumed_10k_cny_files, assumed_cny_files.
     """
     mappings = mappings or []
     stats: dict = {
@@ -1220,6 +1241,7 @@ def load_grants(
         "blank_rows": 0,
         "summary_rows": 0,
         "assumed_10k_cny_files": [],
+        "assumed_cny_files": [],
     }
     rejects: list[Reject] = []
     plain: list[dict] = []
