@@ -30,8 +30,9 @@ from pathlib import Path
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".tab")
 XLSX_SUFFIXES = (".xlsx", ".xlsm")
+XLS_SUFFIXES = (".xls",)  # the old binary workbook, still what many hospital/ISIS systems export
 JSON_SUFFIXES = (".json", ".jsonl", ".jl", ".ndjson")
-RECORD_SUFFIXES = TEXT_SUFFIXES + XLSX_SUFFIXES + JSON_SUFFIXES
+RECORD_SUFFIXES = TEXT_SUFFIXES + XLSX_SUFFIXES + XLS_SUFFIXES + JSON_SUFFIXES
 ZIP_SUFFIXES = (".zip",)
 HEADER_SCAN_ROWS = 30  # title rows above the header are looked for in this many non-blank rows
 _NUMBER = re.compile(r"^[+-]?(\d[\d,]*\.?\d*|\.\d+)([eE][+-]?\d+)?%?$")
@@ -207,6 +208,33 @@ def _xlsx_sheets(source) -> list[tuple[str, list[tuple[int, int | None, list[str
         book.close()
 
 
+def _xls_sheets(data: bytes) -> list[tuple[str, list[tuple[int, int | None, list[str | None]]]]]:
+    """(worksheet title, rows) of an old binary .xls workbook (xlrd): numbers as written."""
+    import xlrd
+
+    book = xlrd.open_workbook(file_contents=data)
+    out = []
+    for sheet in book.sheets():
+        rows = []
+        for r in range(sheet.nrows):
+            cells: list[str | None] = []
+            for cell in sheet.row(r):
+                value = cell.value
+                if cell.ctype in (xlrd.XL_CELL_EMPTY, xlrd.XL_CELL_BLANK, xlrd.XL_CELL_ERROR):
+                    value = None
+                elif cell.ctype == xlrd.XL_CELL_DATE:
+                    value = xlrd.xldate_as_datetime(value, book.datemode)
+                elif cell.ctype == xlrd.XL_CELL_BOOLEAN:
+                    value = bool(value)
+                elif cell.ctype == xlrd.XL_CELL_NUMBER and float(value).is_integer():
+                    value = int(value)
+                cells.append(cell_text(value))
+            rows.append((r + 1, None, cells))
+        if any(any(c for c in cells) for _n, _line, cells in rows):
+            out.append((sheet.name, rows))
+    return out
+
+
 def _unwrap(value: object) -> list[dict]:
     """The record objects of a JSON document (API envelopes unwrapped)."""
     if isinstance(value, list):
@@ -291,8 +319,8 @@ def _sheets(name: str, data: bytes, known, header_row) -> list[Sheet]:
     name = name.lower()
     if name.endswith(JSON_SUFFIXES):
         return [_json_sheet(data)]
-    if name.endswith(XLSX_SUFFIXES):
-        parts = _xlsx_sheets(data)
+    if name.endswith(XLSX_SUFFIXES + XLS_SUFFIXES):
+        parts = _xls_sheets(data) if name.endswith(XLS_SUFFIXES) else _xlsx_sheets(data)
         if not parts:
             raise SheetError("empty_file", "has no header row and no data")
         sheets = []

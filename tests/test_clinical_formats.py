@@ -210,3 +210,42 @@ def test_mapping_names_the_id_of_a_feature_table(tmp_path):
     assert long.height == len(table) * len(features)
     assert set(long["feature"]) == set(features)  # the label column was dropped, not a feature
     assert long["value"].sum() == pytest.approx(float(table[features].to_numpy().sum()))
+
+
+def test_old_xls_workbook_lands_through_a_mapping(tmp_path):
+    """A real .xls (xlrd's sample): read, its first worksheet lands, the others are named."""
+    import shutil
+
+    import xlrd
+
+    from assets.clinical.load import load_clinical
+    from dagster_project.mappings import parse_mapping
+    from tests.conftest import REPO
+
+    source = REPO / "tests" / "fixtures" / "xls" / "profiles.xls"
+    landing = tmp_path / "landing"
+    (landing / "clinical").mkdir(parents=True)
+    shutil.copy(source, landing / "clinical" / "profiles.xls")
+    mapping = parse_mapping(
+        {
+            "target": "clinical",
+            "files": ["clinical/*.xls"],
+            "columns": {"PROFIL": "patient_id"},
+            "constants": {"center_id": "XLS"},
+        },
+        "mappings/profiles.yaml",
+    )
+    table, rejects, stats = load_clinical(
+        [landing / "clinical" / "profiles.xls"],
+        landing,
+        lambda c, p: f"{c}:{p}",
+        mappings=[mapping],
+    )
+    sheet = xlrd.open_workbook(source).sheet_by_name("PROFILEDEF")
+    header = sheet.row_values(0)
+    assert rejects == [] and table.height == sheet.nrows - 1
+    for col in range(1, sheet.ncols):
+        expected = sum(v for v in sheet.col_values(col, 1) if v != "")
+        assert table[header[col]].sum() == pytest.approx(expected), header[col]
+    others = [s.name for s in xlrd.open_workbook(source).sheets()[1:] if s.nrows]
+    assert stats["other_sheets"] == {"clinical/profiles.xls": others}

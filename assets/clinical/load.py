@@ -83,7 +83,7 @@ from dagster_project.quarantine import Reject
 from dagster_project.sheets import XLSX_SUFFIXES, SheetError, read_sheet
 
 TARGET_TABLE = "clinical"
-CLINICAL_SUFFIXES = (".csv", ".tsv", ".xlsx", ".xlsm")
+CLINICAL_SUFFIXES = (".csv", ".tsv", ".xlsx", ".xlsm", ".xls")
 CENTERS_FILE = "centers.yaml"
 
 # Columns that name or identify a person: never land (normalized names).
@@ -173,7 +173,7 @@ def _normalize(name: str) -> str:
 def _read_sheet(path: Path, shown: str, mappings: list[Mapping] | None = None) -> _Sheet:
     """Header + rows of a clinical file, columns named for the lake (``columns.py``: a mapping
     file, then the built-in Chinese/English names); a file-level problem raises ``_FileProblem``."""
-    kind = "XLSX workbook" if path.suffix.lower() in XLSX_SUFFIXES else "CSV"
+    kind = "XLSX workbook" if path.suffix.lower() in XLSX_SUFFIXES + (".xls",) else "CSV"
     mappings = mappings or []
     by_glob = [m for m in mappings if m.files and m.match(shown, list(m.header)) == 2]
     first = by_glob[0] if by_glob else None

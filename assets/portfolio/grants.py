@@ -593,8 +593,8 @@ def not_records_reason(path: Path) -> str | None:
     if NOT_RECORD_NAME.match(name):
         return "a read-me or licence file, not grant records"
     if not name.lower().endswith(RECORD_SUFFIXES + ZIP_SUFFIXES):
-        if name.lower().endswith((".xls", ".et")):
-            return None  # a spreadsheet we cannot read: quarantined as unreadable, not skipped
+        if name.lower().endswith(".et"):
+            return None  # a WPS spreadsheet we cannot read: quarantined as unreadable, not skipped
         return f"a {path.suffix or 'suffix-less'} file, not a CSV/TSV/XLSX/JSON record export"
     return None
 
