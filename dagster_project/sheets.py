@@ -187,25 +187,40 @@ def _text_rows(data: bytes) -> tuple[list[tuple[int, int | None, list[str | None
     return out, encoding
 
 
-def _xlsx_sheets(source) -> list[tuple[str, list[tuple[int, int | None, list[str | None]]]]]:
-    """(worksheet title, rows) of every worksheet that holds data (``source``: path or bytes)."""
+MERGE_FILL_MAX_BYTES = 20_000_000  # larger workbooks are streamed (no merged-cell information)
+
+
+def _xlsx_sheets(data: bytes) -> list[tuple[str, list[tuple[int, int | None, list[str | None]]]]]:
+    """(worksheet title, rows) of every worksheet that holds data. A cell merged down over
+    several rows (中心 over all of a center's patients) gives its value to every row it spans."""
     from openpyxl import load_workbook
 
-    if isinstance(source, bytes):
-        source = io.BytesIO(source)
-    book = load_workbook(source, read_only=True, data_only=True)
+    stream = len(data) > MERGE_FILL_MAX_BYTES
+    book = load_workbook(io.BytesIO(data), read_only=stream, data_only=True)
     try:
         out = []
         for sheet in book.worksheets:
-            rows = [
-                (n, None, [cell_text(v) for v in values])
-                for n, values in enumerate(sheet.iter_rows(values_only=True), start=1)
-            ]
+            values = [list(v) for v in sheet.iter_rows(values_only=True)]
+            if not stream:
+                _fill_down_merged(sheet, values)
+            rows = [(n, None, [cell_text(v) for v in row]) for n, row in enumerate(values, start=1)]
             if any(any(c for c in cells) for _n, _line, cells in rows):
                 out.append((sheet.title, rows))
         return out
     finally:
         book.close()
+
+
+def _fill_down_merged(sheet, values: list[list]) -> None:
+    for merged in sheet.merged_cells.ranges:
+        if merged.max_row == merged.min_row or merged.min_row > len(values):
+            continue  # a merge across columns only (a title) is left as one cell
+        column = merged.min_col - 1
+        anchor = values[merged.min_row - 1][column]
+        for r in range(merged.min_row, min(merged.max_row, len(values))):
+            row = values[r]
+            row.extend([None] * (column + 1 - len(row)))
+            row[column] = anchor
 
 
 def _xls_sheets(data: bytes) -> list[tuple[str, list[tuple[int, int | None, list[str | None]]]]]:

@@ -19,13 +19,15 @@ GBSG_HEADER = ["患者编号", "中心", "年龄", "激素治疗", "肿瘤大小
 
 
 def _gbsg_xlsx(path: Path) -> object:
-    """GBSG2 as an XLSX: merged title, date line, blank row, Chinese header on row 4."""
+    """GBSG2 as an XLSX: merged title, date line, blank row, Chinese header on row 4, the center
+    cell merged down over each center's patients."""
     from lifelines.datasets import load_gbsg2
     from openpyxl import Workbook
 
     frame = load_gbsg2()
     frame["patient_id"] = [f"G{i + 1:04d}" for i in range(len(frame))]
     frame["center"] = ["中心A" if i % 3 else "中心B" for i in range(len(frame))]
+    frame = frame.sort_values("center", kind="stable").reset_index(drop=True)
     book = Workbook()
     sheet = book.active
     sheet.append(["德国乳腺癌研究组 GBSG2 随访数据"])
@@ -33,11 +35,13 @@ def _gbsg_xlsx(path: Path) -> object:
     sheet.append(["导出日期：2026-11-01", None, None, None, "单位：天"])
     sheet.append([])
     sheet.append(GBSG_HEADER)
+    first = {}
     for row in frame.itertuples():
+        first.setdefault(row.center, sheet.max_row + 1)
         sheet.append(
             [
                 row.patient_id,
-                row.center,
+                row.center if first[row.center] == sheet.max_row + 1 else None,
                 int(row.age),
                 "是" if row.horTh == "yes" else "否",
                 int(row.tsize),
@@ -45,6 +49,11 @@ def _gbsg_xlsx(path: Path) -> object:
                 "是" if row.cens == 1 else "否",
             ]
         )
+    # each center written once, merged down over its patients (as hospital sheets do)
+    last = sheet.max_row
+    for start in first.values():
+        end = min([r - 1 for r in first.values() if r > start] + [last])
+        sheet.merge_cells(start_row=start, start_column=2, end_row=end, end_column=2)
     path.parent.mkdir(parents=True, exist_ok=True)
     book.save(path)
     return frame
