@@ -258,3 +258,17 @@ def test_old_xls_workbook_lands_through_a_mapping(tmp_path):
         assert table[header[col]].sum() == pytest.approx(expected), header[col]
     others = [s.name for s in xlrd.open_workbook(source).sheets()[1:] if s.nrows]
     assert stats["other_sheets"] == {"clinical/profiles.xls": others}
+
+
+def test_builtin_names_never_shadow_a_column_of_the_file(tmp_path):
+    from assets.clinical.load import load_clinical
+
+    landing = tmp_path / "landing"
+    path = landing / "clinical" / "sites.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("patient_id,center_id,site,性别\nP1,C1,gastric,男\nP2,C1,colon,女\n")
+    table, rejects, stats = load_clinical([path], landing, lambda c, p: f"{c}:{p}")
+    assert rejects == []
+    assert table.columns[:4] == ["patient_key", "center_id", "site", "sex"]
+    assert table["sex"].to_list() == ["M", "F"]
+    assert stats["renamed_columns"] == {"clinical/sites.csv": {"性别": "sex"}}

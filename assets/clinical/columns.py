@@ -3,7 +3,8 @@
 ``column_names.yaml`` (beside this module) holds the names the lake understands without a mapping:
 Chinese and common English headers for patient_id, center_id, follow-up durations with their unit
 (随访时间(月) -> follow_up_months), events with their usual answers (是否复发 是/否 -> rfs_event
-1/0) and a few value codes (性别 男/女 -> sex M/F). A mapping file in ``LAKE_HOME/mappings``
+1/0) and a few value codes (性别 男/女 -> sex M/F); a built-in name is not used when the file
+already has a column of that name. A mapping file in ``LAKE_HOME/mappings``
 (``dagster_project.mappings``) wins over them, column by column. Columns neither names are kept
 under their own name. Pure module (no Dagster import).
 """
@@ -120,6 +121,7 @@ def plan_columns(header: list[str], mapping: Mapping | None = None) -> ColumnPla
     names: list[str | None] = []
     converts: list[Convert | None] = []
     renamed: dict[str, str] = {}
+    present = {h.strip().lower() for h in header}  # a built-in name never shadows a column
     for index, original in enumerate(header):
         if index in rules:
             rule = rules[index]
@@ -142,7 +144,7 @@ def plan_columns(header: list[str], mapping: Mapping | None = None) -> ColumnPla
             )
         elif key in b.events:
             name, convert = b.events[key], _coded(b.event_codes)
-        if name is None:
+        if name is None or (name != original and name.lower() in present):
             names.append(original)
             converts.append(None)
         else:
