@@ -272,3 +272,29 @@ def test_builtin_names_never_shadow_a_column_of_the_file(tmp_path):
     assert table.columns[:4] == ["patient_key", "center_id", "site", "sex"]
     assert table["sex"].to_list() == ["M", "F"]
     assert stats["renamed_columns"] == {"clinical/sites.csv": {"性别": "sex"}}
+
+
+def test_patients_on_the_second_worksheet_after_a_notes_sheet(tmp_path):
+    from lifelines.datasets import load_larynx
+    from openpyxl import Workbook
+
+    from assets.clinical.load import load_clinical
+
+    larynx = load_larynx()
+    book = Workbook()
+    notes = book.active
+    notes.title = "填表说明"
+    notes.append(["生存时间单位为年；死亡=1"])
+    notes.append(["变量", "含义"])
+    data = book.create_sheet("数据")
+    data.append(["患者编号", "中心", "生存时间(年)", "死亡"])
+    for i, row in enumerate(larynx.itertuples()):
+        data.append([f"L{i}", "ENT", row.time, "是" if row.death else "否"])
+    path = tmp_path / "landing" / "clinical" / "larynx.xlsx"
+    path.parent.mkdir(parents=True)
+    book.save(path)
+    table, rejects, stats = load_clinical([path], tmp_path / "landing", lambda c, p: f"{c}:{p}")
+    assert rejects == [] and table.height == len(larynx)
+    assert table["os_years"].sum() == pytest.approx(larynx["time"].sum())
+    assert table["os_event"].sum() == larynx["death"].sum()
+    assert stats["other_sheets"] == {"clinical/larynx.xlsx": ["填表说明"]}

@@ -2,8 +2,8 @@
 
 Input files
     CSV/TSV (UTF-8 with or without BOM, GB18030, else Windows-1252; separator ``,``, ``;`` or tab)
-    and XLSX (the first worksheet with data; other worksheets with data are listed in
-    ``stats['other_sheets']``), read by ``dagster_project.sheets``: title rows above the header are
+    and XLSX/XLS (the first worksheet whose columns give patient_id and center_id, else the first
+    with data; the other worksheets with data are listed in ``stats['other_sheets']``), read by ``dagster_project.sheets``: title rows above the header are
     skipped (``stats['header_rows']``), a header repeated inside the data is dropped. Columns are
     named by ``columns.py``: a mapping file (``LAKE_HOME/mappings``), then the built-in Chinese and
     English names (患者编号 -> patient_id, 中心 -> center_id, 随访时间(月) -> follow_up_months,
@@ -80,7 +80,7 @@ from assets.clinical.schema import (
 )
 from dagster_project.mappings import Mapping, mapping_for, skeleton
 from dagster_project.quarantine import Reject
-from dagster_project.sheets import XLSX_SUFFIXES, SheetError, read_sheet
+from dagster_project.sheets import XLSX_SUFFIXES, SheetError, read_sheets
 
 TARGET_TABLE = "clinical"
 CLINICAL_SUFFIXES = (".csv", ".tsv", ".xlsx", ".xlsm", ".xls")
@@ -178,7 +178,7 @@ def _read_sheet(path: Path, shown: str, mappings: list[Mapping] | None = None) -
     by_glob = [m for m in mappings if m.files and m.match(shown, list(m.header)) == 2]
     first = by_glob[0] if by_glob else None
     try:
-        sheet = read_sheet(path, known_header_names(first), first.header_row if first else None)
+        sheets = read_sheets(path, known_header_names(first), first.header_row if first else None)
     except SheetError as exc:
         if exc.rule == "empty_file":
             raise _FileProblem(
@@ -191,6 +191,7 @@ def _read_sheet(path: Path, shown: str, mappings: list[Mapping] | None = None) -
             f"unreadable_file: {shown} could not be read as a {kind} {detail}; save it as UTF-8 "
             "CSV or .xlsx and land it again",
         ) from exc
+    sheet = _patient_sheet(sheets, shown, mappings)
     mapping = mapping_for(mappings, shown, sheet.header)
     body = sheet.rows
     width = max([len(sheet.header)] + [len(cells) for _p, _l, cells in body])
@@ -234,6 +235,20 @@ def _read_sheet(path: Path, shown: str, mappings: list[Mapping] | None = None) -
         landed=landed_names,
         other_sheets=sheet.other_parts,
     )
+
+
+def _patient_sheet(sheets: list, shown: str, mappings: list[Mapping]):
+    """The worksheet that holds the patients: the first whose columns give patient_id and
+    center_id (a notes sheet may come first), else the first; the others are named."""
+    chosen = sheets[0]
+    for candidate in sheets:
+        plan = plan_columns(candidate.header, mapping_for(mappings, shown, candidate.header))
+        names = {_normalize(n) for n in plan.header}
+        if {"patient_id", "center_id"} <= names:
+            chosen = candidate
+            break
+    chosen.other_parts = [s.part for s in sheets if s is not chosen and s.part]
+    return chosen
 
 
 def _mapping_hint(shown: str, sheet: _Sheet) -> str:

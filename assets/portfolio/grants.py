@@ -1310,6 +1310,11 @@ def _load_sheet(
     if companion:
         stats["skipped_files"][shown] = companion
         return None
+    if fmt is None and (
+        sum(1 for h in sheet.header if h) < 2 or NOT_RECORD_NAME.match(sheet.part or "")
+    ):
+        stats["skipped_files"][shown] = "a note (one column or a read-me sheet), not a table"
+        return None
     if fmt is None and is_code_list(sheet.header):
         stats["skipped_files"][shown] = (
             f"a code list ({', '.join(h for h in sheet.header if h)}), not grant records"
