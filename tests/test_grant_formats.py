@@ -20,7 +20,8 @@ import polars as pl
 import pytest
 import yaml
 
-from assets.portfolio.grants import amount_and_unit, load_grants, parse_year
+from assets.portfolio.grant_cells import amount_and_unit, parse_year
+from assets.portfolio.grants import load_grants
 from dagster_project.mappings import load_mappings
 from tests.conftest import REPO, shared_path
 

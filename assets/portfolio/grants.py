@@ -60,7 +60,6 @@ Pure module (no Dagster import).
 
 from __future__ import annotations
 
-import os
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -70,6 +69,35 @@ from pathlib import Path
 
 import polars as pl
 
+from assets.portfolio.grant_cells import (
+    MAX_DURATION_YEARS,
+    TARGET,
+    Problems,
+    amount_and_unit,
+    check_amount,
+    check_order,
+    check_year,
+    clean_text,
+    clean_title,
+    normalize_header,
+    relative_path,
+    row_label,
+    split_keywords,
+    wrong_columns,
+)
+from assets.portfolio.grants_nih import (
+    EXPORTER_KEYS,
+    PROJECT_IO_KEYS,
+    REPORTER_EXPORT_KEYS,
+    aggregate_exporter,
+    companion_file,
+    exporter_rows,
+    is_reporter_json,
+    parse_nih_project_io,
+    parse_nih_rows,
+    reporter_export_rows,
+    reporter_rows,
+)
 from assets.portfolio.lookups import (
     discipline_group_and_area,
     fund_type_for,
@@ -89,15 +117,9 @@ from dagster_project.sheets import (
     ZIP_SUFFIXES,
     Sheet,
     SheetError,
-    cell_text,
     normalize_name,
     read_sheets,
-    split_unit,
 )
-
-TARGET = "grants"
-YEAR_MIN = 1980
-MAX_DURATION_YEARS = 10  # an end year may lie this far beyond next year (multi-year awards)
 
 GRANTS_SCHEMA: dict[str, pl.DataType] = {
     "grant_id": pl.String,
@@ -328,210 +350,13 @@ NSFC_PROJECT_TYPE_CODES = {"218": "面上项目", "630": "青年科学基金项�
 _SUMMARY_ROW = {"合计", "总计", "小计", "总和", "total", "sum", "grandtotal", "subtotal"}
 _TEN_THOUSAND = re.compile(r"万|10k|10,000|10 000|10000|ten thousand", re.IGNORECASE)
 _PLAIN_CURRENCY = re.compile(r"元|yuan|cny|rmb", re.IGNORECASE)
-_LIST_NUMBER = re.compile(r"^\s*(?:\d{1,4}\s*[.、)．）]|[(（]\d{1,4}[)）])\s*(?!\d)")
-_KEYWORD_SPLIT = re.compile(r"[;；,，、|]+")
-_SPACES = re.compile(r"[\s\u00a0\u3000]+")
-
-
-# small parsers ----------------------------------------------------------------------------------
-def clean_text(value: str | None) -> str | None:
-    """Whitespace of export artifacts (NBSP, ideographic space, zero-width) collapsed; '' -> None."""
-    if value is None:
-        return None
-    text = _SPACES.sub(" ", str(value).replace("\u200b", "").replace("\ufeff", "")).strip()
-    return text or None
-
-
-def clean_title(value: str | None) -> str | None:
-    """A title without export artifacts: a leading list number ("12." / "12、" / "(12)"), stray
-    whitespace and wrapping quotes. "2.5D ..." keeps its number (a digit follows the dot)."""
-    text = clean_text(value)
-    if text is None:
-        return None
-    text = _LIST_NUMBER.sub("", text, count=1)
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1].strip()
-    return text or None
-
-
-MISSING_TEXTS = frozenset(
-    {
-        "-",
-        "--",
-        "—",
-        "–",
-        "/",
-        "无",
-        "暂无",
-        "不详",
-        "未知",
-        "na",
-        "n/a",
-        "#n/a",
-        "null",
-        "none",
-        "nan",
-    }
-)
-
-
-def is_missing(text: str) -> bool:
-    """A cell that says "no value" ("-", "—", "无", "N/A" ...)."""
-    return unicodedata.normalize("NFKC", text).strip().lower() in MISSING_TEXTS
-
-
-_CELL_UNITS = (("亿元", 1e8), ("亿", 1e8), ("万元", 1e4), ("万", 1e4), ("元", 1.0), ("yuan", 1.0))
-_CELL_AMOUNT = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(.*)")
-
-
-def amount_and_unit(raw: str | None) -> tuple[float | None, float | None]:
-    """(number, factor of a unit written in the cell) from "55", "55.00", "1,234.5", "¥60",
-    "50万", "65.0（万元）", "500000元"; (None, None) when empty. The factor is None when the cell
-    names no unit (the column's unit applies).
-
-    Raises ValueError when the text is not a number (the caller quarantines the row)."""
-    text = clean_text(raw)
-    if text is None or is_missing(text):
-        return None, None
-    text = unicodedata.normalize("NFKC", text)
-    text = re.sub(r"[,\s¥$￥()\[\]]", "", text)
-    match = _CELL_AMOUNT.fullmatch(text)
-    if not match:
-        raise ValueError(raw)
-    rest = match.group(2).lower()
-    if not rest:
-        return float(match.group(1)), None
-    for unit, factor in _CELL_UNITS:
-        if rest in (unit, unit + "人民币", "人民币" + unit) or rest == unit.lower():
-            return float(match.group(1)), factor
-    if rest in ("rmb", "cny"):
-        return float(match.group(1)), 1.0
-    raise ValueError(raw)
-
-
-def parse_amount(raw: str | None) -> float | None:
-    """The number of an amount cell as written (see :func:`amount_and_unit`); None when empty."""
-    return amount_and_unit(raw)[0]
-
-
-def parse_year(raw: str | None) -> int | None:
-    """A year from "2019", "2019年", "2019.0", "2019-06-30", "06/30/2019"; None when empty.
-
-    Raises ValueError when no year can be read."""
-    text = clean_text(raw)
-    if text is None or is_missing(text):
-        return None
-    text = unicodedata.normalize("NFKC", text)
-    match = re.fullmatch(r"(\d{4})(?:\.0+|年.*|[-/.]\d{1,2}(?:[-/.]\d{1,2})?(?:[ T].*)?)?", text)
-    if match:
-        return int(match.group(1))
-    match = re.fullmatch(r"((?:19|20)\d{2})(?:0[1-9]|1[0-2])", text)  # 201912 (year and month)
-    if match:
-        return int(match.group(1))
-    match = re.fullmatch(r"\d{1,2}/\d{1,2}/(\d{4})(?: .*)?", text)
-    if match:
-        return int(match.group(1))
-    raise ValueError(raw)
-
-
-def split_keywords(raw: str | None) -> list[str]:
-    text = clean_text(raw)
-    if text is None:
-        return []
-    return [k.strip() for k in _KEYWORD_SPLIT.split(text) if k.strip()]
-
-
-def normalize_header(header: str) -> tuple[str, str | None]:
-    """(alias key, unit) of a header cell: "金额（万元）" -> ("金额", "万元")."""
-    return normalize_name(header), split_unit(header)[1]
-
-
-def relative_path(path: Path, landing: Path) -> str:
-    """Path relative to landing/ (stored paths never carry absolute locations)."""
-    return Path(os.path.relpath(Path(path).resolve(), Path(landing).resolve())).as_posix()
-
-
-# one file -> records ----------------------------------------------------------------------------
-class _Problems:
-    """Collects a row's rule violations; the first names the Reject's rule, all go in the reason."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str]] = []
-
-    def add(self, rule: str, text: str) -> None:
-        self.items.append((rule, text))
-
-    def reject(self, path: str, record: str) -> Reject | None:
-        if not self.items:
-            return None
-        rule = self.items[0][0]
-        reason = "; ".join(f"{r}: {t}" for r, t in self.items)
-        return Reject(path, TARGET, rule, reason, record=record)
-
-
-def _check_amount(
-    problems: _Problems, raw: str | None, column: str, where: str
-) -> tuple[float | None, float | None]:
-    """(amount as written, factor of a unit written in the cell) or (None, None) on a problem."""
-    try:
-        value, factor = amount_and_unit(raw)
-    except ValueError:
-        problems.add(
-            "amount_not_number",
-            f"{where} has amount {clean_text(raw)!r} in column {column!r}, which is not a number "
-            f"(write a plain number such as 55.5 and land the file again)",
-        )
-        return None, None
-    if value is not None and value < 0:
-        problems.add(
-            "amount_negative",
-            f"{where} has a negative amount {clean_text(raw)} in column {column!r} "
-            f"(correct the amount and land the file again)",
-        )
-        return None, None
-    return value, factor
-
-
-def _check_year(
-    problems: _Problems, raw: str | None, column: str, where: str, label: str, upper: int
-) -> int | None:
-    try:
-        year = parse_year(raw)
-    except ValueError:
-        problems.add(
-            "year_not_number",
-            f"{where} has {label} {clean_text(raw)!r} in column {column!r}, which is not a year "
-            f"(write a 4-digit year and land the file again)",
-        )
-        return None
-    if year is not None and not YEAR_MIN <= year <= upper:
-        problems.add(
-            "year_out_of_range",
-            f"{where} has {label} {year} in column {column!r}, outside {YEAR_MIN}..{upper} "
-            f"(correct the year and land the file again)",
-        )
-        return None
-    return year
-
-
-def _check_order(problems: _Problems, start: int | None, end: int | None, where: str) -> None:
-    if start is not None and end is not None and end < start:
-        problems.add(
-            "end_before_start",
-            f"{where} ends in {end}, before it starts in {start} (correct the years and land the "
-            f"file again)",
-        )
 
 
 # format detection -------------------------------------------------------------------------------
-_EXPORTER_KEYS = ("coreprojectnum", "fy")
-_PROJECT_IO_KEYS = ("projectnum", "totalcost")
-# the RePORTER website's "Export" CSV (SearchResult_Export.csv, metadata rows above the header)
-_REPORTER_EXPORT_KEYS = ("projectnumber", "fiscalyear", "contactpiprojectleader")
 KNOWN_HEADER_KEYS = frozenset(
     {k for names in GRANT_ALIASES.values() for k in names}
     | {"coreprojectnum", "fy", "projectnum", "totalcost", "applicationid"}
-    | set(_REPORTER_EXPORT_KEYS)
+    | set(REPORTER_EXPORT_KEYS)
 )
 NOT_RECORD_NAME = re.compile(
     r"^(readme|read_me|license|licence|changelog|notes?|说明|使用说明)", re.I
@@ -562,11 +387,11 @@ def detect_format(headers: list[str], sample: list[list[str | None]] | None = No
     Chinese headers, an NSFC-only English field name, a 万元 unit, or Chinese text in the first
     data rows (``sample``)."""
     keys = {normalize_header(h)[0] for h in headers}
-    if set(_EXPORTER_KEYS) <= keys:
+    if set(EXPORTER_KEYS) <= keys:
         return "nih_exporter"
-    if set(_REPORTER_EXPORT_KEYS) <= keys:
+    if set(REPORTER_EXPORT_KEYS) <= keys:
         return "nih_reporter_export"
-    if set(_PROJECT_IO_KEYS) <= keys:
+    if set(PROJECT_IO_KEYS) <= keys:
         return "nih_project_io"
     if keys & set(GRANT_ALIASES["grant_id"]):
         cjk = any(_CJK_TEXT.search(h or "") for h in headers)
@@ -575,16 +400,6 @@ def detect_format(headers: list[str], sample: list[list[str | None]] | None = No
         if cjk or keys & _NSFC_ONLY or any(_TEN_THOUSAND.search(u) for u in units) or cjk_values:
             return "nsfc"
     return None
-
-
-def is_reporter_json(sheet: Sheet) -> bool:
-    """NIH RePORTER API v2 project records (``/v2/projects/search`` results)."""
-    keys = set(sheet.header)
-    return (
-        sheet.kind == "json"
-        and "fiscal_year" in keys
-        and bool(keys & {"core_project_num", "project_num"})
-    )
 
 
 def not_records_reason(path: Path) -> str | None:
@@ -606,23 +421,6 @@ def is_code_list(header: list[str]) -> bool:
     if len(named) < 2 or set(named) & set(GRANT_ALIASES["grant_id"]):
         return False
     return all(any(w in k for w in _CODE_LIST_WORDS) for k in named)
-
-
-# ExPORTER files that sit beside the project files but hold no grants
-_COMPANIONS = (
-    ({"applicationid", "abstracttext"}, "ExPORTER abstracts (APPLICATION_ID, ABSTRACT_TEXT)"),
-    ({"pmid", "projectnumber"}, "ExPORTER publication links (PMID, PROJECT_NUMBER)"),
-    ({"pmid", "pubtitle"}, "ExPORTER publications (PMID, PUB_TITLE)"),
-    ({"patentid", "patenttitle"}, "ExPORTER patents (PATENT_ID, PATENT_TITLE)"),
-)
-
-
-def _companion_file(header: list[str]) -> str | None:
-    keys = {normalize_header(h)[0] for h in header}
-    for signature, what in _COMPANIONS:
-        if signature <= keys:
-            return f"{what}, not grant records"
-    return None
 
 
 # one file -> records ----------------------------------------------------------------------------
@@ -726,18 +524,6 @@ def _mapped_spec(mapping: Mapping, sheet: Sheet) -> _FlatSpec:
     )
 
 
-def _label(sheet: Sheet, k: int, position: int, line: int | None) -> str:
-    if sheet.kind == "text":
-        return (
-            f"row {k} (line {line})"
-            if sheet.part is None
-            else f"{sheet.part} row {k} (line {line})"
-        )
-    if sheet.kind == "json":
-        return f"record {position}"
-    return f"row {position}" if sheet.part is None else f"sheet {sheet.part!r} row {position}"
-
-
 def _is_summary_row(cells: list[str | None]) -> bool:
     first = [normalize_header(c)[0] for c in cells if c][:2]
     return any(f in _SUMMARY_ROW for f in first)
@@ -757,7 +543,7 @@ def _parse_flat(sheet: Sheet, spec: _FlatSpec, path: str, order: int, stats: dic
     records, rejects = [], []
     width = len(sheet.header)
     for k, (position, line, cells) in enumerate(sheet.rows, start=1):
-        record = _label(sheet, k, position, line)
+        record = row_label(sheet, k, position, line)
         where = f"{record} of {path}"
         raw_id = spec.get(cells, "grant_id")
         if raw_id is None and _is_summary_row(cells):
@@ -766,9 +552,9 @@ def _parse_flat(sheet: Sheet, spec: _FlatSpec, path: str, order: int, stats: dic
         stats["landed"] += 1
         extra = [c for c in cells[width:] if c]
         if extra and sheet.kind == "text":
-            rejects.append(_wrong_columns(path, record, where, len(cells), width))
+            rejects.append(wrong_columns(path, record, where, len(cells), width))
             continue
-        problems = _Problems()
+        problems = Problems()
         grant_id = _grant_id(raw_id)
         if not grant_id:
             problems.add(
@@ -779,8 +565,8 @@ def _parse_flat(sheet: Sheet, spec: _FlatSpec, path: str, order: int, stats: dic
         else:
             where = f"{where} (grant {grant_id})"
         raw_amount = spec.get(cells, "amount")
-        amount, cell_factor = _check_amount(problems, raw_amount, spec.name("amount"), where)
-        start = _check_year(
+        amount, cell_factor = check_amount(problems, raw_amount, spec.name("amount"), where)
+        start = check_year(
             problems,
             spec.get(cells, "start_year"),
             spec.name("start_year"),
@@ -788,7 +574,7 @@ def _parse_flat(sheet: Sheet, spec: _FlatSpec, path: str, order: int, stats: dic
             "start year",
             this_year + 1,
         )
-        end = _check_year(
+        end = check_year(
             problems,
             spec.get(cells, "end_year"),
             spec.name("end_year"),
@@ -798,11 +584,11 @@ def _parse_flat(sheet: Sheet, spec: _FlatSpec, path: str, order: int, stats: dic
         )
         period = re.findall(r"(?:19|20)\d{2}", spec.get(cells, "period") or "")
         if period and start is None and "start_year" not in spec.columns:
-            start = _check_year(
+            start = check_year(
                 problems, period[0], spec.name("period"), where, "start year", this_year + 1
             )
         if period and end is None and "end_year" not in spec.columns:
-            end = _check_year(
+            end = check_year(
                 problems,
                 period[-1],
                 spec.name("period"),
@@ -810,7 +596,7 @@ def _parse_flat(sheet: Sheet, spec: _FlatSpec, path: str, order: int, stats: dic
                 "end year",
                 this_year + 1 + MAX_DURATION_YEARS,
             )
-        _check_order(problems, start, end, where)
+        check_order(problems, start, end, where)
         reject = problems.reject(path, record)
         if reject:
             rejects.append(reject)
@@ -859,238 +645,6 @@ def _unit_label(factor: float, spec: _FlatSpec) -> str:
     return f"10k {spec.currency}" if factor == 10_000.0 else f"{factor:g} {spec.currency}"
 
 
-def _wrong_columns(path: str, record: str, where: str, found: int, expected: int) -> Reject:
-    return Reject(
-        path,
-        TARGET,
-        "wrong_column_count",
-        f"wrong_column_count: {where} has {found} cells but the header has {expected} "
-        f"(quote cells that contain the delimiter and land the file again)",
-        record=record,
-    )
-
-
-def _contact_pi(names: str | None) -> str | None:
-    """The contact PI of an ExPORTER PI_NAMEs cell ("A, B (contact); C, D;"), else the first."""
-    if not names:
-        return None
-    parts = [p.strip() for p in names.split(";") if p.strip()]
-    for part in parts:
-        if "(contact)" in part.lower():
-            return clean_text(re.sub(r"\(contact\)", "", part, flags=re.IGNORECASE))
-    return clean_text(parts[0]) if parts else None
-
-
-def _exporter_rows(sheet: Sheet):
-    """(k, record label, cells, {normalized ExPORTER column: text}) of an ExPORTER CSV."""
-    index = sheet.index()
-    for k, (position, line, cells) in enumerate(sheet.rows, start=1):
-        values = {name: _cell(cells, i) for name, i in index.items()}
-        yield k, _label(sheet, k, position, line), cells, values
-
-
-def _reporter_export_rows(sheet: Sheet):
-    """The RePORTER website export (Project Number, Fiscal Year, Total Cost, Contact PI / Project
-    Leader, Organization Name ...) in ExPORTER terms; a row with only "Total Cost (Sub Projects)"
-    is a sub-project (its cost is inside the parent's Total Cost)."""
-    index: dict[str, int] = {}
-    for i, name in enumerate(sheet.header):  # the brackets are part of these names
-        key = re.sub(r"[^0-9a-z]", "", unicodedata.normalize("NFKC", name).lower())
-        index.setdefault(key, i)
-    for k, (position, line, cells) in enumerate(sheet.rows, start=1):
-
-        def get(name: str, cells: list[str | None] = cells) -> str | None:
-            return _cell(cells, index.get(name))
-
-        number = get("projectnumber") or ""
-        core = re.sub(r"^\d(?=[A-Z])|-.*$", "", number.replace(" ", "").upper()) or None
-        contact = get("contactpiprojectleader")
-        sub_only = get("totalcost") is None and get("totalcostsubprojects") is not None
-        values = {
-            "applicationid": get("applicationid"),
-            "coreprojectnum": core,
-            "fy": get("fiscalyear"),
-            "totalcost": get("totalcost"),
-            "subprojectid": "sub-project" if sub_only else None,
-            "projecttitle": get("projecttitle"),
-            "pinames": f"{contact} (contact)" if contact else None,
-            "orgname": get("organizationname"),
-            "orgstate": get("organizationstate"),
-            "orgcountry": get("organizationcountry"),
-            "activity": get("activity"),
-            "projectstart": get("projectstartdate"),
-            "projectend": get("projectenddate"),
-            "projectterms": get("projectterms"),
-        }
-        yield k, _label(sheet, k, position, line), cells, values
-
-
-def _reporter_rows(sheet: Sheet):
-    """RePORTER API v2 project objects in ExPORTER terms (the same rules apply to both)."""
-    for k, project in enumerate(sheet.records, start=1):
-        org = project.get("organization") or {}
-        pis = project.get("principal_investigators") or []
-        names = [
-            f"{p.get('full_name') or ''}{' (contact)' if p.get('is_contact_pi') else ''}"
-            for p in pis
-            if isinstance(p, dict)
-        ]
-        core = project.get("core_project_num")
-        if not core and project.get("project_num"):
-            core = re.sub(r"^\d|-.*$", "", str(project["project_num"]))
-        values = {
-            "applicationid": cell_text(project.get("appl_id")),
-            "coreprojectnum": cell_text(core),
-            "fy": cell_text(project.get("fiscal_year")),
-            "totalcost": cell_text(project.get("award_amount")),
-            "subprojectid": cell_text(project.get("subproject_id")),
-            "projecttitle": cell_text(project.get("project_title")),
-            "pinames": "; ".join(n for n in names if n.strip()) or None,
-            "orgname": cell_text(org.get("org_name")),
-            "orgstate": cell_text(org.get("org_state")),
-            "orgcountry": cell_text(org.get("org_country")),
-            "activity": cell_text(project.get("activity_code")),
-            "projectstart": cell_text(project.get("project_start_date")),
-            "projectend": cell_text(project.get("project_end_date")),
-            "projectterms": cell_text(project.get("pref_terms")),
-        }
-        yield k, f"record {k}", [], values
-
-
-def _parse_nih_exporter(rows, path: str, order: int, width: int | None, fmt: str, stats: dict):
-    this_year = date.today().year
-    records, rejects = [], []
-    amount_column, id_column = {
-        "nih_reporter_api": ("award_amount", "core_project_num"),
-        "nih_reporter_export": ("Total Cost", "Project Number"),
-    }.get(fmt, ("TOTAL_COST", "CORE_PROJECT_NUM"))
-    for k, record, cells, values in rows:
-        stats["landed"] += 1
-        where = f"{record} of {path}"
-        if width is not None and any(c for c in cells[width:]):
-            rejects.append(_wrong_columns(path, record, where, len(cells), width))
-            continue
-        problems = _Problems()
-        grant_id = (values.get("coreprojectnum") or "").replace(" ", "").upper() or None
-        if not grant_id:
-            problems.add(
-                "missing_grant_id",
-                f"{where} has no grant id (column '{id_column}' is empty; fill it in or "
-                f"remove the row, and land the file again)",
-            )
-        else:
-            where = f"{where} (grant {grant_id})"
-        raw_amount = values.get("totalcost")
-        amount, _factor = _check_amount(problems, raw_amount, amount_column, where)
-        fiscal_year = _check_year(
-            problems, values.get("fy"), "FY", where, "fiscal year", this_year + 1
-        )
-        start = _year_or_none(values.get("projectstart"))
-        end = _year_or_none(values.get("projectend"))
-        reject = problems.reject(path, record)
-        if reject:
-            rejects.append(reject)
-            continue
-        subproject = bool(values.get("subprojectid"))
-        country = values.get("orgcountry")
-        records.append(
-            {
-                "grant_id": grant_id,
-                "source": "nih",
-                "title": clean_title(values.get("projecttitle")),
-                "pi": _contact_pi(values.get("pinames")),
-                "institution": values.get("orgname"),
-                "region": values.get("orgstate"),
-                "country": country.title() if country else None,
-                "fund_type_original": (values.get("activity") or grant_id[:3]).upper(),
-                # sub-project cost is already inside the parent row's TOTAL_COST
-                "amount": None if subproject else amount,
-                "currency": "USD",
-                "amount_unit": "USD",
-                "amount_original": None if subproject else raw_amount,
-                "amount_original_unit": "USD" if raw_amount and not subproject else None,
-                "discipline_code": grant_id[3:5],
-                "keywords": split_keywords(values.get("projectterms")),
-                "source_format": fmt,
-                "_fy": fiscal_year,
-                "_project_start": start,
-                "_project_end": end,
-                "_application_id": values.get("applicationid"),
-                "_order": (order, k),
-                "_file": path,
-            }
-        )
-    return records, rejects
-
-
-def _year_or_none(raw: str | None) -> int | None:
-    try:
-        return parse_year(raw)
-    except ValueError:
-        return None
-
-
-def _parse_nih_project_io(sheet: Sheet, path: str, order: int, stats: dict):
-    index = sheet.index()
-    width = len(sheet.header)
-    records, rejects = [], []
-    for k, (position, line, cells) in enumerate(sheet.rows, start=1):
-        stats["landed"] += 1
-        record = _label(sheet, k, position, line)
-        where = f"{record} of {path}"
-        if any(c for c in cells[width:]):
-            rejects.append(_wrong_columns(path, record, where, len(cells), width))
-            continue
-        problems = _Problems()
-        grant_id = (_cell(cells, index.get("projectnum")) or "").replace(" ", "").upper() or None
-        if not grant_id:
-            problems.add(
-                "missing_grant_id",
-                f"{where} has no grant id (column 'project_num' is empty; fill it in or remove "
-                f"the row, and land the file again)",
-            )
-        else:
-            where = f"{where} (grant {grant_id})"
-        raw_amount = _cell(cells, index.get("totalcost"))
-        amount, _factor = _check_amount(problems, raw_amount, "total_cost", where)
-        reject = problems.reject(path, record)
-        if reject:
-            rejects.append(reject)
-            continue
-        records.append(
-            {
-                "grant_id": grant_id,
-                "source": "nih",
-                "fund_type_original": grant_id[:3],
-                "amount": amount,
-                "currency": "USD",
-                "amount_unit": "USD",
-                "amount_original": raw_amount,
-                "amount_original_unit": "USD" if raw_amount is not None else None,
-                "discipline_code": grant_id[3:5],
-                "n_pubs": _int_or_none(_cell(cells, index.get("npubs"))),
-                "n_patents": _int_or_none(_cell(cells, index.get("npatents"))),
-                "source_format": "nih_project_io",
-                "_order": (order, k),
-                "_file": path,
-            }
-        )
-    return records, rejects
-
-
-def _cell(cells: list[str | None], index: int | None) -> str | None:
-    if index is None or index >= len(cells):
-        return None
-    return clean_text(cells[index])
-
-
-def _int_or_none(raw: str | None) -> int | None:
-    try:
-        return None if raw is None else int(float(raw))
-    except ValueError:
-        return None
-
-
 # merging ----------------------------------------------------------------------------------------
 _MERGED_FIELDS = (
     "source",
@@ -1114,41 +668,6 @@ _MERGED_FIELDS = (
     "n_patents",
     "source_format",
 )
-
-
-def _aggregate_exporter(rows: list[dict]) -> tuple[list[dict], int]:
-    """ExPORTER application rows -> one record per core project; returns (records, rows merged)."""
-    by_application: dict[str, dict] = {}
-    anonymous = []
-    for row in sorted(rows, key=lambda r: r["_order"]):
-        if row["_application_id"]:
-            by_application[row["_application_id"]] = row  # newest file wins
-        else:
-            anonymous.append(row)
-    unique = list(by_application.values()) + anonymous
-    by_grant: dict[str, list[dict]] = {}
-    for row in unique:
-        by_grant.setdefault(row["grant_id"], []).append(row)
-    records = []
-    for grant_id, group in by_grant.items():
-        group.sort(key=lambda r: (r["_fy"] or 0, r["_order"]))
-        latest = dict(group[-1])
-        amounts = [r["amount"] for r in group if r["amount"] is not None]
-        ends = [r["_project_end"] for r in group if r["_project_end"] is not None]
-        years = [r["_fy"] for r in group if r["_fy"] is not None]
-        latest.update(
-            grant_id=grant_id,
-            amount=round(sum(amounts), 2) if amounts else None,
-            amount_original=None,  # a sum of fiscal years has no single original cell
-            amount_original_unit="USD" if amounts else None,
-            start_year=min(years) if years else None,
-            end_year=max(ends) if ends else (max(years) if years else None),
-            n_fiscal_years=len(set(years)) or None,
-            _files=sorted({r["_file"] for r in group}),
-            _order=max(r["_order"] for r in group),
-        )
-        records.append(latest)
-    return records, len(rows) - len(records)
 
 
 def _merge(records: list[dict]) -> tuple[list[dict], int]:
@@ -1274,7 +793,7 @@ def load_grants(
             records, bad, into_exporter = found
             (exporter if into_exporter else plain).extend(records)
             rejects.extend(bad)
-    aggregated, merged_exporter = _aggregate_exporter(exporter)
+    aggregated, merged_exporter = aggregate_exporter(exporter)
     rows, merged = _merge(plain + aggregated)
     stats["quarantined"] = len(rejects)
     stats["merged"] = merged_exporter + merged
@@ -1306,7 +825,7 @@ def _load_sheet(
         fmt = "nih_reporter_api"
     else:
         fmt = detect_format(sheet.header, [cells for _p, _l, cells in sheet.rows[:5]])
-    companion = _companion_file(sheet.header) if fmt is None else None
+    companion = companion_file(sheet.header) if fmt is None else None
     if companion:
         stats["skipped_files"][shown] = companion
         return None
@@ -1335,13 +854,13 @@ def _load_sheet(
     if fmt in ("nih_reporter_api", "nih_exporter", "nih_reporter_export"):
         width = len(sheet.header) if sheet.kind == "text" else None
         rows = {
-            "nih_reporter_api": _reporter_rows,
-            "nih_exporter": _exporter_rows,
-            "nih_reporter_export": _reporter_export_rows,
+            "nih_reporter_api": reporter_rows,
+            "nih_exporter": exporter_rows,
+            "nih_reporter_export": reporter_export_rows,
         }[fmt](sheet)
-        records, bad = _parse_nih_exporter(rows, path, order, width, fmt, stats)
+        records, bad = parse_nih_rows(rows, path, order, width, fmt, stats)
         return records, bad, True
-    records, bad = _parse_nih_project_io(sheet, path, order, stats)
+    records, bad = parse_nih_project_io(sheet, path, order, stats)
     return records, bad, False
 
 
