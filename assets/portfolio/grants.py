@@ -470,18 +470,21 @@ def _nsfc_spec(sheet: Sheet, stats: dict, path: str) -> _FlatSpec:
             pass
         elif unit and _PLAIN_CURRENCY.search(unit):
             spec.factor, spec.unit_label = 1.0, "CNY"
-        elif _median_amount(sheet, columns["amount"][0]) >= YUAN_MEDIAN:
-            spec.factor, spec.unit_label = 1.0, "CNY"
-            stats["assumed_cny_files"].append(path)
         else:
-            stats["assumed_10k_cny_files"].append(path)
+            median = _median_amount(sheet, columns["amount"][0])
+            if median is not None and median >= YUAN_MEDIAN:
+                spec.factor, spec.unit_label = 1.0, "CNY"
+                stats["assumed_cny_files"].append(path)
+            elif median is not None:  # (None: every cell names its unit, nothing assumed)
+                stats["assumed_10k_cny_files"].append(path)
     return spec
 
 
 YUAN_MEDIAN = 10_000  # a median NSFC amount this large is in 元, not 万元 (that would be 1亿)
 
 
-def _median_amount(sheet: Sheet, index: int) -> float:
+def _median_amount(sheet: Sheet, index: int) -> float | None:
+    """Median of the amounts written without a unit in the cell (None when there are none)."""
     values = []
     for _p, _l, cells in sheet.rows:
         try:
@@ -491,7 +494,7 @@ def _median_amount(sheet: Sheet, index: int) -> float:
         if value is not None and factor is None:
             values.append(value)
     values.sort()
-    return values[len(values) // 2] if values else 0.0
+    return values[len(values) // 2] if values else None
 
 
 def _mapped_spec(mapping: Mapping, sheet: Sheet) -> _FlatSpec:
