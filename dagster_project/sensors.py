@@ -11,6 +11,7 @@ from dagster_project.lake import Lake
 LANDING_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "imaging": ("landing/imaging", ("imaging_series", "cases", "radiomics_features")),
     "params": ("params", ("radiomics_features",)),
+    "mappings": ("mappings", ("grants", "clinical", "external_features")),
     "features": ("landing/features", ("external_features",)),
     "clinical": ("landing/clinical", ("clinical",)),
     "grants": ("landing/portfolio/grants", ("grants",)),

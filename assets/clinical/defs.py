@@ -56,11 +56,13 @@ TABLES = ("clinical", "clinical_history", "external_features")
 def clinical(context: dg.AssetExecutionContext, lake: LakeResource):
     from assets.clinical.history import update_history
     from assets.clinical.load import clinical_files, load_centers, load_clinical
+    from dagster_project.mappings import load_mappings
 
     home = lake.lake()
     loaded_at = datetime.now(UTC)
     previous = home.read_table("clinical") if home.has_table("clinical") else None
     history = home.read_table("clinical_history") if home.has_table("clinical_history") else None
+    mappings, mapping_errors = load_mappings(home.home, "clinical")
     table, rejects, stats = load_clinical(
         clinical_files(home.landing),
         home.landing,
@@ -68,7 +70,16 @@ def clinical(context: dg.AssetExecutionContext, lake: LakeResource):
         centers=load_centers(home.home),
         previous=previous,
         loaded_at=loaded_at,
+        mappings=mappings,
     )
+    for error in mapping_errors.values():
+        context.log.warning(f"mapping not used: {error}")
+    for path, names in stats["other_sheets"].items():
+        context.log.warning(
+            f"{path}: only the first worksheet with data is read; not read: {', '.join(names)} "
+            "(one table per file, or one file per sheet)"
+        )
+    stats["mapping_errors"] = mapping_errors
     history = update_history(history, table, loaded_at)
     stats["patients_removed"] = removed_since_last_version(home, "clinical", table, "patient_key")
     if stats["patients_removed"]:
@@ -102,12 +113,14 @@ def external_features(
     context: dg.AssetExecutionContext, lake: LakeResource
 ) -> dg.MaterializeResult:
     from assets.clinical.external import load_external_features
+    from dagster_project.mappings import load_mappings
 
     home = lake.lake()
     cases = home.read_table("cases") if home.has_table("cases") else None
     clinical_table = home.read_table("clinical") if home.has_table("clinical") else None
+    mappings, _errors = load_mappings(home.home, "external_features")
     table, rejects, stats = load_external_features(
-        home.landing, lake.pseudonymizer(), cases, clinical_table
+        home.landing, lake.pseudonymizer(), cases, clinical_table, mappings=mappings
     )
     home.write_table("external_features", table, keep_history=True)
     write_quarantine(home, "external_features", rejects)
