@@ -135,6 +135,15 @@ def cmd_paths(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dagster_project.serve import ServeError, serve
+
+    try:
+        return serve(args.host, args.port)
+    except ServeError as error:
+        return _fail(str(error), 2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radlake", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     mat.add_argument("--select", default="*", help="Dagster asset selection (default: everything)")
     mat.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     mat.set_defaults(func=cmd_materialize)
+
+    srv = sub.add_parser(
+        "serve", help="the Dagster webserver and daemon (sensors, schedule) on one instance"
+    )
+    srv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (0.0.0.0: the lab)")
+    srv.add_argument("--port", type=int, default=3000)
+    srv.set_defaults(func=cmd_serve)
 
     paths = sub.add_parser("paths", help="where the lake, catalog, reports and Dagster home are")
     paths.set_defaults(func=cmd_paths)

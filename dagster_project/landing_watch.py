@@ -5,6 +5,11 @@ size and mtime of every file in it are the same as at the previous tick (a file 
 copied changes size between ticks) and its newest file is older than ``min_age_s``. A stable
 folder whose content digest differs from the one last triggered is *changed*. The cursor keeps one
 digest per folder (not per file), so it stays small for folders of 100,000 DICOM files.
+
+A folder the cursor has never seen (the sensor's first tick, or a folder added later) is compared
+with the lake instead: when every file in it arrived (mtime and ctime) before the last run that
+ingested it started, it is recorded as already triggered, so starting a daemon on a materialized
+lake launches nothing; a folder the lake never ingested (or changed since) triggers once stable.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,13 +29,14 @@ class FolderState:
     digest: str
     files: int
     newest_mtime_ns: int
+    newest_change_ns: int  # the latest mtime or ctime: when the newest file arrived here
 
 
 def folder_state(root: Path) -> FolderState:
     """Digest of (relative path, size, mtime) of every regular, non-hidden file below ``root``."""
     digest = hashlib.sha256()
     files = 0
-    newest = 0
+    newest = changed = 0
     if root.is_dir():
         for path in sorted(root.rglob("*")):
             rel = path.relative_to(root)
@@ -39,7 +46,8 @@ def folder_state(root: Path) -> FolderState:
             digest.update(f"{rel.as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
             files += 1
             newest = max(newest, stat.st_mtime_ns)
-    return FolderState(digest.hexdigest()[:32], files, newest)
+            changed = max(changed, stat.st_mtime_ns, stat.st_ctime_ns)
+    return FolderState(digest.hexdigest()[:32], files, newest, changed)
 
 
 @dataclass
@@ -63,20 +71,36 @@ class Observation:
     changed: dict[str, int]  # source -> number of files in the (stable) folder
     waiting: list[str]  # sources with files still being written
     state: WatchState
+    already_ingested: list[str] = field(default_factory=list)  # first sight, nothing new for the lake
 
 
 def observe(
-    roots: dict[str, Path], state: WatchState, now_ns: int | None = None, min_age_s: float = 2.0
+    roots: dict[str, Path],
+    state: WatchState,
+    now_ns: int | None = None,
+    min_age_s: float = 2.0,
+    ingested_at: Callable[[str], float | None] | None = None,
 ) -> Observation:
-    """Compare the landing folders with the cursor; return the changed sources and the new cursor."""
+    """Compare the landing folders with the cursor; return the changed sources and the new cursor.
+
+    ``ingested_at(source)``: when (epoch seconds) the last run that ingested the source started, or
+    None if the lake never did; asked only for sources the cursor has never seen.
+    """
     now_ns = now_ns if now_ns is not None else time.time_ns()
     new_state = WatchState(seen={}, triggered=dict(state.triggered))
     changed: dict[str, int] = {}
     waiting: list[str] = []
+    already: list[str] = []
     for source, root in sorted(roots.items()):
         current = folder_state(root)
         new_state.seen[source] = current.digest
-        if current.digest == state.triggered.get(source, EMPTY_DIGEST):
+        first_sight = source not in state.seen and source not in state.triggered
+        if first_sight and current.files and ingested_at is not None:
+            since = ingested_at(source)
+            if since is not None and current.newest_change_ns < since * 1e9:
+                new_state.triggered[source] = current.digest
+                already.append(source)
+        if current.digest == new_state.triggered.get(source, EMPTY_DIGEST):
             continue  # nothing new since the last trigger (or still empty)
         settled = (
             state.seen.get(source) == current.digest
@@ -87,4 +111,4 @@ def observe(
             continue
         changed[source] = current.files
         new_state.triggered[source] = current.digest
-    return Observation(changed=changed, waiting=waiting, state=new_state)
+    return Observation(changed=changed, waiting=waiting, state=new_state, already_ingested=already)

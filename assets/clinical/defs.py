@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from dagster_project.core_assets import INGEST_TAG
+from dagster_project.core_assets import INGEST_TAG, reads
 from dagster_project.materialize import table_result
 from dagster_project.quarantine import write_quarantine
 from dagster_project.resources import LakeResource
@@ -33,6 +33,7 @@ TABLES = ("clinical", "clinical_history", "external_features")
             group_name="clinical",
             kinds={"python", "parquet"},
             tags={INGEST_TAG: "ingest"},
+            metadata=reads("landing/clinical"),
             description=(
                 "One row per patient from landing/clinical/*.csv|*.xlsx, typed (schema file or "
                 "inference), pseudonymized; a newer file's values replace older ones."
@@ -83,6 +84,7 @@ def clinical(context: dg.AssetExecutionContext, lake: LakeResource):
     group_name="clinical",
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
+    metadata=reads("landing/features"),
     deps=["clinical", "cases"],
     description=(
         "Feature tables computed elsewhere (pyradiomics batch output, deep or pathology features) "
