@@ -7,6 +7,7 @@ to PostgreSQL instead, so the webserver, the daemon and every run share one data
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -26,7 +27,7 @@ run_coordinator:
 """
 POSTGRES_STORAGE = """\
 # Runs, event logs, schedules and sensor cursors in PostgreSQL, read from the environment variable
-# DAGSTER_PG_URL (postgresql://user:password@host:5432/database; Dagster creates its tables).
+# DAGSTER_PG_URL (postgresql+psycopg2://user:password@host:5432/database; Dagster makes the tables).
 storage:
   postgres:
     postgres_url:
@@ -37,6 +38,25 @@ storage:
 def dagster_yaml() -> str:
     """The instance configuration: local storage, or PostgreSQL when DAGSTER_PG_URL is set."""
     return DAGSTER_YAML + (POSTGRES_STORAGE if os.environ.get("DAGSTER_PG_URL") else "")
+
+
+def pg_url_problem(url: str) -> str | None:
+    """Why DAGSTER_PG_URL cannot work here, or None.
+
+    dagster-postgres talks to the server through psycopg2; SQLAlchemy 2.1 reads a bare
+    ``postgresql://`` URL as psycopg 3, which is not installed: name the driver in the URL.
+    """
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None:
+        rest = url.split("://", 1)[1]
+        return (
+            f"DAGSTER_PG_URL starts with {scheme}://, which SQLAlchemy reads as the psycopg 3 "
+            f"driver (not installed): use postgresql+psycopg2://{rest.split('@')[-1]} (with your "
+            "user and password before the @)"
+        )
+    if not scheme.startswith("postgresql"):
+        return "DAGSTER_PG_URL must look like postgresql+psycopg2://user:password@host:5432/dagster"
+    return None
 
 
 def dagster_home(lake: Lake) -> Path:

@@ -71,7 +71,8 @@ class Observation:
     changed: dict[str, int]  # source -> number of files in the (stable) folder
     waiting: list[str]  # sources with files still being written
     state: WatchState
-    already_ingested: list[str] = field(default_factory=list)  # first sight, nothing new for the lake
+    # first sight of a folder the lake already ingested: recorded, no run
+    already_ingested: list[str] = field(default_factory=list)
 
 
 def observe(

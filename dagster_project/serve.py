@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from dagster_project.instance import ensure_dagster_home
+from dagster_project.instance import ensure_dagster_home, pg_url_problem
 from dagster_project.lake import Lake
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,17 +37,20 @@ def serve_commands(host: str, port: int) -> list[list[str]]:
 
 
 def serve(host: str, port: int) -> int:
+    url = os.environ.get("DAGSTER_PG_URL")
+    if url and (problem := pg_url_problem(url)):
+        raise ServeError(problem)
     lake = Lake.at()
     home = ensure_dagster_home(lake)
     config = (home / "dagster.yaml").read_text(encoding="utf-8")
     on_postgres = "postgres_url" in config
-    if os.environ.get("DAGSTER_PG_URL") and not on_postgres:
+    if url and not on_postgres:
         raise ServeError(
             f"DAGSTER_PG_URL is set but {home / 'dagster.yaml'} keeps runs in local files: point "
             "DAGSTER_HOME at a new folder (radlake writes a PostgreSQL dagster.yaml there) or add "
             "the storage section shown in README.md (Running on a lab server)"
         )
-    if on_postgres and not os.environ.get("DAGSTER_PG_URL"):
+    if on_postgres and not url:
         raise ServeError(f"{home / 'dagster.yaml'} reads DAGSTER_PG_URL, which is not set")
     env = {**os.environ, "LAKE_HOME": str(lake.home), "DAGSTER_HOME": str(home)}
     env.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -55,7 +58,9 @@ def serve(host: str, port: int) -> int:
     print(f"radlake serve: runs and events in {storage}; LAKE_HOME={lake.home}", flush=True)
     print(f"radlake serve: Dagster UI on http://{host}:{port}", flush=True)
 
-    processes = [subprocess.Popen(command, env=env, cwd=REPO) for command in serve_commands(host, port)]
+    processes = [
+        subprocess.Popen(command, env=env, cwd=REPO) for command in serve_commands(host, port)
+    ]
     stopping = []
 
     def stop(signum, _frame):

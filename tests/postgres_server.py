@@ -68,7 +68,7 @@ def postgres_server(database: str = "dagster") -> Iterator[str]:
         try:
             run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "radlake",
                 database)  # fmt: skip
-            yield f"postgresql://radlake@127.0.0.1:{port}/{database}"
+            yield f"postgresql+psycopg2://radlake@127.0.0.1:{port}/{database}"
         finally:
             run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
     except subprocess.CalledProcessError as error:
