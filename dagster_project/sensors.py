@@ -79,7 +79,7 @@ def _validate(context: dg.SensorEvaluationContext, keys: list[dg.AssetKey]) -> N
 
 def _last_run_note(context: dg.SensorEvaluationContext) -> str:
     runs = context.instance.get_runs(
-        filters=dg.RunsFilter(tags={"dagster/sensor_name": context.sensor_name}), limit=1
+        filters=dg.RunsFilter(tags={"dagster/sensor_name": "landing_sensor"}), limit=1
     )
     if not runs or runs[0].status != dg.DagsterRunStatus.FAILURE:
         return ""
