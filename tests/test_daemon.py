@@ -42,24 +42,12 @@ import yaml
 
 from tests.conftest import REPO, shared_path
 from tests.postgres_server import postgres_server
+from tests.test_model_history import HN1
+from tests.test_model_history import SPEC as HN1_HISTORY_SPEC
 
 KEY = "daemon-test-secret-not-for-production"
-HN1 = ("radiomics_features", "radMLBench", "datasets", "Head-Neck-Radiomics-HN1.gz")
 STUDY = "hn1_nightly"
-SPEC = {
-    "name": STUDY,
-    "label": "ln_metastasis",
-    "features": {"external": {"feature_set": "hn1"}},
-    "split": {
-        "development_centers": ["C1"],
-        "internal_validation_fraction": 0.3,
-        "external_validation_centers": ["C2", "C3"],
-        "seed": 7,
-    },
-    "selection": {"variance_min": 0.0, "max_correlation": 0.9, "method": "lasso"},
-    "models": ["logistic_regression"],
-    "bootstrap": 20,
-}
+SPEC = {**HN1_HISTORY_SPEC, "name": STUDY, "models": ["logistic_regression"]}  # HN1, 3 centers
 CASES_CSV = "Image,Mask,Label,patient_id,study_id,modality\nbreast1_image.nrrd,breast1_label.nrrd,1,breast1,S1,MR\n"
 NIH_ROWS = 200  # the first rows of the real NCI project file: a lab's own grants export
 RUN_TIMEOUT_S = 180
@@ -442,3 +430,34 @@ def test_the_daemons_schedule_tick_retrains_the_study(served):
     assert {"train", "internal_validation"} <= cohorts
     assert any(cohort.startswith("external_validation") for cohort in cohorts)
     assert all(0.0 <= value <= 1.0 for _, value in aucs)
+
+
+@pytest.mark.parametrize(
+    ("url", "local_config", "says"),
+    [
+        ("postgresql://dagster:secret@db.lab:5432/dagster", False, "postgresql+psycopg2://"),
+        ("postgresql+psycopg2://dagster:secret@db.lab:5432/dagster", True, "keeps runs in local"),
+    ],
+)
+def test_serve_refuses_a_storage_it_cannot_use_before_starting(tmp_path, url, local_config, says):
+    """A bare postgresql:// URL (SQLAlchemy 2.1 reads it as psycopg 3, not installed) or a
+    DAGSTER_HOME whose dagster.yaml keeps runs in local files while DAGSTER_PG_URL is set: a
+    one-line error naming the fix, exit code 2, no password printed, nothing started."""
+    import importlib.util
+
+    if not local_config and importlib.util.find_spec("psycopg") is not None:
+        pytest.skip("psycopg 3 is installed: a bare postgresql:// URL works")
+    dagster_home = tmp_path / "dagster_home"
+    if local_config:
+        dagster_home.mkdir()
+        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LAKE_HOME": str(tmp_path / "lake"),
+           "DAGSTER_HOME": str(dagster_home), "DAGSTER_PG_URL": url}  # fmt: skip
+    radlake = Path(sys.executable).with_name("radlake")
+    result = subprocess.run(
+        [str(radlake), "serve", "--port", str(_free_port())],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert says in result.stderr and "secret" not in result.stderr + result.stdout
+    assert "Dagster UI" not in result.stdout  # refused before starting anything
