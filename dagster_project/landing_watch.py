@@ -52,18 +52,26 @@ def folder_state(root: Path) -> FolderState:
 
 @dataclass
 class WatchState:
-    """The sensor cursor: per source, the digest seen at the last tick and the one last triggered."""
+    """The sensor cursor: per source, the digest seen at the last tick and the one last triggered;
+    ``runs``: how many runs it requested (a run key is never reused, even when a folder returns
+    to an earlier state, e.g. a file removed and copied back)."""
 
     seen: dict[str, str] = field(default_factory=dict)
     triggered: dict[str, str] = field(default_factory=dict)
+    runs: int = 0
 
     def to_cursor(self) -> str:
-        return json.dumps({"seen": self.seen, "triggered": self.triggered}, sort_keys=True)
+        data = {"seen": self.seen, "triggered": self.triggered, "runs": self.runs}
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_cursor(cls, cursor: str | None) -> WatchState:
         data = json.loads(cursor) if cursor else {}
-        return cls(seen=dict(data.get("seen", {})), triggered=dict(data.get("triggered", {})))
+        return cls(
+            seen=dict(data.get("seen", {})),
+            triggered=dict(data.get("triggered", {})),
+            runs=int(data.get("runs", 0)),
+        )
 
 
 @dataclass
@@ -88,7 +96,7 @@ def observe(
     None if the lake never did; asked only for sources the cursor has never seen.
     """
     now_ns = now_ns if now_ns is not None else time.time_ns()
-    new_state = WatchState(seen={}, triggered=dict(state.triggered))
+    new_state = WatchState(seen={}, triggered=dict(state.triggered), runs=state.runs)
     changed: dict[str, int] = {}
     waiting: list[str] = []
     already: list[str] = []

@@ -139,10 +139,12 @@ def build_landing_sensor(asset_graph) -> dg.SensorDefinition:
             context.log.error(message)
             raise LandingSensorError(message) from error
         context.log.info(f"changed: {summary}; materializing {len(keys)} assets")
-        context.update_cursor(observation.state.to_cursor())
+        state = observation.state
+        state.runs += 1  # a retried tick (same cursor in) gives the same key: one run
+        context.update_cursor(state.to_cursor())
         return dg.RunRequest(
-            run_key="landing-"
-            + hashlib.sha256(observation.state.to_cursor().encode()).hexdigest()[:16],
+            run_key=f"landing-{state.runs}-"
+            + hashlib.sha256(state.to_cursor().encode()).hexdigest()[:12],
             asset_selection=keys,
             tags={TRIGGER_TAG: "landing_sensor", "radlake/changed": summary[:200]},
         )

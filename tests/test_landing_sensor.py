@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from dagster_project.landing_watch import WatchState, observe
+from tests.conftest import shared_path
 
 
 def _tick(roots, state):
@@ -178,7 +179,6 @@ def test_first_tick_on_an_ingested_lake_launches_nothing_new(lake_home):
     from assets.portfolio.defs import grants
     from dagster_project.definitions import defs
     from dagster_project.resources import LakeResource
-    from tests.conftest import shared_path
 
     nih = shared_path("funding", "nih", "project_io_NCI_CA_subset.csv").read_text().splitlines()
     portfolio = lake_home / "landing" / "portfolio"
@@ -216,3 +216,31 @@ def test_first_sight_of_a_folder_compares_its_files_with_the_last_ingest(tmp_pat
 
 def _tick_with(roots, state, ingested_at):
     return observe(roots, state, now_ns=time.time_ns() + 10**10, ingested_at=ingested_at)
+
+
+def test_a_folder_back_in_an_earlier_state_gets_a_new_run_key(lake_home):
+    """Removing a file and copying it back (same name, size, mtime) restores an earlier folder
+    digest; Dagster skips a request whose run key was used, so the key must differ."""
+    from dagster_project.definitions import defs
+
+    sensor = defs.get_sensor_def("landing_sensor")
+    nih = shared_path("funding", "nih", "project_io_NCI_CA_subset.csv").read_text().splitlines()
+    grants = lake_home / "landing" / "portfolio" / "grants"
+    extra = "\n".join([nih[0], *nih[21:26]]) + "\n"
+    _landed(grants / "nci.csv", "\n".join(nih[:21]) + "\n")
+    keys = []
+    with dg.instance_for_test() as instance:
+        cursor = None
+        for step in range(3):  # one file; two files; the second removed again
+            if step == 1:
+                _landed(grants / "more.csv", extra)
+            if step == 2:
+                (grants / "more.csv").unlink()
+            (_, request), cursor = _ticks(sensor, instance, defs, 2, cursor)
+            assert isinstance(request, dg.RunRequest)
+            keys.append(request.run_key)
+        _landed(grants / "more.csv", extra)  # back as it was at step 1
+        (_, request), _ = _ticks(sensor, instance, defs, 2, cursor)
+    assert isinstance(request, dg.RunRequest)
+    keys.append(request.run_key)
+    assert len(set(keys)) == 4, keys
