@@ -1,4 +1,4 @@
-"""Nightly retraining: every study's assets, then the catalog, at 02:00 (RADLAKE_TIMEZONE, default UTC).
+"""Nightly retraining: every study's assets at 02:00 (RADLAKE_TIMEZONE, default UTC).
 
 Runs by default as soon as `dagster dev` (or the daemon) runs. A study whose inputs did not change
 reproduces the same content-hashed model version, so nothing is retrained and no version is added.
@@ -15,11 +15,8 @@ NIGHTLY_CRON = os.environ.get("RADLAKE_NIGHTLY_CRON", "0 2 * * *")
 def build_nightly_schedule() -> dg.ScheduleDefinition:
     job = dg.define_asset_job(
         "nightly_retraining",
-        # the catalog too: a table the night's run writes for the first time (model_versions,
-        # model_metrics, ...) is queryable only once the catalog has a view for it
-        selection=dg.AssetSelection.groups(STUDY_GROUP) | dg.AssetSelection.assets("catalog"),
-        description="Re-materialize every study (splits, models, metrics, figures, survival, "
-        "report), then the catalog.",
+        selection=dg.AssetSelection.groups(STUDY_GROUP),
+        description="Re-materialize every study (splits, models, metrics, figures, survival, report).",
         tags={"radlake/trigger": "nightly"},
     )
     return dg.ScheduleDefinition(
