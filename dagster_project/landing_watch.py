@@ -9,7 +9,8 @@ digest per folder (not per file), so it stays small for folders of 100,000 DICOM
 A folder the cursor has never seen (the sensor's first tick, or a folder added later) is compared
 with the lake instead: when every file in it arrived (mtime and ctime) before the last run that
 ingested it started, it is recorded as already triggered, so starting a daemon on a materialized
-lake launches nothing; a folder the lake never ingested (or changed since) triggers once stable.
+lake launches nothing; a folder the lake changed since triggers once stable, and so does one whose
+assets never ran, even empty (its tables then exist, typed and empty, as in every lake).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 EMPTY_DIGEST = hashlib.sha256().hexdigest()[:32]  # a missing or empty folder
+NEVER_INGESTED = "never-ingested"  # "last triggered" of a folder whose assets never ran
 
 
 @dataclass(frozen=True)
@@ -104,9 +106,11 @@ def observe(
         current = folder_state(root)
         new_state.seen[source] = current.digest
         first_sight = source not in state.seen and source not in state.triggered
-        if first_sight and current.files and ingested_at is not None:
+        if first_sight and ingested_at is not None:
             since = ingested_at(source)
-            if since is not None and current.newest_change_ns < since * 1e9:
+            if since is None:  # never ingested, even if empty: its (empty, typed) tables are due
+                new_state.triggered[source] = NEVER_INGESTED
+            elif current.files and current.newest_change_ns < since * 1e9:
                 new_state.triggered[source] = current.digest
                 already.append(source)
         if current.digest == new_state.triggered.get(source, EMPTY_DIGEST):

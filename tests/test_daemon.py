@@ -2,21 +2,20 @@
 with its runs, events and sensor cursors on a real PostgreSQL server started here, over a temporary
 lake of real public files.
 
-1. Started on a landing zone the lake never ingested (imaging: pyradiomics' breast1 NRRD image and
-   label with a cases.csv; clinical: a CSV of radMLBench's HN1 patients and breast1), the landing
-   sensor's first ticks launch one run, awaited to its end.
-2. Then a file is dropped in each other watched folder in turn (features: HN1's real feature table
-   split over three centers; params: pyradiomics' exampleSettings/Params.yaml; grants: real NCI
-   projects from nihexporter; publications: Biopython's MEDLINE exports); each drop makes the
-   sensor launch exactly one run, awaited to its end, whose new rows are queried through the
-   catalog and compared with the files themselves (or pyradiomics' baseline for features).
+1. Started on a lake that never ingested anything, with only imaging landed (pyradiomics' breast1
+   NRRD image and label with a cases.csv), the landing sensor's first ticks launch one run of
+   every ingest (the empty folders give empty, typed tables), awaited to its end.
+2. Then files are dropped in each other watched folder in turn (clinical: a CSV of radMLBench's
+   HN1 patients and breast1; features: HN1's real feature table split over three centers;
+   params: pyradiomics' exampleSettings/Params.yaml; grants: real NCI projects from nihexporter;
+   publications: Biopython's MEDLINE exports); each drop makes the sensor launch exactly one run,
+   awaited to its end, whose new rows are queried through the catalog and compared with the files
+   themselves (or pyradiomics' baseline for the features). Last, a run that fails (the grants
+   table's folder is a file) is reported as failed by the run, the reporter and the sensor.
 3. A second `radlake serve` (a restart) with ``RADLAKE_NIGHTLY_CRON`` set to a minute that passed
    while the first one ran: the daemon's scheduler launches that missed tick of
    `nightly_retraining` once, which trains the HN1 study and succeeds; the landing sensor,
    resuming from its cursor in PostgreSQL, launches nothing.
-
-A landing zone with clinical but no imaging (or the reverse) fails today's demo cohort SQL
-(issue 13, being fixed): step 1 lands both before the daemon starts.
 """
 
 from __future__ import annotations
@@ -147,28 +146,24 @@ def _step_failures(instance, run) -> dict[str, str]:
     }
 
 
-def _land_initial(landing: Path, hn1: pd.DataFrame) -> None:
+def _land_imaging(landing: Path) -> None:
     center = landing / "imaging" / "C1" / "breast1"
     center.mkdir(parents=True)
     for name in ("breast1_image.nrrd", "breast1_label.nrrd"):
         shutil.copy2(shared_path("pyradiomics", name), center / name)
     (center / "cases.csv").write_text(CASES_CSV)
-    clinical = pd.concat(
-        [
-            hn1[["ID", "center_id", "Target"]].rename(
-                columns={"ID": "patient_id", "Target": "ln_metastasis"}
-            ),
-            pd.DataFrame({"patient_id": ["breast1"], "center_id": ["C1"]}),
-        ]
-    )
-    for column in ("os_months", "os_event", "rfs_months", "rfs_event"):
-        clinical[column] = None  # read by the demo cohort SQL, unknown here
-    (landing / "clinical").mkdir(parents=True)
-    clinical.to_csv(landing / "clinical" / "outcomes.csv", index=False)
 
 
 def _drops(home: Path, hn1: pd.DataFrame, tmp: Path):
     """(folder, how to drop its file) for each watched folder the initial run did not cover."""
+
+    def clinical():
+        table = hn1[["ID", "center_id", "Target"]].rename(
+            columns={"ID": "patient_id", "Target": "ln_metastasis"}
+        )
+        breast1 = pd.DataFrame({"patient_id": ["breast1"], "center_id": ["C1"]})
+        (home / "landing" / "clinical").mkdir(parents=True)
+        pd.concat([table, breast1]).to_csv(home / "landing" / "clinical" / "hn1.csv", index=False)
 
     def features():
         for center, rows in hn1.groupby("center_id"):
@@ -196,8 +191,8 @@ def _drops(home: Path, hn1: pd.DataFrame, tmp: Path):
         for path in sorted(shared_path("publications", "medline").glob("pubmed_result*.txt")):
             shutil.copy2(path, folder / path.name)
 
-    return [("features", features), ("params", params), ("grants", grants),
-            ("publications", publications)]  # fmt: skip
+    return [("clinical", clinical), ("features", features), ("params", params),
+            ("grants", grants), ("publications", publications)]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +228,7 @@ def served(tmp_path_factory):
         for name in ("LAKE_HOME", "DAGSTER_HOME", "DAGSTER_PG_URL", "LAKE_PSEUDONYM_KEY"):
             mp.setenv(name, env[name])
         lake = Lake.at(home)
-        _land_initial(lake.landing, raw)
+        _land_imaging(lake.landing)
         (lake.studies_dir / f"{STUDY}.yaml").write_text(yaml.safe_dump(SPEC))
         runs, rows, seconds = {}, {}, {}
         radlake = Path(sys.executable).with_name("radlake")
@@ -257,7 +252,7 @@ def served(tmp_path_factory):
                 server_info = r.status
             rows["initial"] = {
                 t: query(f"select count(*) from {t}")[0][0]
-                for t in ("clinical", "clinical_history", "imaging_series", "cases")
+                for t in ("clinical", "imaging_series", "cases")
             }
             for folder, drop in _drops(home, raw, root):
                 before = {
@@ -343,18 +338,31 @@ def test_a_failed_sensor_run_is_reported_as_failed(served):
 
 def test_first_ticks_ingest_a_landing_zone_the_lake_never_saw(served):
     run = served["runs"]["initial"]
-    # whole multi-assets, what follows an ingest, never the studies (the nightly job's)
-    assert {"clinical", "clinical_history", "imaging_series", "cases", "radiomics_features",
-            "quarantine", "catalog"} <= _selected(run)  # fmt: skip
+    # a lake whose assets never ran: every ingest (the empty folders give empty, typed tables),
+    # whole multi-assets, what follows them (derived tables, rejects, catalog), never the studies
+    assert {"imaging_series", "cases", "radiomics_features", "clinical", "clinical_history",
+            "external_features", "grants", "publications", "publication_authors", "quarantine",
+            "catalog"} <= _selected(run)  # fmt: skip
     assert not any(key.startswith(f"{STUDY}/") for key in _selected(run))
     assert run.tags["radlake/trigger"] == "landing_sensor"
-    hn1 = served["raw"]
     assert served["rows"]["initial"] == {
-        "clinical": len(hn1) + 1,  # HN1's patients and breast1, as written to outcomes.csv
-        "clinical_history": len(hn1) + 1,
+        "clinical": 0,  # nothing landed there yet: an empty, typed table
         "imaging_series": 1,  # breast1_image.nrrd (the label is the case's mask)
         "cases": 1,
     }
+
+
+def test_dropped_clinical_is_queryable_through_the_catalog(served):
+    hn1, query = served["raw"], served["query"]
+    assert {"clinical", "clinical_history", "external_features"} <= _selected(
+        served["runs"]["clinical"]
+    )  # the whole multi-asset (issue 19) and what reads clinical
+    assert "imaging_series" not in _selected(served["runs"]["clinical"])
+    patients = len(hn1) + 1  # HN1's patients and breast1, as written to hn1.csv
+    assert query("select count(*) from clinical") == [(patients,)]
+    assert query("select count(*) from clinical_history where is_current") == [(patients,)]
+    positives = query("select count(*) from clinical where ln_metastasis = 1")[0][0]
+    assert positives == int(hn1["Target"].sum())
 
 
 def test_each_drop_launches_one_run_of_its_folder(served):
@@ -368,9 +376,9 @@ def test_each_drop_launches_one_run_of_its_folder(served):
         runs["publications"]
     )
     assert "grants" not in _selected(runs["publications"])
-    # one run per change (initial, four drops, the failing one), none after the restart
-    assert len(served["landing_runs"]) == 6
-    assert len(served["after_restart"]) == 6
+    # one run per change (initial, five drops, the failing one), none after the restart
+    assert len(served["landing_runs"]) == 7
+    assert len(served["after_restart"]) == 7
 
 
 def test_dropped_features_are_queryable_through_the_catalog(served):

@@ -76,13 +76,19 @@ def test_sensor_requests_the_folders_readers_and_what_follows_them(lake_home):
     from dagster_project.definitions import defs
 
     sensor = defs.get_sensor_def("landing_sensor")
-    _landed(
-        lake_home / "landing" / "portfolio" / "grants" / "nsfc.csv",
-        "批准号,项目名称\n81971612,影像组学\n",
-    )
+    grants = lake_home / "landing" / "portfolio" / "grants"
+    _landed(grants / "nsfc.csv", "批准号,项目名称\n81971612,影像组学\n")
     with dg.instance_for_test() as instance:
-        (first, second, third), _ = _ticks(sensor, instance, defs, 3)
+        (first, fresh, idle), cursor = _ticks(sensor, instance, defs, 3)
+        _landed(grants / "more.csv", "批准号,项目名称\n81971613,影像组学\n")
+        (waiting, second, third), _ = _ticks(sensor, instance, defs, 3, cursor)
     assert isinstance(first, dg.SkipReason)  # seen once: not yet known to be stable
+    # a lake whose assets never ran: every ingest once, empty folders too (their typed tables)
+    assert isinstance(fresh, dg.RunRequest)
+    ingest = {"imaging_series", "cases", "radiomics_features", "clinical", "external_features",
+              "grants", "publications"}  # fmt: skip
+    assert ingest <= {key.to_user_string() for key in fresh.asset_selection}
+    assert isinstance(idle, dg.SkipReason) and isinstance(waiting, dg.SkipReason)
     assert isinstance(second, dg.RunRequest)
     selected = {key.to_user_string() for key in second.asset_selection}
     # grants, everything downstream (publications as a whole multi-asset, the portfolio SQL),
@@ -90,9 +96,8 @@ def test_sensor_requests_the_folders_readers_and_what_follows_them(lake_home):
     assert {"grants", "publications", "publication_authors", "publication_grants",
             "grants_per_year", "quarantine", "catalog"} <= selected  # fmt: skip
     assert not selected & {"clinical", "cases", "imaging_series", "radiomics_features"}
-    assert not any(
-        defs.resolve_asset_graph().get(k).group_name == "studies" for k in second.asset_selection
-    )
+    graph = defs.resolve_asset_graph()
+    assert not any(graph.get(k).group_name == "studies" for k in second.asset_selection)
     assert isinstance(third, dg.SkipReason)  # nothing new since
 
 
@@ -212,6 +217,19 @@ def test_first_sight_of_a_folder_compares_its_files_with_the_last_ingest(tmp_pat
     (roots["old"] / "b.csv").write_text("y\n")  # a later change to the ingested folder triggers
     third = _tick_with(roots, _tick_with(roots, second.state, ingested.get).state, ingested.get)
     assert third.changed == {"old": 2}
+
+
+def test_a_folder_whose_assets_never_ran_triggers_once_even_empty(tmp_path):
+    roots = {"empty": tmp_path / "missing", "ingested": tmp_path / "also_missing"}
+    ingested = {"empty": None, "ingested": time.time()}
+    first = _tick_with(roots, WatchState(), ingested.get)
+    assert first.changed == {} and first.waiting == ["empty"]  # ingested and still empty: idle
+    second = _tick_with(roots, first.state, ingested.get)
+    assert second.changed == {"empty": 0}  # its ingest writes the empty, typed tables
+    assert _tick_with(roots, second.state, ingested.get).changed == {}
+    # without a lake to ask (no ingested_at), an empty folder never triggers
+    plain = _tick(roots, _tick(roots, WatchState()).state)
+    assert plain.changed == {} and plain.waiting == []
 
 
 def _tick_with(roots, state, ingested_at):
