@@ -236,6 +236,15 @@ def cmd_paths(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dagster_project.serve import ServeError, serve
+
+    try:
+        return serve(args.host, args.port)
+    except ServeError as error:
+        return _fail(str(error), 2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radlake", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -270,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     mat.add_argument("--select", default="*", help="Dagster asset selection (default: everything)")
     mat.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     mat.set_defaults(func=cmd_materialize)
+
+    srv = sub.add_parser(
+        "serve", help="the Dagster webserver and daemon (sensors, schedule) on one instance"
+    )
+    srv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (0.0.0.0: the lab)")
+    srv.add_argument("--port", type=int, default=3000)
+    srv.set_defaults(func=cmd_serve)
 
     key = sub.add_parser("key", help="the pseudonymization key: where it is, or rotate it")
     key.add_argument("action", choices=["show", "rotate"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import dagster as dg
 
 from dagster_project.catalog import sql_files, sql_roots
-from dagster_project.core_assets import INGEST_TAG
+from dagster_project.core_assets import INGEST_TAG, reads
 from dagster_project.lake import Lake
 from dagster_project.materialize import removed_since_last_version, table_result
 from dagster_project.quarantine import write_quarantine
@@ -37,6 +37,7 @@ TABLES = ("clinical", "clinical_history", "external_features")
             group_name="clinical",
             kinds={"python", "parquet"},
             tags={INGEST_TAG: "ingest"},
+            metadata=reads("landing/clinical", "mappings"),
             description=(
                 "One row per patient from landing/clinical/*.csv|*.xlsx, typed (schema file or "
                 "inference), pseudonymized; a newer file's values replace older ones."
@@ -103,6 +104,7 @@ def clinical(context: dg.AssetExecutionContext, lake: LakeResource):
     group_name="clinical",
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
+    metadata=reads("landing/features", "mappings"),
     deps=["clinical", "cases"],
     description=(
         "Feature tables computed elsewhere (pyradiomics batch output, deep or pathology features) "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from dagster_project.core_assets import INGEST_TAG
+from dagster_project.core_assets import INGEST_TAG, reads
 from dagster_project.materialize import removed_since_last_version, table_result
 from dagster_project.quarantine import write_quarantine
 from dagster_project.resources import LakeResource
@@ -53,6 +53,7 @@ def _write_private(path: Path, frame) -> None:
     group_name="imaging",
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
+    metadata=reads("landing/imaging"),
     description="One row per DICOM series or NIfTI/NRRD volume under landing/imaging/<center_id>/, "
     "with the acquisition protocol; headers only, re-reading only new or changed files.",
 )
@@ -82,6 +83,7 @@ def imaging_series(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.
     group_name="imaging",
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
+    metadata=reads("landing/imaging"),
     deps=["imaging_series"],
     description="One row per image/mask pair (cases.csv or the naming convention) that passed mask QC.",
 )

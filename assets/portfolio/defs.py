@@ -13,7 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from dagster_project.core_assets import INGEST_TAG
+from dagster_project.core_assets import INGEST_TAG, reads
 from dagster_project.materialize import table_result
 from dagster_project.quarantine import write_quarantine
 from dagster_project.resources import LakeResource
@@ -28,6 +28,7 @@ TABLES = ("grants", "publications", "publication_authors", "publication_grants")
     group_name="portfolio",
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
+    metadata=reads("landing/portfolio/grants", "mappings"),
     description=(
         "One row per grant from landing/portfolio/grants/** (NSFC exports in their real shapes, "
         "NIH RePORTER API JSON, ExPORTER and project_io CSV, any format with a mapping in "
@@ -63,6 +64,7 @@ def grants(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Material
             group_name="portfolio",
             kinds={"python", "parquet"},
             tags={INGEST_TAG: "ingest"},
+            metadata=reads("landing/portfolio/publications"),
             description=(
                 "One row per publication from landing/portfolio/publications/* (the group's "
                 "export, MEDLINE, PubMed XML); duplicates merged by DOI, PMID, title + year."
