@@ -24,8 +24,12 @@ def _schema(frame: pl.DataFrame) -> dg.TableSchema:
     )
 
 
+# pseudonyms stay out of Dagster's event log (which `radlake forget` does not rewrite)
+KEY_COLUMNS = ("patient_key",)
+
+
 def _preview(frame: pl.DataFrame) -> str:
-    head = frame.head(PREVIEW_ROWS)
+    head = frame.head(PREVIEW_ROWS).drop(KEY_COLUMNS, strict=False)
     cols = head.columns[:12]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in head.select(cols).iter_rows():
