@@ -115,7 +115,9 @@ def test_every_ingest_asset_declares_its_folders_and_every_request_builds():
     assert ingest == set().union(*readers.values())  # no ingest asset without its folders
     assert set(readers) == {"landing/imaging", "landing/clinical", "landing/features",
                             "landing/portfolio/grants", "landing/portfolio/publications",
-                            "params"}  # fmt: skip
+                            "params", "mappings"}  # fmt: skip
+    mapped = {dg.AssetKey(k) for k in ("clinical", "external_features", "grants")}
+    assert readers["mappings"] == mapped  # a new or edited mapping re-runs what it maps
     for folder, keys in readers.items():
         selection = run_selection(graph, keys)
         for key in selection:  # whole multi-assets only
