@@ -54,12 +54,14 @@ def run_selection(asset_graph, readers: frozenset[dg.AssetKey]) -> frozenset[dg.
 
 
 def last_ingest_start(instance: dg.DagsterInstance, keys) -> float | None:
-    """When the run that last materialized every one of ``keys`` started (the earliest), or None."""
+    """When the runs that last materialized ``keys`` started (the earliest), or None when none of
+    them ever ran. A key that never ran is passed over when others did: a folder several assets
+    read besides their own (``mappings``) is not due for them; their own folders are."""
     starts = []
     for key in keys:
         event = instance.get_latest_materialization_event(key)
         if event is None:
-            return None
+            continue
         record = instance.get_run_record_by_id(event.run_id)
         starts.append(record.start_time if record and record.start_time else event.timestamp)
     return min(starts) if starts else None
