@@ -17,7 +17,16 @@ Where cases come from, per center ``landing/imaging/<center_id>/``:
      its sub-folders; the patient id is ``<base>`` (volume pairs) or the series' PatientID;
    - a DICOM SEG is paired with the series it references (ReferencedSeriesSequence), one case per
      segment (label = segment number);
-   - an RTSTRUCT is quarantined (``rtstruct_unsupported``).
+   - an RTSTRUCT is paired with the series it references, with the center's default ROI
+     (``rtstruct_roi`` in ``LAKE_HOME/centers.yaml``) or its only ROI.
+
+RTSTRUCT masks (``assets/imaging/rtstruct.py``): ``Label`` names the ROI (number, name or regular
+expression), else the center's ``rtstruct_roi``. A structure set that references an image series
+other than the case's Image is quarantined as ``rtstruct_series_not_landed`` (that series is not
+in landing/) or ``rtstruct_series_mismatch`` (it is, but the Image is another one).
+
+Readers and lesions: cases.csv may carry ``reader`` and ``lesion``; they enter the ``case_id``
+(two readers' masks of one image are two cases) and land in the columns of the same name.
 
 Path safety: an Image or Mask that resolves outside ``landing/`` (``..``, an absolute path, a
 symlink) is quarantined as ``path_outside_landing`` and never opened.
@@ -45,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from assets.imaging import layout
@@ -63,6 +73,8 @@ from assets.imaging.mask_qc import (
     CaseRejected,
     prepare_case,
 )
+from assets.imaging.settings import DEFAULT as DEFAULT_CENTER
+from assets.imaging.settings import CenterImaging
 from dagster_project.lake import HashCache, file_sha256
 from dagster_project.quarantine import Reject
 
@@ -98,11 +110,14 @@ CASES_SCHEMA: dict[str, Any] = {
     "qc_direction_delta": pl.Float64,
     "qc_max_shift_voxels": pl.Float64,
     "qc_settings": pl.String,
+    "reader": pl.String,
+    "lesion": pl.String,
+    "roi_volume_ml": pl.Float64,  # qc_roi_voxels x voxel volume: the tumour volume
 }
 _QC_REUSED = [
     c
     for c in CASES_SCHEMA
-    if c.startswith("qc_") or c in ("mask_resampled", "label", "segment_label")
+    if c.startswith("qc_") or c in ("mask_resampled", "label", "segment_label", "roi_volume_ml")
 ]
 
 
@@ -140,6 +155,8 @@ class _Candidate:
     phase: str | None = None
     modality: str | None = None
     series_uid: str | None = None
+    reader: str | None = None
+    lesion: str | None = None
     tokens: set[str] = field(default_factory=set)  # identifiers found on the way (for reject paths)
 
 
@@ -163,6 +180,7 @@ def load_cases(
     tolerance: float = DEFAULT_TOLERANCE,
     resample_tolerance: float = DEFAULT_RESAMPLE_TOLERANCE,
     hashes: HashCache | None = None,
+    center_settings: dict[str, CenterImaging] | None = None,
 ) -> CasesResult:
     """Cases of every center (see the module doc).
 
@@ -170,7 +188,8 @@ def load_cases(
     hashes, QC settings) skip the pixel QC. ``scan_files`` (``ScanResult.files``) tells which
     files are DICOM SEG / RTSTRUCT without reading their headers again. ``hashes`` (loaded by the
     caller, saved after) gives the sha256 of unchanged image and mask files without reading them
-    again; without it every file is hashed.
+    again; without it every file is hashed. ``center_settings`` (``settings.load_imaging_settings``)
+    gives each center's default RTSTRUCT ROI.
     """
     landing = Path(landing)
     qc = {
@@ -189,8 +208,10 @@ def load_cases(
     locators: dict[str, CaseLocator] = {}
     stats: dict[str, int] = defaultdict(int)
 
+    center_settings = center_settings or {}
     for center_dir in layout.center_dirs(landing):
         candidates, early = _candidates(landing, center_dir, kinds)
+        default_roi = center_settings.get(center_dir.name, DEFAULT_CENTER).rtstruct_roi
         # every patient id of this center, to scrub the paths of rejects that have none of their own
         center_scrubber = layout.Scrubber()
         for cand in candidates:
@@ -214,7 +235,15 @@ def load_cases(
             stats["landed"] += 1
             try:
                 row, locator, reused = _case(
-                    landing, cand, pseudonymize, series_paths, before, qc, qc_settings, hash_file
+                    landing,
+                    cand,
+                    pseudonymize,
+                    series_paths,
+                    before,
+                    qc,
+                    qc_settings,
+                    hash_file,
+                    default_roi,
                 )
             except _Skip as skip:
                 item = _Early(
@@ -316,6 +345,8 @@ def _candidates(
                     sequence=row.sequence,
                     phase=row.phase,
                     modality=row.modality,
+                    reader=row.reader,
+                    lesion=row.lesion,
                 )
             )
     for path, kind in _mask_like_files(landing, center_dir, kinds):
@@ -416,14 +447,9 @@ def _convention_candidates(
             continue
         kind = kinds(landed)
         if kind == "rtstruct":
-            early.append(
-                _Early(
-                    landed.path,
-                    "rtstruct_unsupported",
-                    "is a DICOM RTSTRUCT (contours), not supported yet",
-                    "convert it to a NIfTI/NRRD label map or a DICOM SEG",
-                )
-            )
+            if image_series is None:
+                image_series = _image_series_folders(files, kinds)
+            candidates.extend(_rtstruct_candidates(center, landed.path, image_series, early))
         elif kind == "seg":
             if image_series is None:
                 image_series = _image_series_folders(files, kinds)
@@ -510,6 +536,36 @@ def _seg_candidates(
     ]
 
 
+def _rtstruct_candidates(
+    center: str, path: Path, image_series: dict[str, Path], early: list[_Early]
+) -> list[_Candidate]:
+    from assets.imaging.rtstruct import read_structure_set
+
+    try:
+        referenced = read_structure_set(path).referenced_series
+    except ImagingError:
+        early.append(
+            _Early(path, "unreadable_mask", "is an RTSTRUCT that cannot be read", "re-export it")
+        )
+        return []
+    found = sorted((uid, image_series[uid]) for uid in referenced if uid in image_series)
+    if not found:
+        early.append(
+            _Early(
+                path,
+                "rtstruct_series_not_landed",
+                f"is an RTSTRUCT whose {len(referenced)} referenced image series "
+                "is not landed in this center",
+                "land the referenced series or write a cases.csv",
+            )
+        )
+        return []
+    uid, folder = found[0]
+    return [
+        _Candidate(center, "rtstruct_reference", "RTSTRUCT", path, folder, path, series_uid=uid)
+    ]
+
+
 # --- one case ----------------------------------------------------------------------------------
 def _case(
     landing: Path,
@@ -520,6 +576,7 @@ def _case(
     qc: dict[str, Any],
     qc_settings: str,
     hash_file: Callable[[Path], str] = file_sha256,
+    default_roi: str | None = None,
 ) -> tuple[dict[str, Any], CaseLocator, bool]:
     if cand.image is None or cand.mask is None:
         missing = "Image" if cand.image is None else "Mask"
@@ -549,22 +606,15 @@ def _case(
     try:
         mask_source = mask_source_of(mask) if mask.is_file() else None
     except ImagingError as exc:
-        raise _Skip(
-            exc.rule if exc.rule == "rtstruct_unsupported" else "unreadable_mask",
-            f"{cand.where}: the mask {exc.detail}",
-        ) from exc
+        raise _Skip("unreadable_mask", f"{cand.where}: the mask {exc.detail}") from exc
     if mask_source is None:
         raise _Skip(
             "unreadable_mask",
             f"{cand.where}: the Mask is a folder, not a mask file",
             "point Mask at the file",
         )
-    if mask_source == "rtstruct":
-        raise _Skip(
-            "rtstruct_unsupported",
-            f"{cand.where}: the mask is a DICOM RTSTRUCT (contours), not supported yet",
-            "convert it to a NIfTI/NRRD label map or a DICOM SEG",
-        )
+    if mask_source == "rtstruct" and not (cand.label or "").strip() and default_roi:
+        cand.label = default_roi  # the center's default ROI pattern (centers.yaml)
     label = _requested_label(cand, mask_source)
 
     image_files, series_uid, header = _image_files(image, cand.series_uid, cand.where)
@@ -585,7 +635,11 @@ def _case(
         )
     cand.patient_id = patient_id
     patient_key = pseudonymize(cand.center_id, patient_id)
-    case_id = layout.case_id_for(pseudonymize, cand.center_id, image_rel, mask_rel, cand.label)
+    if mask_source == "rtstruct":
+        _check_rtstruct_series(mask, series_uid, cand, pseudonymize, series_paths)
+    case_id = layout.case_id_for(
+        pseudonymize, cand.center_id, image_rel, mask_rel, _case_label_key(cand)
+    )
     if series_uid:
         series_id = layout.dicom_series_id(pseudonymize, cand.center_id, series_uid)
     else:
@@ -629,6 +683,8 @@ def _case(
         "case_source": cand.source,
         "cases_row": cand.row,
         "qc_settings": qc_settings,
+        "reader": cand.reader,
+        "lesion": cand.lesion,
     }
     old = before.get(case_id)
     if old is not None and (old["image_sha256"], old["mask_sha256"]) == (image_sha, mask_sha):
@@ -641,9 +697,11 @@ def _case(
     except CaseRejected as exc:
         raise _Skip(exc.rule, exc.reason) from exc
     info = prepared.info
+    spacing = prepared.image.GetSpacing()
     row.update(
         label=int(info["label"]),
         segment_label=info.get("segment_label"),
+        roi_volume_ml=info["qc_roi_voxels"] * float(np.prod(spacing)) / 1000.0,
         **{
             k: info[k]
             for k in (
@@ -668,12 +726,59 @@ def _requested_label(cand: _Candidate, mask_source: str) -> int | str | None:
         return None
     if re.fullmatch(r"[0-9]+(\.0+)?", raw):
         return int(float(raw))
-    if mask_source == "dicom_seg":
+    if mask_source in ("dicom_seg", "rtstruct"):
         return raw
     raise _Skip(
         "invalid_label",
-        f"{cand.where}: Label {raw[:40]!r} is not a whole number (names only select DICOM SEG segments)",
+        f"{cand.where}: Label {raw[:40]!r} is not a whole number "
+        "(names only select DICOM SEG segments and RTSTRUCT ROIs)",
         "write the label value",
+    )
+
+
+def _case_label_key(cand: _Candidate) -> str | None:
+    """What, besides the image and mask paths, tells cases apart: the Label, and the reader and
+    lesion when given (ids of cases without them are unchanged)."""
+    if not cand.reader and not cand.lesion:
+        return cand.label
+    return f"{cand.label or ''}\x1freader={cand.reader or ''}\x1flesion={cand.lesion or ''}"
+
+
+def _check_rtstruct_series(
+    mask: Path,
+    series_uid: str | None,
+    cand: _Candidate,
+    pseudonymize: layout.Pseudonymize,
+    series_paths: dict[str, dict[str, Any]],
+) -> None:
+    """The structure set must reference the case's image series (when it names any)."""
+    from assets.imaging.rtstruct import read_structure_set
+
+    try:
+        structure = read_structure_set(mask)
+    except ImagingError as exc:
+        raise _Skip("unreadable_mask", f"{cand.where}: the mask {exc.detail}") from exc
+    referenced = structure.referenced_series
+    if not referenced or series_uid is None or series_uid in referenced:
+        return
+    contours = sum(len(v) for v in structure.contours.values())
+    ids = sorted(layout.dicom_series_id(pseudonymize, cand.center_id, u) for u in referenced)
+    landed = [i for i in ids if i in series_paths]
+    image_id = layout.dicom_series_id(pseudonymize, cand.center_id, series_uid)
+    numbers = (
+        f"{len(structure.rois)} ROIs, {contours} contours; referenced series "
+        f"{', '.join(i[:12] for i in ids)}, the Image is series {image_id[:12]}"
+    )
+    if landed:
+        raise _Skip(
+            "rtstruct_series_mismatch",
+            f"{cand.where}: the RTSTRUCT references another landed series than the Image ({numbers})",
+            "point Image at the referenced series",
+        )
+    raise _Skip(
+        "rtstruct_series_not_landed",
+        f"{cand.where}: the RTSTRUCT references an image series that is not in landing/ ({numbers})",
+        "land the referenced series",
     )
 
 
@@ -740,7 +845,11 @@ def _reject(
     safe = center_scrubber.scrub(own.scrub(rel))
     if item.detail.startswith(f"{item.rule}: "):  # a reason from mask QC: already complete
         return Reject(safe, TARGET, item.rule, item.detail, item.record)
-    where = "" if item.detail.startswith(("cases.csv", "DICOM SEG", "naming")) else f"{safe} "
+    where = (
+        ""
+        if item.detail.startswith(("cases.csv", "DICOM SEG", "RTSTRUCT", "naming"))
+        else f"{safe} "
+    )
     reason = f"{item.rule}: {where}{item.detail}" + (f" ({item.todo})" if item.todo else "")
     return Reject(safe, TARGET, item.rule, reason, item.record)
 

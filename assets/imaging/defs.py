@@ -87,9 +87,14 @@ def cases(
 ) -> dg.MaterializeResult:
     from assets.imaging.cases import LOCATORS_FILE, load_cases, write_locators
     from assets.imaging.dicom_scan import INDEX_FILE
+    from assets.imaging.settings import load_imaging_settings
     from dagster_project.lake import HASH_CACHE_FILE, HashCache
 
     home = lake.lake()
+    try:
+        center_settings = load_imaging_settings(home.home)
+    except ValueError as exc:  # a bad setting is the group's configuration, not landed data
+        raise dg.Failure(str(exc)) from exc
     hashes = HashCache.load(home.state_dir / HASH_CACHE_FILE)
     if hashes.load_error:
         context.log.warning(f"cases: file hash cache ignored ({hashes.load_error})")
@@ -104,6 +109,7 @@ def cases(
         tolerance=config.tolerance,
         resample_tolerance=config.resample_tolerance,
         hashes=hashes,
+        center_settings=center_settings,
     )
     try:
         hashes.save(home.state_dir / HASH_CACHE_FILE)

@@ -253,24 +253,39 @@ def mask_source_of(path: Path) -> str:
     raise ImagingError("unreadable_mask", f"is a DICOM object of kind {sop!r}, not a segmentation")
 
 
-def read_mask(path: Path, reference, label: int | str | None = None) -> tuple[Any, dict]:
+def read_mask(
+    path: Path,
+    reference,
+    label: int | str | None = None,
+    image_files: Sequence[Path] | None = None,
+    series_uid: str | None = None,
+) -> tuple[Any, dict]:
     """The mask of a case and what was done to read it.
 
     NIfTI/NRRD: the label map as stored (``label`` is checked later by mask QC).
     DICOM SEG: the chosen segment (``label`` = segment number or segment label; ``None`` when the
     SEG has one segment) as a 0/1 mask on ``reference``'s grid; ``info`` holds
     ``segment_number``, ``segment_label``, ``resampled`` and ``label_value`` (always 1).
-    RTSTRUCT raises ``ImagingError('rtstruct_unsupported')``.
+    RTSTRUCT: the chosen ROI (``label`` = ROI number, name or pattern; see ``rtstruct``)
+    rasterized by MIRP on the grid of ``image_files`` (the reference's DICOM files, in order),
+    then placed on ``reference``; ``info`` as for a SEG, plus ``rtstruct_contours``.
     """
     import SimpleITK as sitk
 
     path = Path(path)
     source = mask_source_of(path)
     if source == "rtstruct":
-        raise ImagingError(
-            "rtstruct_unsupported",
-            "is a DICOM RTSTRUCT (contours); convert it to a label map (NIfTI/NRRD) or a DICOM SEG",
-        )
+        from assets.imaging import rtstruct
+
+        if not image_files:
+            raise ImagingError(
+                "rtstruct_series_mismatch",
+                "is a DICOM RTSTRUCT, and the case's Image is not a DICOM series to draw it on",
+            )
+        structure = rtstruct.read_structure_set(path)
+        number = rtstruct.choose_roi(structure, label)
+        rtstruct.check_references(structure, series_uid, None)
+        return rtstruct.rasterize(path, list(image_files), reference, number, structure)
     if source == "dicom_seg":
         return _read_seg(path, reference, label)
     try:

@@ -3,7 +3,8 @@
 Rules (each a quarantine ``rule`` id; the reason names the case and the numbers):
 
 - ``unreadable_image`` / ``unreadable_mask``: the file cannot be read (or is not a scalar volume).
-- ``rtstruct_unsupported``: the mask is a DICOM RTSTRUCT (contours are not rasterized yet).
+- RTSTRUCT masks (``rtstruct``): ``roi_absent``, ``roi_ambiguous``, ``rtstruct_series_mismatch``,
+  ``contour_outside_image`` (see ``assets/imaging/rtstruct.py``).
 - ``geometry_mismatch``: size, spacing, origin or direction of mask and image differ beyond
   ``tolerance`` (mm for spacing/origin, unitless for direction cosines). When size and direction
   agree and the grids are only offset/scaled so little that no voxel centre moves by half a voxel
@@ -31,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from assets.imaging.io import ImagingError, read_image, read_mask
-from assets.imaging.layout import CaseLocator, resolve_inside
+from assets.imaging.io import ImagingError, mask_source_of, read_image, read_mask, series_files
+from assets.imaging.layout import CaseLocator, resolve_inside, volume_format
 
 DEFAULT_MIN_VOXELS = 2
 DEFAULT_TOLERANCE = 1e-3
@@ -41,7 +42,11 @@ DEFAULT_RESAMPLE_TOLERANCE = (
 )
 MASK_RULES = {
     "unreadable_mask",
-    "rtstruct_unsupported",
+    "roi_absent",
+    "roi_ambiguous",
+    "rtstruct_series_mismatch",
+    "contour_outside_image",
+    "empty_mask",
     "label_absent",
     "multilabel_without_label",
     "geometry_mismatch",
@@ -297,7 +302,8 @@ def prepare_case(
         ) from exc
     requested = locator.label
     try:
-        mask, info = read_mask(mask_path, image, requested)
+        files = _rtstruct_image_files(image_path, mask_path, locator.series_uid)
+        mask, info = read_mask(mask_path, image, requested, files, locator.series_uid)
     except ImagingError as exc:
         rule = exc.rule if exc.rule in MASK_RULES else "unreadable_mask"
         raise CaseRejected(rule, f"{rule}: {name}: the mask {exc.detail}") from exc
@@ -322,6 +328,15 @@ def prepare_case(
     info["label"] = info.get("segment_number", qc.label)
     info["pyradiomics_label"] = roi_value
     return PreparedCase(image=image, mask=qc.mask, info=info)
+
+
+def _rtstruct_image_files(image: Path, mask: Path, series_uid: str | None) -> list[Path] | None:
+    """The image's DICOM files in slice order when the mask is an RTSTRUCT (to draw it on)."""
+    if mask_source_of(mask) != "rtstruct":
+        return None
+    if image.is_dir():
+        return series_files(image, series_uid)[1]
+    return None if volume_format(image.name) else [image]
 
 
 def load_case_task(task: Mapping[str, Any], **qc: Any) -> tuple[Any, Any]:
