@@ -14,8 +14,8 @@ wrong type is a ``StudySpecError`` whose message names the file, the key (dotted
 - ``best_model``: ``{metric: auc, cohort: internal_validation}``; with
   ``internal_validation_fraction: 0`` the rule falls back to the cross-validated training AUC
   (``cohort: cv`` asks for that directly)
-- ``case_rule``: ``largest_roi`` (which case represents a patient with several; also ``first``
-  or ``phase:<name>``, applied by the shared pivot ``assets.clinical.pivot``)
+- ``case_rule``: ``largest_roi`` (which case represents a patient with several; also ``first``,
+  ``phase:<name>``, ``reader:<name>`` or ``all_lesions``; see ``assets.studies.case_rule``)
 - ``grids``: per-model overrides of the default tuning grids, e.g. ``{xgboost: {max_depth: [2, 3]}}``
   (parameter names of the estimator; checked against it when the pipeline is built)
 - ``cv_folds``: folds of the stratified cross-validation on the training cohort (integer >= 2,
@@ -56,7 +56,7 @@ SELECTION_METHODS = ("lasso", "mrmr", "univariate")
 BEST_MODEL_METRICS = ("auc", "brier", "accuracy", "sensitivity", "specificity", "ppv", "npv")
 BEST_MODEL_COHORTS = ("internal_validation", "cv", "train", "external_validation")
 CUTOFF_METHODS = ("maxstat", "median")
-CASE_RULES = ("largest_roi", "first", "phase:<name>")
+CASE_RULES = ("largest_roi", "first", "phase:<name>", "reader:<name>", "all_lesions")
 DEFAULT_CV_FOLDS = 5
 CLASSIFICATION_ONLY_KEYS = ("selection", "models", "grids", "best_model", "cv_folds")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -238,7 +238,7 @@ _TOP_KEYS = {
     "cohort_query": "inline SQL returning patient_key",
     "label": "binary clinical column",
     "features": "{radiomics: {params_id}, external: {feature_set}, clinical: [...]}",
-    "case_rule": "largest_roi | first | phase:<name>",
+    "case_rule": "largest_roi | first | phase:<name> | reader:<name> | all_lesions",
     "split": "{development_centers, internal_validation_fraction, external_validation_centers, seed}",
     "selection": "{variance_min, max_correlation, method, n_features, lasso_c}",
     "models": f"list of {', '.join(MODEL_NAMES)}",
@@ -473,11 +473,18 @@ def _best_model(value: Any, source: str) -> BestModelRule:
 
 
 def _case_rule(value: Any, source: str) -> str:
+    from assets.studies import case_rule
+
     rule = _str(value, source, "case_rule", required=True)
-    if rule in ("largest_roi", "first") or (rule.startswith("phase:") and len(rule) > 6):
+    try:
+        kind, _ = case_rule.parse(rule)
+    except ValueError:
+        kind = None
+    if kind is not None and kind != "per_lesion":
         return rule
+    why = " (per_lesion gives several rows per patient; a model needs one)" if kind else ""
     raise StudySpecError(
-        source, "case_rule", f"{rule!r} is not allowed; allowed: {list(CASE_RULES)}"
+        source, "case_rule", f"{rule!r} is not allowed{why}; allowed: {list(CASE_RULES)}"
     )
 
 
