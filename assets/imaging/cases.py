@@ -113,11 +113,15 @@ CASES_SCHEMA: dict[str, Any] = {
     "reader": pl.String,
     "lesion": pl.String,
     "roi_volume_ml": pl.Float64,  # qc_roi_voxels x voxel volume: the tumour volume
+    "intensity_unit": pl.String,  # HU (CT), SUVbw (PET, converted from its own tags), else null
+    "suv_factor": pl.Float64,  # PET: stored values x suv_factor = SUVbw
 }
 _QC_REUSED = [
     c
     for c in CASES_SCHEMA
-    if c.startswith("qc_") or c in ("mask_resampled", "label", "segment_label", "roi_volume_ml")
+    if c.startswith("qc_")
+    or c
+    in ("mask_resampled", "label", "segment_label", "roi_volume_ml", "intensity_unit", "suv_factor")
 ]
 
 
@@ -702,6 +706,8 @@ def _case(
         label=int(info["label"]),
         segment_label=info.get("segment_label"),
         roi_volume_ml=info["qc_roi_voxels"] * float(np.prod(spacing)) / 1000.0,
+        intensity_unit=info.get("intensity_unit"),
+        suv_factor=info.get("suv_factor"),
         **{
             k: info[k]
             for k in (
@@ -902,6 +908,7 @@ def case_tasks(
                 "mask_sha256": row["mask_sha256"],
                 "mask_source": locator.mask_source,
                 "series_uid": locator.series_uid,
+                "intensity_unit": row.get("intensity_unit"),
                 "landing": str(landing),
             }
         )

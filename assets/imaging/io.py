@@ -207,14 +207,16 @@ def _int_or_none(value) -> int | None:
 
 
 # --- images ----------------------------------------------------------------------------------
-def read_image(path: Path, series_uid: str | None = None):
-    """A ``SimpleITK.Image`` from a NIfTI/NRRD file, a DICOM file, or a DICOM series folder."""
+def read_image(path: Path, series_uid: str | None = None, files: Sequence[Path] | None = None):
+    """A ``SimpleITK.Image`` from a NIfTI/NRRD file, a DICOM file, or a DICOM series folder
+    (``files``: the series' files in slice order, when the caller has listed them already)."""
     import SimpleITK as sitk
 
     path = Path(path)
     try:
         if path.is_dir():
-            _, files = series_files(path, series_uid)
+            if files is None:
+                _, files = series_files(path, series_uid)
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames([str(f) for f in files])
             image = reader.Execute()

@@ -3,6 +3,9 @@
 Rules (each a quarantine ``rule`` id; the reason names the case and the numbers):
 
 - ``unreadable_image`` / ``unreadable_mask``: the file cannot be read (or is not a scalar volume).
+- ``pet_suv_missing_tag`` / ``pet_suv_unsupported``: a PET series that cannot be put in SUV
+  (body weight); the reason names the tag (``assets/imaging/suv.py``). PET images are handed
+  to pyradiomics in SUVbw; ``intensity_unit`` says so.
 - RTSTRUCT masks (``rtstruct``): ``roi_absent``, ``roi_ambiguous``, ``rtstruct_series_mismatch``,
   ``contour_outside_image`` (see ``assets/imaging/rtstruct.py``).
 - ``geometry_mismatch``: size, spacing, origin or direction of mask and image differ beyond
@@ -32,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from assets.imaging.io import ImagingError, mask_source_of, read_image, read_mask, series_files
+from assets.imaging.io import ImagingError, read_header, read_image, read_mask, series_files
 from assets.imaging.layout import CaseLocator, resolve_inside, volume_format
 
 DEFAULT_MIN_VOXELS = 2
@@ -40,6 +43,7 @@ DEFAULT_TOLERANCE = 1e-3
 DEFAULT_RESAMPLE_TOLERANCE = (
     0.5  # voxels: below this a nearest-neighbour resample moves no ROI voxel
 )
+IMAGE_RULES = {"ambiguous_series", "pet_suv_missing_tag", "pet_suv_unsupported"}
 MASK_RULES = {
     "unreadable_mask",
     "roi_absent",
@@ -294,15 +298,16 @@ def prepare_case(
             "outside landing/ (refusing to read it; land the file and use a relative path)",
         )
     try:
-        image = read_image(image_path, locator.series_uid)
+        files = _dicom_files(image_path, locator.series_uid)
+        image = read_image(image_path, locator.series_uid, files)
+        image, intensity = _intensity_unit(image, files)
     except ImagingError as exc:
-        rule = exc.rule if exc.rule == "ambiguous_series" else "unreadable_image"
+        rule = exc.rule if exc.rule in IMAGE_RULES else "unreadable_image"
         raise CaseRejected(
             rule, f"{rule}: {name}: the image {exc.detail} (fix or re-export the image)"
         ) from exc
     requested = locator.label
     try:
-        files = _rtstruct_image_files(image_path, mask_path, locator.series_uid)
         mask, info = read_mask(mask_path, image, requested, files, locator.series_uid)
     except ImagingError as exc:
         rule = exc.rule if exc.rule in MASK_RULES else "unreadable_mask"
@@ -323,6 +328,7 @@ def prepare_case(
     if not qc.ok:
         raise CaseRejected(qc.rule or "unreadable_mask", qc.reason)
     info = dict(info)
+    info.update(intensity)
     info.update(qc.qc_columns())
     info["mask_resampled"] = bool(qc.mask_resampled or info.get("resampled"))
     info["label"] = info.get("segment_number", qc.label)
@@ -330,13 +336,27 @@ def prepare_case(
     return PreparedCase(image=image, mask=qc.mask, info=info)
 
 
-def _rtstruct_image_files(image: Path, mask: Path, series_uid: str | None) -> list[Path] | None:
-    """The image's DICOM files in slice order when the mask is an RTSTRUCT (to draw it on)."""
-    if mask_source_of(mask) != "rtstruct":
-        return None
+def _dicom_files(image: Path, series_uid: str | None) -> list[Path] | None:
+    """The image's DICOM files in slice order (None for a NIfTI/NRRD volume)."""
     if image.is_dir():
         return series_files(image, series_uid)[1]
     return None if volume_format(image.name) else [image]
+
+
+def _intensity_unit(image, files: list[Path] | None) -> tuple[Any, dict[str, Any]]:
+    """PET -> SUV (body weight) by ``suv``; the unit the image's values are in (HU for CT)."""
+    if not files:
+        return image, {"intensity_unit": None, "suv_factor": None}
+    modality = str(read_header(files[0], ["Modality"]).get("Modality", "") or "").upper()
+    if modality != "PT":
+        return image, {"intensity_unit": "HU" if modality == "CT" else None, "suv_factor": None}
+    import SimpleITK as sitk
+
+    from assets.imaging.suv import SUV_UNIT, read_pet_headers, suv_factor
+
+    factor = suv_factor(read_pet_headers(files))
+    suv = sitk.Cast(image, sitk.sitkFloat64) * factor.factor
+    return suv, {"intensity_unit": SUV_UNIT, "suv_factor": factor.factor}
 
 
 def load_case_task(task: Mapping[str, Any], **qc: Any) -> tuple[Any, Any]:

@@ -5,7 +5,7 @@ A parameter set is one YAML file in pyradiomics' own format (``setting`` / ``ima
 Sources, in order of precedence:
 
 1. ``LAKE_HOME/params/*.yaml`` (and ``*.yml``): the user's files;
-2. ``assets/radiomics/params/*.yaml``: the shipped defaults ``ct_default`` and ``mr_default``.
+2. ``assets/radiomics/params/*.yaml``: the shipped defaults ``ct_default``, ``mr_default`` and ``pt_default`` (PET in SUV).
 
 ``params_id`` is the file stem; a user file with the same stem as a shipped one replaces it.
 ``params_sha256`` is the SHA-256 of the file's *parsed* content written as canonical JSON, so an

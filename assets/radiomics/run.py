@@ -167,6 +167,7 @@ class _BatchWriter:
                     "feature": feature,
                     "value": value,
                     "extractor_version": result.extractor_version,
+                    "intensity_unit": task.get("intensity_unit"),
                 }
             )
         for key, value in result.diagnostics.items():
