@@ -60,9 +60,12 @@ import polars as pl
 from assets.imaging import layout
 from assets.imaging.io import (
     ImagingError,
+    folder_series,
+    kept_out,
     mask_source_of,
     read_header,
     series_files,
+    series_members,
     sop_kind,
 )
 from assets.imaging.layout import CaseLocator
@@ -70,6 +73,7 @@ from assets.imaging.mask_qc import (
     DEFAULT_MIN_VOXELS,
     DEFAULT_RESAMPLE_TOLERANCE,
     DEFAULT_TOLERANCE,
+    IMAGE_RULES,
     CaseRejected,
     prepare_case,
 )
@@ -115,13 +119,22 @@ CASES_SCHEMA: dict[str, Any] = {
     "roi_volume_ml": pl.Float64,  # qc_roi_voxels x voxel volume: the tumour volume
     "intensity_unit": pl.String,  # HU (CT), SUVbw (PET, converted from its own tags), else null
     "suv_factor": pl.Float64,  # PET: stored values x suv_factor = SUVbw
+    "image_note": pl.String,  # a correction of the image's geometry (slice gaps, gantry tilt)
 }
 _QC_REUSED = [
     c
     for c in CASES_SCHEMA
     if c.startswith("qc_")
     or c
-    in ("mask_resampled", "label", "segment_label", "roi_volume_ml", "intensity_unit", "suv_factor")
+    in (
+        "mask_resampled",
+        "label",
+        "segment_label",
+        "roi_volume_ml",
+        "intensity_unit",
+        "suv_factor",
+        "image_note",
+    )
 ]
 
 
@@ -161,6 +174,7 @@ class _Candidate:
     series_uid: str | None = None
     reader: str | None = None
     lesion: str | None = None
+    kept_out: list[tuple[str, str, str]] = field(default_factory=list)  # (series key, rule, detail)
     tokens: set[str] = field(default_factory=set)  # identifiers found on the way (for reject paths)
 
 
@@ -213,9 +227,10 @@ def load_cases(
     stats: dict[str, int] = defaultdict(int)
 
     center_settings = center_settings or {}
+    reported: set[str] = set()  # kept-out series already in quarantine
     for center_dir in layout.center_dirs(landing):
         candidates, early = _candidates(landing, center_dir, kinds)
-        default_roi = center_settings.get(center_dir.name, DEFAULT_CENTER).rtstruct_roi
+        settings = center_settings.get(center_dir.name, DEFAULT_CENTER)
         # every patient id of this center, to scrub the paths of rejects that have none of their own
         center_scrubber = layout.Scrubber()
         for cand in candidates:
@@ -247,9 +262,12 @@ def load_cases(
                     qc,
                     qc_settings,
                     hash_file,
-                    default_roi,
+                    settings,
                 )
             except _Skip as skip:
+                _report_kept_out(
+                    landing, cand, reported, rejects, stats, pseudonymize, center_scrubber
+                )
                 item = _Early(
                     cand.origin,
                     skip.rule,
@@ -262,6 +280,7 @@ def load_cases(
                     _reject(landing, item, center_scrubber, pseudonymize, cand.center_id)
                 )
                 continue
+            _report_kept_out(landing, cand, reported, rejects, stats, pseudonymize, center_scrubber)
             if row["case_id"] in locators:
                 stats["merged"] += 1  # the same image/mask/label listed twice
                 continue
@@ -580,7 +599,7 @@ def _case(
     qc: dict[str, Any],
     qc_settings: str,
     hash_file: Callable[[Path], str] = file_sha256,
-    default_roi: str | None = None,
+    settings: CenterImaging = DEFAULT_CENTER,
 ) -> tuple[dict[str, Any], CaseLocator, bool]:
     if cand.image is None or cand.mask is None:
         missing = "Image" if cand.image is None else "Mask"
@@ -617,11 +636,11 @@ def _case(
             f"{cand.where}: the Mask is a folder, not a mask file",
             "point Mask at the file",
         )
-    if mask_source == "rtstruct" and not (cand.label or "").strip() and default_roi:
-        cand.label = default_roi  # the center's default ROI pattern (centers.yaml)
+    if mask_source == "rtstruct" and not (cand.label or "").strip() and settings.rtstruct_roi:
+        cand.label = settings.rtstruct_roi  # the center's default ROI pattern (centers.yaml)
     label = _requested_label(cand, mask_source)
 
-    image_files, series_uid, header = _image_files(image, cand.series_uid, cand.where)
+    image_files, series_uid, header = _image_files(image, cand.series_uid, cand.where, cand)
     patient_id = cand.patient_id or (_text(header.get("PatientID")) if header is not None else None)
     if not patient_id and layout.volume_format(image.name):
         patient_id = layout.image_base(image.name)
@@ -665,7 +684,11 @@ def _case(
         series_uid=series_uid,
         image_sha256=image_sha,
         mask_sha256=mask_sha,
+        slice_gaps=settings.slice_gaps,
+        gantry_tilt=settings.gantry_tilt,
     )
+    if (settings.slice_gaps, settings.gantry_tilt) != ("quarantine", "quarantine"):
+        qc_settings += f";slice_gaps={settings.slice_gaps};gantry_tilt={settings.gantry_tilt}"
     row: dict[str, Any] = {
         "case_id": case_id,
         "patient_key": patient_key,
@@ -691,7 +714,11 @@ def _case(
         "lesion": cand.lesion,
     }
     old = before.get(case_id)
-    if old is not None and (old["image_sha256"], old["mask_sha256"]) == (image_sha, mask_sha):
+    if old is not None and (old["image_sha256"], old["mask_sha256"], old["qc_settings"]) == (
+        image_sha,
+        mask_sha,
+        qc_settings,
+    ):
         row.update({k: old[k] for k in _QC_REUSED})
         locator = _with_label(locator, row["label"])
         return row, locator, True
@@ -707,6 +734,7 @@ def _case(
         segment_label=info.get("segment_label"),
         roi_volume_ml=info["qc_roi_voxels"] * float(np.prod(spacing)) / 1000.0,
         intensity_unit=info.get("intensity_unit"),
+        image_note=info.get("image_note"),
         suv_factor=info.get("suv_factor"),
         **{
             k: info[k]
@@ -789,14 +817,23 @@ def _check_rtstruct_series(
 
 
 def _image_files(
-    image: Path, series_uid: str | None, where: str
+    image: Path, series_uid: str | None, where: str, cand: _Candidate | None = None
 ) -> tuple[list[Path], str | None, Any]:
-    """Files of the image, its SeriesInstanceUID (DICOM) and one DICOM header (or None)."""
+    """Files of the image, its SeriesInstanceUID (DICOM) and one DICOM header (or None).
+    Series of the folder kept out of cases (localizers, ...) are noted on ``cand``."""
     if layout.volume_format(image.name) and image.is_file():
         return [image], None, None
     try:
         if image.is_dir():
-            uid, files = series_files(image, series_uid)
+            groups = folder_series(image)
+            uid, members = series_members(image, series_uid, groups)
+            if cand is not None:
+                cand.kept_out = [
+                    (f"{image}\x1f{other}", rule, f"{detail}; {len(groups[other])} file(s)")
+                    for other, (rule, detail) in kept_out(groups).items()
+                    if other != uid
+                ]
+            files = [path for path, _ in members]
         else:
             dataset = read_header(image)
             if sop_kind(dataset) != "image":
@@ -804,7 +841,7 @@ def _image_files(
             uid, files = _text(dataset.get("SeriesInstanceUID")), [image]
         header = read_header(files[0], [*_IDENTIFYING_TAGS, "Modality"])
     except ImagingError as exc:
-        rule = exc.rule if exc.rule == "ambiguous_series" else "unreadable_image"
+        rule = exc.rule if exc.rule in IMAGE_RULES else "unreadable_image"
         raise _Skip(rule, f"{where}: the image {exc.detail}", "fix the Image path") from exc
     return files, uid, header
 
@@ -830,10 +867,34 @@ def _series_paths(series_df: pl.DataFrame | None) -> dict[str, dict[str, Any]]:
 
 
 def _previous(previous: pl.DataFrame | None, qc_settings: str) -> dict[str, dict[str, Any]]:
+    """Last run's rows by case_id (reused when hashes and QC settings, with the center's
+    geometry settings, are unchanged: ``_case`` compares them)."""
     if previous is None or previous.is_empty() or not set(CASES_SCHEMA) <= set(previous.columns):
         return {}
-    frame = previous.filter(pl.col("qc_settings") == qc_settings)
+    frame = previous.filter(pl.col("qc_settings").str.starts_with(qc_settings))
     return {row["case_id"]: row for row in frame.iter_rows(named=True)}
+
+
+def _report_kept_out(
+    landing: Path,
+    cand: _Candidate,
+    reported: set[str],
+    rejects: list[Reject],
+    stats: dict[str, int],
+    pseudonymize: layout.Pseudonymize,
+    center_scrubber: layout.Scrubber,
+) -> None:
+    """One quarantine row per series kept out of cases in a case's image folder (once each)."""
+    for key, rule, detail in cand.kept_out:
+        if key in reported:
+            continue
+        reported.add(key)
+        stats["landed"] += 1
+        folder = Path(key.split("\x1f")[0])
+        item = _Early(folder, rule, f"{cand.where}: a series in the Image folder {detail}")
+        item.patient_id, item.tokens = cand.patient_id, cand.tokens
+        item.todo = "kept out of cases; nothing to do unless it is the image you meant"
+        rejects.append(_reject(landing, item, center_scrubber, pseudonymize, cand.center_id))
 
 
 def _reject(
@@ -909,6 +970,8 @@ def case_tasks(
                 "mask_source": locator.mask_source,
                 "series_uid": locator.series_uid,
                 "intensity_unit": row.get("intensity_unit"),
+                "slice_gaps": locator.slice_gaps,
+                "gantry_tilt": locator.gantry_tilt,
                 "landing": str(landing),
             }
         )

@@ -159,15 +159,25 @@ def _float_list(value) -> list[float] | None:
 def series_files(folder: Path, series_uid: str | None = None) -> tuple[str, list[Path]]:
     """(SeriesInstanceUID, files ordered by slice position) of the image series in a folder.
 
-    Only files directly in ``folder`` count. With several image series and no ``series_uid``
-    the choice is ambiguous and ``ImagingError('ambiguous_series')`` is raised.
+    Only files directly in ``folder`` count. Localizers, secondary captures, dose screens and
+    derived reformats are left out (``hospital.classify``); with several image series left and
+    no ``series_uid`` the choice is ambiguous and ``ImagingError('ambiguous_series')`` is raised.
     """
+    uid, members = series_members(folder, series_uid)
+    return uid, [path for path, _ in members]
+
+
+_SERIES_TAGS = (*HEADER_TAGS, "ImageType")
+
+
+def folder_series(folder: Path) -> dict[str, list[tuple[Path, Any]]]:
+    """Image series directly in ``folder``: SeriesInstanceUID -> [(file, header)], unordered."""
     groups: dict[str, list[tuple[Path, Any]]] = {}
     for path in sorted(
         p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")
     ):
         try:
-            dataset = read_header(path)
+            dataset = read_header(path, _SERIES_TAGS)
         except ImagingError:
             continue  # stray non-DICOM files in a series folder are the scan's business
         if sop_kind(dataset) != "image":
@@ -175,28 +185,70 @@ def series_files(folder: Path, series_uid: str | None = None) -> tuple[str, list
         uid = str(dataset.get("SeriesInstanceUID", "") or "")
         if uid:
             groups.setdefault(uid, []).append((path, dataset))
+    return groups
+
+
+def kept_out(groups: dict[str, list[tuple[Path, Any]]]) -> dict[str, tuple[str, str]]:
+    """SeriesInstanceUID -> (rule, detail) of the series of a folder that are no case image."""
+    from assets.imaging.hospital import classify, derived_beside_original
+
+    uids = list(groups)
+    firsts = [groups[u][0][1] for u in uids]
+    out = {}
+    for uid, first, beside in zip(uids, firsts, derived_beside_original(firsts), strict=True):
+        found = classify(first)
+        if found is None and beside:
+            found = ("derived_image", "is a DERIVED series beside the ORIGINAL series it came from")
+        if found is not None:
+            out[uid] = found
+    return out
+
+
+def series_members(
+    folder: Path,
+    series_uid: str | None = None,
+    groups: dict[str, list[tuple[Path, Any]]] | None = None,
+) -> tuple[str, list[tuple[Path, Any]]]:
+    """(SeriesInstanceUID, [(file, header)] in slice order) of the folder's case image series
+    (``groups``: ``folder_series(folder)`` when the caller has read it already)."""
+    groups = folder_series(folder) if groups is None else groups
     if series_uid is not None:
         if series_uid not in groups:
             raise ImagingError(
                 "unreadable_image", "the series named for this case is not in the folder"
             )
         chosen = series_uid
-    elif not groups:
-        raise ImagingError("unreadable_image", "the folder holds no DICOM image series")
-    elif len(groups) > 1:
-        raise ImagingError(
-            "ambiguous_series",
-            f"the folder holds {len(groups)} DICOM image series; put each series in its own folder",
-        )
     else:
-        chosen = next(iter(groups))
+        out = kept_out(groups)
+        images = [u for u in groups if u not in out]
+        if not groups:
+            raise ImagingError("unreadable_image", "the folder holds no DICOM image series")
+        if not images:
+            rule, detail = next(iter(out.values()))
+            raise ImagingError(
+                rule if len(out) == 1 else "unreadable_image",
+                f"is a folder without an image series for a case: its only series {detail}"
+                if len(out) == 1
+                else f"is a folder without an image series for a case, only {len(out)} series "
+                f"kept out ({', '.join(sorted({r for r, _ in out.values()}))})",
+            )
+        if len(images) > 1:
+            listing = ", ".join(
+                f"{groups[u][0][1].get('Modality', '?')} {len(groups[u])} files" for u in images
+            )
+            raise ImagingError(
+                "ambiguous_series",
+                f"the folder holds {len(images)} DICOM image series ({listing}); put each series "
+                "in its own folder or name the series",
+            )
+        chosen = images[0]
     members = groups[chosen]
     order, _ = order_slices(
         [_float_list(d.get("ImagePositionPatient")) for _, d in members],
         [_float_list(d.get("ImageOrientationPatient")) for _, d in members],
         [_int_or_none(d.get("InstanceNumber")) for _, d in members],
     )
-    return chosen, [members[i][0] for i in order]
+    return chosen, [members[i] for i in order]
 
 
 def _int_or_none(value) -> int | None:

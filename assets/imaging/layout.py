@@ -292,6 +292,8 @@ class CaseLocator:
     series_uid: str | None = None  # which series of a DICOM folder is the image
     image_sha256: str | None = None
     mask_sha256: str | None = None
+    slice_gaps: str = "quarantine"  # or resample (the center's setting, centers.yaml)
+    gantry_tilt: str = "quarantine"
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

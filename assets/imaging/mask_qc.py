@@ -3,6 +3,9 @@
 Rules (each a quarantine ``rule`` id; the reason names the case and the numbers):
 
 - ``unreadable_image`` / ``unreadable_mask``: the file cannot be read (or is not a scalar volume).
+- ``localizer``, ``secondary_capture``, ``dose_report``, ``derived_image``: the Image folder holds
+  no series for a case; ``slice_gap``, ``gantry_tilt``: the series' geometry (``hospital``), unless
+  the center's settings say ``resample`` (then ``image_note`` records the correction).
 - ``pet_suv_missing_tag`` / ``pet_suv_unsupported``: a PET series that cannot be put in SUV
   (body weight); the reason names the tag (``assets/imaging/suv.py``). PET images are handed
   to pyradiomics in SUVbw; ``intensity_unit`` says so.
@@ -35,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from assets.imaging.io import ImagingError, read_header, read_image, read_mask, series_files
+from assets.imaging.hospital import KEPT_OUT, check_geometry, read_regular
+from assets.imaging.io import ImagingError, read_header, read_image, read_mask, series_members
 from assets.imaging.layout import CaseLocator, resolve_inside, volume_format
 
 DEFAULT_MIN_VOXELS = 2
@@ -43,7 +47,14 @@ DEFAULT_TOLERANCE = 1e-3
 DEFAULT_RESAMPLE_TOLERANCE = (
     0.5  # voxels: below this a nearest-neighbour resample moves no ROI voxel
 )
-IMAGE_RULES = {"ambiguous_series", "pet_suv_missing_tag", "pet_suv_unsupported"}
+IMAGE_RULES = {
+    "ambiguous_series",
+    "pet_suv_missing_tag",
+    "pet_suv_unsupported",
+    "slice_gap",
+    "gantry_tilt",
+    *KEPT_OUT,
+}
 MASK_RULES = {
     "unreadable_mask",
     "roi_absent",
@@ -298,9 +309,19 @@ def prepare_case(
             "outside landing/ (refusing to read it; land the file and use a relative path)",
         )
     try:
-        files = _dicom_files(image_path, locator.series_uid)
-        image = read_image(image_path, locator.series_uid, files)
+        members = _dicom_members(image_path, locator.series_uid)
+        files = [path for path, _ in members] if members else None
+        fixes: list[str] = []
+        if members and len(members) > 2:
+            found, fixes = check_geometry(
+                [h for _, h in members], locator.slice_gaps, locator.gantry_tilt
+            )
+        if fixes:
+            image, note = read_regular(files, found, fixes)
+        else:
+            image, note = read_image(image_path, locator.series_uid, files), None
         image, intensity = _intensity_unit(image, files)
+        intensity["image_note"] = note
     except ImagingError as exc:
         rule = exc.rule if exc.rule in IMAGE_RULES else "unreadable_image"
         raise CaseRejected(
@@ -336,11 +357,11 @@ def prepare_case(
     return PreparedCase(image=image, mask=qc.mask, info=info)
 
 
-def _dicom_files(image: Path, series_uid: str | None) -> list[Path] | None:
-    """The image's DICOM files in slice order (None for a NIfTI/NRRD volume)."""
+def _dicom_members(image: Path, series_uid: str | None) -> list[tuple[Path, Any]] | None:
+    """The image's DICOM files and headers in slice order (None for a NIfTI/NRRD volume)."""
     if image.is_dir():
-        return series_files(image, series_uid)[1]
-    return None if volume_format(image.name) else [image]
+        return series_members(image, series_uid)[1]
+    return None if volume_format(image.name) else [(image, None)]
 
 
 def _intensity_unit(image, files: list[Path] | None) -> tuple[Any, dict[str, Any]]:
@@ -375,6 +396,8 @@ def load_case_task(task: Mapping[str, Any], **qc: Any) -> tuple[Any, Any]:
         mask_source=str(task.get("mask_source", "")),
         label=task.get("label"),
         series_uid=task.get("series_uid"),
+        slice_gaps=str(task.get("slice_gaps") or "quarantine"),
+        gantry_tilt=str(task.get("gantry_tilt") or "quarantine"),
     )
     prepared = prepare_case(landing, locator, roi_value=int(task.get("label") or 1), **qc)
     return prepared.image, prepared.mask
