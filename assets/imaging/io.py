@@ -269,9 +269,13 @@ def read_image(path: Path, series_uid: str | None = None, files: Sequence[Path] 
         if path.is_dir():
             if files is None:
                 _, files = series_files(path, series_uid)
+            if len(files) == 1 and _frames(files[0]) > 1:
+                return _read_multiframe(files[0])
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames([str(f) for f in files])
             image = reader.Execute()
+        elif not volume_format(path.name) and _frames(path) > 1:
+            return _read_multiframe(path)
         else:
             image = sitk.ReadImage(str(path))
     except ImagingError:
@@ -283,6 +287,36 @@ def read_image(path: Path, series_uid: str | None = None, files: Sequence[Path] 
             "unreadable_image",
             f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; radiomics needs a scalar image",
         )
+    return image
+
+
+def _frames(path: Path) -> int:
+    try:
+        value = read_header(path, ["SOPClassUID", "NumberOfFrames"]).get("NumberOfFrames")
+        return int(value) if value not in (None, "") else 1
+    except (ImagingError, TypeError, ValueError):
+        return 1
+
+
+def _read_multiframe(path: Path):
+    """An enhanced (or legacy converted) multi-frame CT/MR/PET file as a 3D image. highdicom
+    places each frame by its own PlanePositionSequence (per-frame functional groups); a file
+    whose frames have no positions has no geometry and is refused (SimpleITK would silently
+    give it 1 mm spacing at the origin)."""
+    import highdicom as hd
+    import SimpleITK as sitk
+
+    try:
+        volume = hd.imread(str(path)).get_volume(dtype=np.float64)
+    except Exception as exc:  # highdicom raises RuntimeError/ValueError on missing geometry
+        raise ImagingError(
+            "multiframe_without_geometry",
+            f"is a multi-frame image whose frames cannot be placed in space ({_short(exc)})",
+        ) from exc
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array))  # (frame, row, column)
+    image.SetOrigin(tuple(float(v) for v in volume.position))
+    image.SetSpacing(tuple(float(v) for v in volume.spacing[::-1]))
+    image.SetDirection(tuple(np.asarray(volume.direction)[:, ::-1].ravel().tolist()))
     return image
 
 

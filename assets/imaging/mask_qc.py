@@ -53,6 +53,7 @@ IMAGE_RULES = {
     "pet_suv_unsupported",
     "slice_gap",
     "gantry_tilt",
+    "multiframe_without_geometry",
     *KEPT_OUT,
 }
 MASK_RULES = {
