@@ -321,7 +321,7 @@ def prepare_case(
             image, note = read_regular(files, found, fixes)
         else:
             image, note = read_image(image_path, locator.series_uid, files), None
-        image, intensity = _intensity_unit(image, files)
+        image, intensity = _intensity_unit(image, members)
         intensity["image_note"] = note
     except ImagingError as exc:
         rule = exc.rule if exc.rule in IMAGE_RULES else "unreadable_image"
@@ -365,11 +365,13 @@ def _dicom_members(image: Path, series_uid: str | None) -> list[tuple[Path, Any]
     return None if volume_format(image.name) else [(image, None)]
 
 
-def _intensity_unit(image, files: list[Path] | None) -> tuple[Any, dict[str, Any]]:
+def _intensity_unit(image, members: list[tuple[Path, Any]] | None) -> tuple[Any, dict[str, Any]]:
     """PET -> SUV (body weight) by ``suv``; the unit the image's values are in (HU for CT)."""
-    if not files:
+    if not members:
         return image, {"intensity_unit": None, "suv_factor": None}
-    modality = str(read_header(files[0], ["Modality"]).get("Modality", "") or "").upper()
+    files = [path for path, _ in members]
+    header = members[0][1] if members[0][1] is not None else read_header(files[0], ["Modality"])
+    modality = str(header.get("Modality", "") or "").upper()
     if modality != "PT":
         return image, {"intensity_unit": "HU" if modality == "CT" else None, "suv_factor": None}
     import SimpleITK as sitk

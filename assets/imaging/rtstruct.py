@@ -228,8 +228,9 @@ def _mirp_mask(path: Path, image_files: list[Path], roi_name: str):
             masks = list(image.associated_masks or [])
             result = masks[0].to_object(image=image) if masks else None
         except Exception as exc:  # MIRP raises many types on unusual series
+            why = f"it lacks the element {exc}" if isinstance(exc, KeyError) else str(exc)
             raise ImagingError(
-                "unreadable_mask", f"RTSTRUCT ROI {roi_name!r} cannot be rasterized ({exc})"[:300]
+                "unreadable_mask", f"RTSTRUCT ROI {roi_name!r} cannot be rasterized ({why})"[:300]
             ) from exc
     if not result:
         raise ImagingError("empty_mask", f"ROI {roi_name!r} encloses no voxel centre of the image")
