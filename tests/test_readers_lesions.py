@@ -111,12 +111,13 @@ def test_cases_keep_readers_and_lesions_apart(lake_with_readers):
 
 
 def _pivot(lake, rule):
-    from assets.studies.case_rule import pivot
+    """The shared pivot a study calls (``store.study_inputs``), over the lake's tables."""
+    from assets.clinical.pivot import pivot_features
     from dagster_project.catalog import lake_connection
 
     con = lake_connection(lake)
     try:
-        return pivot(con, "radiomics", "mr_default", rule)
+        return pivot_features(con, "radiomics", "mr_default", rule)
     finally:
         con.close()
 

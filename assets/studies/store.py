@@ -85,7 +85,7 @@ def cohort_sql_text(spec: StudySpec, home: Any) -> str | None:
 
 def study_inputs(home: Any, spec: StudySpec) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     """(wide features, clinical rows, info) of the study's patients, read from the lake."""
-    from assets.studies import case_rule
+    from assets.clinical.pivot import pivot_features
     from dagster_project.catalog import lake_connection
 
     clinical = home.read_table("clinical")
@@ -110,7 +110,7 @@ def study_inputs(home: Any, spec: StudySpec) -> tuple[pl.DataFrame, pl.DataFrame
             ("external", e.feature_set, f"{e.feature_set}:") for e in spec.features.external
         ]
         for source, selector, prefix in sources:
-            frame, description = case_rule.pivot(con, source, selector, spec.case_rule)
+            frame, description = pivot_features(con, source, selector, spec.case_rule)
             case_rules[f"{source}:{selector}"] = description
             values = [c for c in frame.columns if c not in ("patient_key", "case_id", "center_id")]
             frame = frame.select("patient_key", *[pl.col(c).alias(f"{prefix}{c}") for c in values])
