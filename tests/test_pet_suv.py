@@ -41,6 +41,12 @@ def _pet(patient: str, *parts: str) -> Path:
     return shared_path("dicom", "ibsi_sts", patient, "PET", *parts)
 
 
+def _series(folder: Path) -> list[Path]:
+    import SimpleITK as sitk
+
+    return [Path(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder))]
+
+
 def _derive_bqml(source: Path, target: Path, drop: str | None = None) -> None:
     import pydicom
 
@@ -167,6 +173,11 @@ def test_suv_image_equals_mirps_conversion_of_the_same_files(materialized):
     theirs = mirp.get_voxel_grid()
     assert theirs.shape == ours.shape
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6 * ours.max())  # MIRP: float32
+    # and the published SUV series itself (SimpleITK's reading of the original GML files)
+    published = sitk.GetArrayFromImage(
+        sitk.ReadImage([str(f) for f in _series(_pet("STS_042", "image"))])
+    )
+    np.testing.assert_allclose(ours, published, rtol=0, atol=1e-9 * published.max())
 
 
 def test_pet_without_patient_weight_is_quarantined_naming_the_tag(materialized):
