@@ -14,8 +14,8 @@ wrong type is a ``StudySpecError`` whose message names the file, the key (dotted
 - ``best_model``: ``{metric: auc, cohort: internal_validation}``; with
   ``internal_validation_fraction: 0`` the rule falls back to the cross-validated training AUC
   (``cohort: cv`` asks for that directly)
-- ``case_rule``: ``largest_roi`` (which case represents a patient with several; also ``first``,
-  ``phase:<name>``, ``reader:<name>`` or ``all_lesions``; see ``assets.studies.case_rule``)
+- ``case_rule``: ``largest_roi`` (which case represents a patient with several; also ``first``
+  or ``phase:<name>``, applied by the shared pivot ``assets.clinical.pivot``)
 - ``grids``: per-model overrides of the default tuning grids, e.g. ``{xgboost: {max_depth: [2, 3]}}``
   (parameter names of the estimator; checked against it when the pipeline is built)
 - ``cv_folds``: folds of the stratified cross-validation on the training cohort (integer >= 2,
