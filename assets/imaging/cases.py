@@ -52,7 +52,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -77,10 +77,11 @@ from assets.imaging.mask_qc import (
     CaseRejected,
     prepare_case,
 )
-from assets.imaging.settings import DEFAULT as DEFAULT_CENTER
-from assets.imaging.settings import CenterImaging
 from dagster_project.lake import HashCache, file_sha256
 from dagster_project.quarantine import Reject
+
+if TYPE_CHECKING:
+    from assets.imaging.settings import CenterImaging
 
 TARGET = "cases"
 # read only to scrub paths (folders named after the patient, birth date or accession number)
@@ -225,6 +226,8 @@ def load_cases(
     rejects: list[Reject] = []
     locators: dict[str, CaseLocator] = {}
     stats: dict[str, int] = defaultdict(int)
+
+    from assets.imaging.settings import DEFAULT as DEFAULT_CENTER
 
     center_settings = center_settings or {}
     reported: set[str] = set()  # kept-out series already in quarantine
@@ -599,8 +602,10 @@ def _case(
     qc: dict[str, Any],
     qc_settings: str,
     hash_file: Callable[[Path], str] = file_sha256,
-    settings: CenterImaging = DEFAULT_CENTER,
+    settings: CenterImaging | None = None,
 ) -> tuple[dict[str, Any], CaseLocator, bool]:
+    if settings is None:
+        from assets.imaging.settings import DEFAULT as settings
     if cand.image is None or cand.mask is None:
         missing = "Image" if cand.image is None else "Mask"
         raise _Skip(
