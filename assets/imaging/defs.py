@@ -39,6 +39,17 @@ def _read_private(path: Path):
         return None
 
 
+def _center_settings(home) -> dict:
+    """Each center's imaging settings (``LAKE_HOME/centers.yaml``: default RTSTRUCT ROI, what to
+    do with slice gaps and gantry tilt); a bad value fails the asset naming it."""
+    from assets.imaging.settings import load_imaging_settings
+
+    try:
+        return load_imaging_settings(home.home)
+    except ValueError as exc:  # the group's configuration, not landed data
+        raise dg.Failure(str(exc)) from exc
+
+
 def _write_private(path: Path, frame) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -87,14 +98,9 @@ def cases(
 ) -> dg.MaterializeResult:
     from assets.imaging.cases import LOCATORS_FILE, load_cases, write_locators
     from assets.imaging.dicom_scan import INDEX_FILE
-    from assets.imaging.settings import load_imaging_settings
     from dagster_project.lake import HASH_CACHE_FILE, HashCache
 
     home = lake.lake()
-    try:
-        center_settings = load_imaging_settings(home.home)
-    except ValueError as exc:  # a bad setting is the group's configuration, not landed data
-        raise dg.Failure(str(exc)) from exc
     hashes = HashCache.load(home.state_dir / HASH_CACHE_FILE)
     if hashes.load_error:
         context.log.warning(f"cases: file hash cache ignored ({hashes.load_error})")
@@ -109,7 +115,7 @@ def cases(
         tolerance=config.tolerance,
         resample_tolerance=config.resample_tolerance,
         hashes=hashes,
-        center_settings=center_settings,
+        center_settings=_center_settings(home),
     )
     try:
         hashes.save(home.state_dir / HASH_CACHE_FILE)
