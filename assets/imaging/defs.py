@@ -30,15 +30,6 @@ class CasesConfig(dg.Config):
     resample_tolerance: float = 0.5
 
 
-def _read_private(path: Path):
-    import polars as pl
-
-    try:
-        return pl.read_parquet(path) if path.exists() else None
-    except Exception:  # a damaged index only costs a full re-scan
-        return None
-
-
 def _center_settings(home) -> dict:
     """Each center's imaging settings (``LAKE_HOME/centers.yaml``: default RTSTRUCT ROI, what to
     do with slice gaps and gantry tilt); a bad value fails the asset naming it."""
@@ -48,6 +39,15 @@ def _center_settings(home) -> dict:
         return load_imaging_settings(home.home)
     except ValueError as exc:  # the group's configuration, not landed data
         raise dg.Failure(str(exc)) from exc
+
+
+def _read_private(path: Path):
+    import polars as pl
+
+    try:
+        return pl.read_parquet(path) if path.exists() else None
+    except Exception:  # a damaged index only costs a full re-scan
+        return None
 
 
 def _write_private(path: Path, frame) -> None:
