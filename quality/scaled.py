@@ -17,9 +17,10 @@ from far smaller frames, still evaluated by GX:
   as pandas does) and GX validates those rows only (none: it passes). GX counts every row of a
   duplicated key as unexpected, so its count on those rows is its count on the table.
 
-An expectation with ``mostly`` or any other kind needs the whole table: ``NeedsWholeTable`` is
-raised and the caller uses ``run_suite``. ``tests/test_quality_gate.py`` checks both paths give
-the same outcome on a table with bad values, nulls and duplicates.
+An expectation with ``mostly`` or a ``row_condition`` (it reads other columns), or any other
+kind, needs the whole table: ``NeedsWholeTable`` is raised and the caller uses ``run_suite``.
+``tests/test_quality_gate.py`` checks both paths give the same outcome on a table with bad
+values, nulls and duplicates.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def run_suite_scaled(table: str, scan: pl.LazyFrame, suites_dir=None) -> SuiteOu
     by_columns: dict[tuple[str, ...], list[int]] = defaultdict(list)
     unique: list[int] = []
     for index, (name, kwargs) in enumerate(pairs):
-        if "mostly" in kwargs or (name not in ROW_WISE and name not in UNIQUE):
+        conditional = "mostly" in kwargs or "row_condition" in kwargs  # reads other columns
+        if conditional or (name not in ROW_WISE and name not in UNIQUE):
             raise NeedsWholeTable(f"{name}({kwargs}) needs every row")
         columns = columns_of(kwargs)
         absent = [c for c in columns if c not in schema]

@@ -250,7 +250,7 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
         import polars as pl
 
         from assets.studies.pipeline import training_notes
-        from assets.studies.report import METHODS_TEXT, discrimination_table
+        from assets.studies.report import METHODS_TEXT, ci_flag_table, discrimination_table
         from assets.studies.store import read_current
         from assets.studies.train import (
             evaluate_study,
@@ -263,8 +263,9 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
         home = lake.lake()
         version, version_dir = read_current(home, spec)
         fitted, _ = load_fitted(version_dir)
-        data, prepared = _study_data(home, spec)
-        evaluation = evaluate_study(spec, data, _splits(home, name), fitted, version)
+        with _fail_on_study_data_error(context):
+            data, prepared = _study_data(home, spec)
+            evaluation = evaluate_study(spec, data, _splits(home, name), fitted, version)
         notes = [*data.notes, *training_notes(fitted)]
         save_evaluation(version_dir, evaluation, prepared.get("excluded", {}), notes)
         report_dir = home.reports_dir / name
@@ -278,6 +279,7 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
         for warning in evaluation.warnings:
             context.log.warning(warning)
         auc = discrimination_table(evaluation.metrics, ("auc", "auc_delong"))
+        flagged = ci_flag_table(evaluation.metrics)
         comparison = evaluation.metrics.filter(
             pl.col("metric").is_in(["auc_difference", "delong_z", "delong_p"])
         )
@@ -289,9 +291,11 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
                 "model_version": version,
                 "best_model": evaluation.best_model,
                 "best_model_rule": evaluation.best_model_rule,
+                "ci_flags": dict(flagged.group_by("ci_flag").len().sort("ci_flag").iter_rows()),
             },
             extra={
                 "ci_methods": dg.MetadataValue.md(METHODS_TEXT),
+                "flagged_intervals": dg.MetadataValue.md(_table(flagged)),
                 "auc": dg.MetadataValue.md(_table(auc)),
                 "delong_combined_vs_best": dg.MetadataValue.md(
                     _table(
@@ -487,26 +491,29 @@ def _survival_asset(spec, key, splits_key: dg.AssetKey):
         out_dir = home.reports_dir / name / "survival"
         tables, figures = [], []
         for entry in spec.survival:
-            rows, paths = run_survival(
-                frame,
-                entry.endpoint,
-                entry.time,
-                entry.event,
-                entry.groups,
-                entry.cox_terms,
-                entry.times,
-                "cohort",
-                entry.cutoff,
-                entry.reference_levels,
-                out_dir,
-                agreement=entry.agreement,
-                n_bootstrap=spec.bootstrap,
-                seed=spec.split.seed,
-            )
+            with _fail_on_study_data_error(context):
+                rows, paths = run_survival(
+                    frame,
+                    entry.endpoint,
+                    entry.time,
+                    entry.event,
+                    entry.groups,
+                    entry.cox_terms,
+                    entry.times,
+                    "cohort",
+                    entry.cutoff,
+                    entry.reference_levels,
+                    out_dir,
+                    agreement=entry.agreement,
+                    n_bootstrap=spec.bootstrap,
+                    seed=spec.split.seed,
+                )
             tables.append(rows)
             figures += [str(p) for p in paths]
         table = pl.from_pandas(pd.concat(tables, ignore_index=True)).with_columns(
-            pl.lit(name).alias("study"), pl.lit(version).alias("model_version")
+            pl.lit(name).alias("study"),
+            pl.lit(version).alias("model_version"),
+            pl.col("ci_flag", "ci_note").cast(pl.String),
         )
         table = table.select(
             "study",
