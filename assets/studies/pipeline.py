@@ -384,7 +384,7 @@ def select_best_model(
         metric_sign = -1.0 if rule.metric in _LOWER_IS_BETTER else 1.0
         direction = "lowest" if metric_sign < 0 else "highest"
         described = f"{direction} {rule.metric} on the {cohort} cohort"
-    order = [m for m in spec.models if m in scores and np.isfinite(scores[m])]
+    order = [m for m in spec.models if scores.get(m) is not None and np.isfinite(scores[m])]
     if not order:
         raise StudyDataError(
             f"study {spec.name}: every model has an undefined {rule.metric} on the {cohort} cohort "
