@@ -151,9 +151,7 @@ def hosmer_lemeshow(y, p, g: int = 10) -> dict[str, float]:
     return {
         "statistic": statistic,
         "df": float(df),
-        "p_value": float(chi2.sf(statistic, df))
-        if df > 0 and math.isfinite(statistic)
-        else math.nan,
+        "p_value": float(chi2.sf(statistic, df)) if df > 0 else math.nan,
         "groups": float(n_groups),
     }
 
@@ -320,7 +318,10 @@ def _undefined_reason(metric: str, fit: dict[str, Any], hl: dict[str, float]) ->
                 f"{hl['groups']:g} distinct probability group(s): Hosmer-Lemeshow needs at "
                 "least 3 (df = groups - 2)"
             )
-        return "a group's expected count is 0 (predicted probabilities of exactly 0 or 1)"
+        return (
+            "a group's expected count is 0 (predicted probabilities of exactly 0 or 1): the "
+            "statistic is infinite (p = 0, as R's hoslem.test)"
+        )
     note = fit["slope_note"] if metric == "calibration_slope" else fit["intercept_note"]
     return note or "the Wald standard error is undefined (every probability at 0 or 1)"
 
