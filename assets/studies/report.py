@@ -166,10 +166,11 @@ def ci_flag_paragraphs(flagged: pl.DataFrame) -> list[str]:
     present = set(flagged["ci_flag"].drop_nulls().to_list()) if flagged.height else set()
     if not present:
         return []
+    count = flagged["ci_flag"].drop_nulls().len()
     lines = [
-        f"{len(flagged)} estimate(s) below carry a flag on their interval (column ci_flag of "
+        f"{count} estimate(s) below carry a flag on their interval (column ci_flag of "
         "model_metrics / survival_results; ci_note says why, with the numbers). These are "
-        "properties of the interval method on a small cohort, not errors in the data:"
+        "properties of the interval method on this cohort, not errors in the data:"
     ]
     lines += [
         f"{FLAG_MARKS[flag]} {flag}: {CI_FLAG_TEXT[flag]}" for flag in CI_FLAGS if flag in present
