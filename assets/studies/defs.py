@@ -11,8 +11,9 @@ out; a LAKE_HOME study of the same name wins). For a study ``<name>`` (group ``s
   folder already holds a complete training run the pipelines are loaded, not refitted, the
   original ``trained_at`` is kept (same data version) and the metadata says ``retrained: False``
 - ``<name>/model_metrics``: metrics with bootstrap and DeLong CIs, best model, combined model,
-  DeLong test -> lake ``model_metrics`` (part ``<name>-<version>``); ROC and nomogram PNGs;
-  check ``auc_drop_vs_previous_version`` (WARN, not blocking: the best model's external AUC fell
+  DeLong test -> lake ``model_metrics`` (part ``<name>-<version>``); each row's ``ci_flag`` /
+  ``ci_note`` (``assets.studies.ci_flags``), the flagged rows in the metadata; ROC and nomogram
+  PNGs; check ``auc_drop_vs_previous_version`` (WARN, not blocking: the best model's external AUC fell
   by more than ``auc_drop_warning`` since the previous version)
 - ``<name>/explanations``: SHAP / importances / coefficients, top features, PNGs
 - ``<name>/calibration``: curves, slope, intercept, Hosmer-Lemeshow -> lake ``model_metrics``
@@ -25,11 +26,12 @@ out; a LAKE_HOME study of the same name wins). For a study ``<name>`` (group ``s
 Metrics parts are per version, so ``model_metrics`` keeps every version. A YAML that does not
 validate becomes the asset ``<file stem>/invalid_study``, which fails with the error (file, key,
 what is allowed) instead of silently disappearing. Data a valid study cannot use (a
-``StudyDataError``, e.g. too few patients of a class for the split or the cross-validation) fails
-``study_splits`` / ``models`` with that message as the failure description; reduced
-cross-validation folds are logged as warnings and listed in the ``models`` metadata (``cv_folds``,
-``notes``). ``RADLAKE_STUDY_JOBS`` (default 1) sets the
-parallel cross-validation fits.
+``StudyDataError``, e.g. too few patients of a class for the split or the cross-validation, a
+best-model rule on a cohort where every model's metric is undefined) fails ``study_splits`` /
+``models`` / ``model_metrics`` / ``survival_results`` with that message as the failure
+description; reduced cross-validation folds are logged as warnings and listed in the ``models``
+metadata (``cv_folds``, ``notes``). ``RADLAKE_STUDY_JOBS`` (default 1) sets the parallel
+cross-validation fits.
 """
 
 import base64
