@@ -36,6 +36,12 @@ def test_constant_resamples_are_degenerate_not_outside_at_float_precision():
     flag, note = interval_flag(value, low, high, replicates)
     assert flag == DEGENERATE_CI
     assert note.startswith("zero width: every resample gave 0.237654") and "lies" not in note
+    # zero width needs only 95% of the resamples on one value
+    mostly = np.r_[np.full(980, 0.5), np.linspace(0.4, 0.6, 20)]
+    assert interval_flag(0.5, *percentile_ci(mostly), mostly) == (
+        DEGENERATE_CI,
+        "zero width: 98.0% of resamples gave 0.5",
+    )
 
 
 def test_too_few_distinct_resample_values_are_degenerate():

@@ -111,7 +111,9 @@ def interval_flag(
     if high - low <= tol:
         flag = DEGENERATE_CI
         if finite is not None:
-            notes.append(f"zero width: every resample gave {low:.6g}")
+            share = float(np.mean(np.abs(finite - low) <= tol))
+            gave = "every resample" if share == 1.0 else f"{share:.1%} of resamples"
+            notes.append(f"zero width: {gave} gave {low:.6g}")
         else:
             notes.append(f"zero width: [{low:.6g}, {high:.6g}] (standard error 0)")
     elif finite is not None and (distinct := distinct_values(finite)) < MIN_DISTINCT_RESAMPLES:
