@@ -1,7 +1,8 @@
 """Small cohorts (issue 18): the demo study materialized the way a user does it, at 20-60 patients.
 
-`radlake demo-data --patients N` then `radlake materialize`, with the demo study cut down to two
-models and 200 bootstrap resamples (as tests/test_end_to_end.py does) so each size takes seconds.
+`radlake demo-data --patients N` then `radlake materialize`, with the demo study that demo-data
+writes into the lake cut down to two models and 200 bootstrap resamples (as
+tests/test_end_to_end.py does) so each size takes seconds.
 Each run completes: every asset and every blocking check succeeds (the study's tables are judged
 on data properties; an interval's relation to its estimate is said in ci_flag / ci_note), so the
 catalog is built. Every model_metrics row is inside its interval or flagged with the reason, and
@@ -54,10 +55,9 @@ def _demo_lake(tmp_path: Path, patients: int, models: list[str]) -> tuple[Path, 
     home = tmp_path / "lakehouse"
     generated = _radlake(home, "demo-data", "--patients", str(patients))
     assert generated.returncode == 0, generated.stderr
-    # the demo study as radlake demo-data left it (in the lake, or the repository's copy)
+    # the demo study as radlake demo-data wrote it into the lake
     written = home / "studies" / f"{STUDY}.yaml"
-    source = written if written.is_file() else REPO / "assets/studies/demo" / f"{STUDY}.yaml"
-    study = yaml.safe_load(source.read_text())
+    study = yaml.safe_load(written.read_text())
     study.update(models=models, bootstrap=BOOTSTRAP)
     written.parent.mkdir(parents=True, exist_ok=True)
     written.write_text(yaml.safe_dump(study, sort_keys=False))

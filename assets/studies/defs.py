@@ -633,6 +633,7 @@ def _table_schemas() -> dict:
         "survival_results": {
             **dict.fromkeys(survival, pl.String),
             **dict.fromkeys(("estimate", "ci_low", "ci_high", "p_value"), pl.Float64),
+            **dict.fromkeys(("ci_flag", "ci_note"), pl.String),
         },
     }
 
