@@ -36,6 +36,7 @@ def _radiomics(rows: int, defects: bool, seed: int = 3) -> pl.DataFrame:
             "image_sha256": "b" * 64,
             "mask_sha256": "c" * 64,
             "extractor_version": "3.1.4",
+            "intensity_unit": "HU",
         }
     ).with_columns(
         extracted_at=pl.datetime(2026, 11, 27, time_zone="UTC").cast(pl.Datetime("us", "UTC"))

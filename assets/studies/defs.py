@@ -582,8 +582,18 @@ def _report_asset(spec, key, deps: list[dg.AssetKey]):
         else:
             _, _, prepared = load_inputs(home, spec)
             write_survival_report(spec, splits, prepared.get("excluded", {}), extra[0], path)
+        # the catalog was built right after ingest, before this study wrote its tables: DuckDB 2
+        # re-binds a view to new columns, DuckDB 1.x refuses ("contents of view were altered"),
+        # so the study's last step builds the catalog again (the same atomic swap)
+        from dagster_project.catalog import build_catalog
+
+        refreshed = build_catalog(home)
         return dg.MaterializeResult(
-            metadata={"path": dg.MetadataValue.path(str(path)), "bytes": path.stat().st_size}
+            metadata={
+                "path": dg.MetadataValue.path(str(path)),
+                "bytes": path.stat().st_size,
+                "catalog_views": len(refreshed.table_views) + len(refreshed.sql_views),
+            }
         )
 
     return report
