@@ -46,10 +46,17 @@ Accounting (``stats``)
     = identical duplicates plus rows replaced by a newer file (``superseded``).
 
 Identifiers
-    ``patient_key`` = pseudonymize(center_id, patient_id). Columns in :data:`IDENTIFIER_COLUMNS`
-    (compared after lower-casing, spaces and hyphens as ``_``) are dropped and listed in
-    ``stats['dropped_identifier_columns']``; no reject reason contains a patient id or one of
-    these values.
+    ``patient_key`` = pseudonymize(center_id, patient_id); the patient id itself (a hospital number
+    or a resident identity number) is never stored. Every other column is screened by
+    ``dagster_project.phi`` (by name in English, Chinese and pinyin, and by content: identity
+    numbers, phones, e-mail, person names, birth dates, free text) before anything is typed or
+    written: a flagged column is dropped in every row of its file and becomes one quarantine entry
+    (``record`` = ``column <name>``, the rule, the count of non-empty values; never a value).
+    Free text is kept only when the schema declares the column ``type: string``. In the kept text
+    cells, any value of the file's dropped columns, resident ids, mobile numbers and e-mail
+    addresses are replaced by ``[redacted]`` (one ``identifier_in_text`` entry per column). A
+    dropped or redacted column counts as one landed and one quarantined unit; the names are in
+    ``stats['dropped_identifier_columns']``, with rule and count in ``stats['identifier_columns']``.
 """
 
 from __future__ import annotations
@@ -72,24 +79,13 @@ from assets.clinical.schema import (
     SchemaError,
     schema_for,
 )
+from dagster_project.phi import Redactor, screen_columns
 from dagster_project.quarantine import Reject
 
 TARGET_TABLE = "clinical"
 CLINICAL_SUFFIXES = (".csv", ".xlsx")
 CENTERS_FILE = "centers.yaml"
 
-# Columns that name or identify a person: never land (normalized names).
-IDENTIFIER_COLUMNS = frozenset(
-    {
-        "patient_id", "patientid", "id", "name", "patient_name", "patientname", "full_name",
-        "first_name", "firstname", "given_name", "last_name", "lastname", "surname", "family_name",
-        "birth_date", "birthdate", "date_of_birth", "dob", "birthday",
-        "mrn", "medical_record_number", "hospital_id", "hospital_number", "national_id", "id_card",
-        "ssn", "social_security_number", "nhs_number", "insurance_number", "passport",
-        "address", "street", "phone", "telephone", "mobile", "email", "e_mail", "zip", "postcode",
-        "postal_code",
-    }
-)  # fmt: skip
 # Names this table sets itself: a landed column of that name is dropped (and reported).
 RESERVED_COLUMNS = frozenset(
     {"patient_key", "source_file", "loaded_at", "valid_from", "valid_to", "is_current"}
@@ -439,9 +435,11 @@ def load_clinical(
         "files": len(files),
         "files_quarantined": 0,
         "dropped_identifier_columns": [],
+        "identifier_columns": [],
         "dropped_reserved_columns": [],
     }
     rows: list[_Row] = []
+    column_rejects: list[Reject] = []  # dropped identifier columns, redacted text columns
     columns: list[str] = []  # landed columns in first-seen order
     schemas: dict[int, ClinicalSchema] = {}
     dropped: set[str] = set()
@@ -479,12 +477,14 @@ def load_clinical(
             continue
         pid_col, center_col = normalized["patient_id"], normalized["center_id"]
         schemas[order] = schema
+        index = {name: i for i, name in enumerate(sheet.header)}
+        flagged = _screen_identifiers(sheet, index, (pid_col, center_col), schema, shown, stats)
         kept = []
         for name in sheet.header:
             norm = _normalize(name)
             if name in (pid_col, center_col):
                 continue
-            if norm in IDENTIFIER_COLUMNS:
+            if name in flagged:
                 dropped.add(name)
             elif norm in RESERVED_COLUMNS:
                 reserved.add(name)
@@ -492,10 +492,14 @@ def load_clinical(
                 kept.append(name)
                 if name not in columns:
                     columns.append(name)
-        index = {name: i for i, name in enumerate(sheet.header)}
+        redact = Redactor(
+            cells[index[name]] for _, cells in sheet.rows for name in flagged if cells[index[name]]
+        )
+        redacted: dict[str, int] = {}
         for number, cells in sheet.rows:
             stats["landed"] += 1
-            row = _Row(order, shown, number, {name: cells[index[name]] for name in kept})
+            texts = {name: _redacted(cells[index[name]], redact, name, redacted) for name in kept}
+            row = _Row(order, shown, number, texts)
             pid, center = cells[index[pid_col]], cells[index[center_col]]
             if _is_missing(pid):
                 row.problems.append(("missing_id", _missing_id(row, "patient_id")))
@@ -515,6 +519,10 @@ def load_clinical(
                 row.center = center
                 row.key = pseudonymize(center, pid)
             rows.append(row)
+        column_rejects.extend(
+            _redaction_reject(shown, name, n, stats) for name, n in redacted.items()
+        )
+        column_rejects.extend(flagged.values())
     stats["dropped_identifier_columns"] = sorted(dropped)
     stats["dropped_reserved_columns"] = sorted(reserved)
 
@@ -536,12 +544,66 @@ def load_clinical(
     stats["merged"] += superseded
     stats["superseded"] = superseded
     table = _build_table(patients, columns, typed, loaded_at, previous)
+    rejects.extend(column_rejects)
     stats["ingested"] = table.height
     stats["quarantined"] = len(rejects)
     stats["patients"] = table.height
     stats["rules"] = _count_rules(rejects)
     stats["columns"] = {name: str(dtype) for name, dtype in table.schema.items()}
     return table, rejects, stats
+
+
+def _screen_identifiers(
+    sheet: _Sheet,
+    index: dict[str, int],
+    id_columns: tuple[str, str],
+    schema: ClinicalSchema,
+    shown: str,
+    stats: dict,
+) -> dict[str, Reject]:
+    """The file's identifier (and undeclared free-text) columns -> their quarantine entries."""
+    values = {
+        name: [c for _, cells in sheet.rows if not _is_missing(c := cells[index[name]])]
+        for name in sheet.header
+        if name not in id_columns
+    }
+    declared_text = {name for name, spec in schema.columns.items() if spec.type == "string"}
+    flagged = {}
+    for finding in screen_columns(values, free_text_ok=declared_text):
+        flagged[finding.column] = finding.reject(shown, TARGET_TABLE)
+        stats["landed"] += 1  # a dropped column is one landed unit, quarantined
+        stats["identifier_columns"].append(
+            {"file": shown, "column": finding.column, "rule": finding.rule, "values": finding.count}
+        )
+    return flagged
+
+
+def _redacted(
+    text: str | None, redact: Redactor, column: str, counts: dict[str, int]
+) -> str | None:
+    """A kept cell with identifiers inside it replaced (numbers and short codes pass unchanged)."""
+    if text is None or len(text) < 2 or _FLOAT.match(text):
+        return text
+    out = redact(text)
+    if out != text:
+        counts[column] = counts.get(column, 0) + 1
+    return out
+
+
+def _redaction_reject(shown: str, column: str, cells: int, stats: dict) -> Reject:
+    stats["landed"] += 1  # like a dropped column: one landed unit, quarantined
+    stats["identifier_columns"].append(
+        {"file": shown, "column": column, "rule": "identifier_in_text", "values": cells}
+    )
+    return Reject(
+        shown,
+        TARGET_TABLE,
+        "identifier_in_text",
+        f"identifier_in_text: {shown} column '{column}' kept, but {cells} of its cells quoted an "
+        "identifier (a value of a dropped identifier column, a resident id, a mobile number or an "
+        "e-mail address), replaced by [redacted] before loading",
+        record=f"column {column}",
+    )
 
 
 def _missing_id(row: _Row, column: str) -> str:

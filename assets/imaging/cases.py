@@ -64,6 +64,7 @@ from assets.imaging.mask_qc import (
     prepare_case,
 )
 from dagster_project.lake import HashCache, file_sha256
+from dagster_project.phi import screen_columns
 from dagster_project.quarantine import Reject
 
 TARGET = "cases"
@@ -296,6 +297,7 @@ def _candidates(
                 _Early(csv_path, "bad_cases_csv", f"cases.csv {problem}", "fix the header")
             )
             continue
+        early.extend(_identifier_columns(csv_path, rows))
         for row in rows:
             for raw in (row.image, row.mask):
                 resolved = layout.resolve_inside(landing, csv_path.parent / raw) if raw else None
@@ -330,6 +332,27 @@ def _candidates(
                 )
             )
     return candidates, early
+
+
+def _identifier_columns(csv_path: Path, rows: list[layout.CasesRow]) -> list[_Early]:
+    """Extra cases.csv columns that identify a person (``dagster_project.phi``): removed from every
+    row, so nothing downstream can store them, and reported, one quarantine entry per column."""
+    names = list(dict.fromkeys(name for row in rows for name in row.extra))
+    values = {name: [row.extra[name] for row in rows if name in row.extra] for name in names}
+    found = []
+    for finding in screen_columns(values, free_text_ok=names):  # extra text is never stored
+        for row in rows:
+            row.extra.pop(finding.column, None)
+        found.append(
+            _Early(
+                csv_path,
+                finding.rule,
+                f"cases.csv {finding.detail}",
+                finding.todo,
+                f"column {finding.column}",
+            )
+        )
+    return found
 
 
 def _as_path(csv_path: Path, raw: str | None) -> Path | None:
