@@ -57,6 +57,7 @@ BIRTH_MIN_VALUES = 5
 BIRTH_MIN_IQR_YEARS = 10
 FREE_TEXT_DISTINCT_FRACTION = 0.5
 REDACTED = "[redacted]"
+SAMPLE_VALUES = 2000  # content rules read at most this many values of a column
 
 
 def _wordset(text: str) -> frozenset[str]:
@@ -414,37 +415,35 @@ def _plain(value: object) -> str:
     return text[:-2] if text.endswith(".0") and text[:-2].isdigit() else text
 
 
-def _share(values: Sequence[str], test) -> int:
-    return sum(1 for v in values if test(v))
-
-
 def screen_column(
     name: str, values: Iterable[object], *, keep_free_text: bool = False, today: date | None = None
 ) -> Finding | None:
-    """The finding for one column (``values``: its non-empty cells), or None when it may land."""
-    texts = [_plain(v) for v in values if v is not None and str(v).strip()]
-    count = len(texts)
+    """The finding for one column (``values``: its non-empty cells), or None when it may land.
+
+    Content rules read at most :data:`SAMPLE_VALUES` values, evenly spread over the column (the
+    shares they decide on are then known to about +-2 %); ``count`` is always the full count.
+    """
+    cells = [_plain(v) for v in values if v is not None and str(v).strip()]
+    count = len(cells)
     term = identifier_name(name)
     if term:
         return Finding(
             name, "identifier_name", f"its name matches the identifier term '{term}'", count
         )
-    if not texts:
+    if not cells:
         return None
     today = today or date.today()
-    needed = CONTENT_FRACTION * count
-
-    def share(test) -> int:
-        return _share(texts, test)
-
+    texts = cells[:: -(-count // SAMPLE_VALUES)]
+    read = f"{len(texts)} {'sampled ' if len(texts) < count else ''}values"
+    needed = CONTENT_FRACTION * len(texts)
     for rule, test, what in (
         ("national_id", lambda v: is_resident_id(v, today), "Chinese resident identity numbers with a valid check character"),
         ("phone", is_phone, "telephone numbers"),
         ("email", is_email, "e-mail addresses"),
     ):  # fmt: skip
-        hits = share(test)
+        hits = sum(1 for v in texts if test(v))
         if hits and hits >= needed:
-            return Finding(name, rule, f"{hits} of {count} values are {what}", count)
+            return Finding(name, rule, f"{hits} of {read} are {what}", count)
     names = [v for v in texts if is_person_name(v)]
     distinct = len(set(names))
     # "LAST, First" and DICOM "Last^First" are names even when few people repeat (the doctors)
@@ -457,7 +456,7 @@ def screen_column(
         return Finding(
             name,
             "person_name",
-            f"{len(names)} of {count} values look like person names ({distinct} distinct)",
+            f"{len(names)} of {read} look like person names ({distinct} distinct)",
             count,
         )
     if _looks_like_birth_dates(name, texts, today):
@@ -469,11 +468,9 @@ def screen_column(
             count,
         )
     if not keep_free_text:
-        long = share(is_text_like)
-        if long and long >= needed and len(set(texts)) >= FREE_TEXT_DISTINCT_FRACTION * count:
-            return Finding(
-                name, "free_text", f"{long} of {count} values are long, varied text", count
-            )
+        long = sum(1 for v in texts if is_text_like(v))
+        if long and long >= needed and len(set(texts)) >= FREE_TEXT_DISTINCT_FRACTION * len(texts):
+            return Finding(name, "free_text", f"{long} of {read} are long, varied text", count)
     return None
 
 
@@ -509,6 +506,7 @@ class Redactor:
     def __init__(self, values: Iterable[object] = ()):
         self._values = {w for w in (_plain(v) for v in values if v is not None) if len(w) >= 2}
         self._lengths = sorted({len(w) for w in self._values}, reverse=True)
+        self._memo: dict[str, str] = {}  # categories repeat: each distinct text is read once
 
     def _embedded(self, found: re.Match) -> str:
         text = found.group(0)
@@ -517,6 +515,12 @@ class Redactor:
         return REDACTED
 
     def __call__(self, text: str) -> str:
+        out = self._memo.get(text)
+        if out is None:
+            out = self._memo[text] = self._redact(text)
+        return out
+
+    def _redact(self, text: str) -> str:
         if parse_date(text) is not None:
             return text
         out = _EMBEDDED.sub(self._embedded, text)

@@ -19,6 +19,10 @@ Where cases come from, per center ``landing/imaging/<center_id>/``:
      segment (label = segment number);
    - an RTSTRUCT is quarantined (``rtstruct_unsupported``).
 
+Other cases.csv columns are not stored; those that identify a person (``dagster_project.phi``:
+a name such as ``姓名`` or ``MRN``, or content such as phone numbers) are also removed from the
+rows and reported, one quarantine entry per column (rule, count of values; never a value).
+
 Path safety: an Image or Mask that resolves outside ``landing/`` (``..``, an absolute path, a
 symlink) is quarantined as ``path_outside_landing`` and never opened.
 
