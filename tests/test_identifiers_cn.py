@@ -345,3 +345,35 @@ def test_no_identifier_value_anywhere_in_the_lake_or_dagster_home(run):
     assert any(b"\\u59d3\\u540d" in blob for blob in event_logs)  # 姓名
     leaked = sorted({v for n, v in needles.items() if n.decode("utf-8", "replace") in output})
     assert not leaked, f"the run's console output holds {len(leaked)} identifier values"
+
+
+def test_a_column_flagged_in_one_file_is_dropped_from_a_small_update_file_too(tmp_path):
+    """Two names cannot prove a column holds names; the main file's 20 can, for both files."""
+    from assets.clinical.load import load_clinical
+    from dagster_project.pseudonym import Pseudonymizer
+
+    rng = random.Random(5)
+    taken: set[str] = set()
+    people = [_person(rng, date(1950, 1, 1) + timedelta(days=400 * i), taken) for i in range(22)]
+    landing = tmp_path / "landing"
+    (landing / "clinical").mkdir(parents=True)
+    files = []
+    for name, group in (("main.csv", people[:20]), ("update.csv", people[20:])):
+        path = landing / "clinical" / name
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["patient_id", "center_id", "陪同者", "rfs_event"])
+            writer.writerows([p["hospital_no"], "C1", p["companion"], 1] for p in group)
+        files.append(path)
+    table, rejects, stats = load_clinical(files, landing, Pseudonymizer(b"k"))
+    assert "陪同者" not in table.columns and table.height == 22
+    found = {(r.source_path, r.record, r.rule) for r in rejects}
+    assert found == {
+        ("clinical/main.csv", "column 陪同者", "person_name"),
+        ("clinical/update.csv", "column 陪同者", "person_name"),
+    }
+    assert {(c["file"], c["values"]) for c in stats["identifier_columns"]} == {
+        ("clinical/main.csv", 20),
+        ("clinical/update.csv", 2),
+    }
+    assert stats["landed"] == 22 + 2 == stats["ingested"] + stats["quarantined"] + stats["merged"]

@@ -65,7 +65,7 @@ import csv
 import io
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -79,7 +79,7 @@ from assets.clinical.schema import (
     SchemaError,
     schema_for,
 )
-from dagster_project.phi import Redactor, screen_columns
+from dagster_project.phi import Finding, Redactor, screen_columns
 from dagster_project.quarantine import Reject
 
 TARGET_TABLE = "clinical"
@@ -445,6 +445,7 @@ def load_clinical(
     dropped: set[str] = set()
     reserved: set[str] = set()
     ordered = file_order([Path(f) for f in files])
+    loaded: list[tuple[int, str, ClinicalSchema, _Sheet, str, str]] = []
     for order, path in enumerate(ordered):
         shown = _relative(path, landing)
         try:
@@ -475,10 +476,15 @@ def load_clinical(
                 "clinical file needs patient_id and center_id columns",
             )
             continue
-        pid_col, center_col = normalized["patient_id"], normalized["center_id"]
+        loaded.append(
+            (order, shown, schema, sheet, normalized["patient_id"], normalized["center_id"])
+        )
+    # judged over all files: a column flagged in one file is dropped from every file
+    findings = _screen_identifiers(loaded)
+    for order, shown, schema, sheet, pid_col, center_col in loaded:
         schemas[order] = schema
         index = {name: i for i, name in enumerate(sheet.header)}
-        flagged = _screen_identifiers(sheet, index, (pid_col, center_col), schema, shown, stats)
+        flagged = _flagged_in_file(findings, sheet, index, (pid_col, center_col), shown, stats)
         kept = []
         for name in sheet.header:
             norm = _normalize(name)
@@ -554,26 +560,41 @@ def load_clinical(
 
 
 def _screen_identifiers(
+    loaded: list[tuple[int, str, ClinicalSchema, _Sheet, str, str]],
+) -> dict[str, Finding]:
+    """Identifier (and undeclared free-text) columns, judged on their values in all files."""
+    values: dict[str, list[str]] = {}
+    declared_text: set[str] = set()
+    id_columns = {name for *_, pid_col, center_col in loaded for name in (pid_col, center_col)}
+    for _, _, schema, sheet, _, _ in loaded:
+        declared_text |= {name for name, spec in schema.columns.items() if spec.type == "string"}
+        for i, name in enumerate(sheet.header):
+            if name not in id_columns:
+                column = values.setdefault(name, [])
+                column.extend(c for _, cells in sheet.rows if not _is_missing(c := cells[i]))
+    found = screen_columns(values, free_text_ok=declared_text)
+    return {finding.column: finding for finding in found}
+
+
+def _flagged_in_file(
+    findings: dict[str, Finding],
     sheet: _Sheet,
     index: dict[str, int],
     id_columns: tuple[str, str],
-    schema: ClinicalSchema,
     shown: str,
     stats: dict,
 ) -> dict[str, Reject]:
-    """The file's identifier (and undeclared free-text) columns -> their quarantine entries."""
-    values = {
-        name: [c for _, cells in sheet.rows if not _is_missing(c := cells[index[name]])]
-        for name in sheet.header
-        if name not in id_columns
-    }
-    declared_text = {name for name, spec in schema.columns.items() if spec.type == "string"}
+    """This file's flagged columns -> their quarantine entries (with this file's value count)."""
     flagged = {}
-    for finding in screen_columns(values, free_text_ok=declared_text):
-        flagged[finding.column] = finding.reject(shown, TARGET_TABLE)
+    for name in sheet.header:
+        if name not in findings or name in id_columns:
+            continue
+        count = sum(1 for _, cells in sheet.rows if not _is_missing(cells[index[name]]))
+        finding = replace(findings[name], count=count)
+        flagged[name] = finding.reject(shown, TARGET_TABLE)
         stats["landed"] += 1  # a dropped column is one landed unit, quarantined
         stats["identifier_columns"].append(
-            {"file": shown, "column": finding.column, "rule": finding.rule, "values": finding.count}
+            {"file": shown, "column": name, "rule": finding.rule, "values": count}
         )
     return flagged
 
