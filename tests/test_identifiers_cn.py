@@ -18,6 +18,7 @@ import gzip
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -142,6 +143,15 @@ def _landing(home: Path) -> tuple[dict[str, dict[str, list[str]]], set[str]]:
         "columns:\n  病史摘要: {type: string, description: free text the group keeps}\n",
         encoding="utf-8",
     )
+
+    # a follow-up update for one patient, named after her as clinics do (newer: its values win)
+    row, _, p = c1[0]
+    update = landing / "clinical" / f"{p['name']}_随访更新.csv"
+    update.write_text(
+        f"patient_id,center_id,姓名,rfs_days,rfs_event\n{p['id']},C1,{p['name']},{row['time'] + 30},1\n",
+        encoding="utf-8",
+    )
+    os.utime(update, (1e9 + 2e8, 2e9))  # newer than the XLSX written above
 
     # C2: pinyin and English headers, a hospital number as patient_id
     c2 = people[20:]
@@ -289,6 +299,11 @@ def test_each_dropped_column_has_a_quarantine_row_with_its_count(run):
     assert rules["影像描述"] == "free_text" and rules["date_1"] == "birth_date"
     assert rules["col_9"] == "national_id" and rules["contact_info"] == "email"
     assert rules["backup"] == "phone"  # numbers in a feature table are read for content too
+    # the update file named after its patient is reported under a keyed name
+    renamed = [
+        p for p, c in found if c == "姓名" and re.fullmatch(r"clinical/[0-9a-f]{16}\.csv", p)
+    ]
+    assert len(renamed) == 1, sorted(found)
     # the declared free-text column is kept, with the patient's name and phone redacted
     assert found[("clinical/随访登记表.xlsx", "病史摘要")][0] == "identifier_in_text"
 
@@ -309,6 +324,15 @@ def test_clinical_columns_are_kept_and_typed(run):
         ).fetchone()
         cases = con.execute("select count(*) from cases").fetchone()[0]
     assert n == 40
+    with _catalog(home) as con:
+        sources = {
+            r[0] for r in con.execute("select distinct source_file from clinical").fetchall()
+        }
+        updated = con.execute(
+            "select count(*) from clinical where source_file not in ('clinical/随访登记表.xlsx', "
+            "'clinical/followup_c2.csv')"
+        ).fetchone()[0]
+    assert len(sources) == 3 and updated == 1
     for kept in ("年龄", "肿瘤大小_mm", "阳性淋巴结数", "激素治疗", "绝经状态", "分级", "rfs_days",
                  "rfs_event", "tsize", "pnodes", "progrec", "estrec", "horTh", "menostat",
                  "tgrade", "病史摘要"):  # fmt: skip

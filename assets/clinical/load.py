@@ -484,6 +484,7 @@ def load_clinical(
     for order, shown, schema, sheet, pid_col, center_col in loaded:
         schemas[order] = schema
         index = {name: i for i, name in enumerate(sheet.header)}
+        shown = _safe_name(shown, sheet, index, [pid_col, *findings], pseudonymize)
         flagged = _flagged_in_file(findings, sheet, index, (pid_col, center_col), shown, stats)
         kept = []
         for name in sheet.header:
@@ -597,6 +598,29 @@ def _flagged_in_file(
             {"file": shown, "column": name, "rule": finding.rule, "values": count}
         )
     return flagged
+
+
+def _safe_name(
+    shown: str, sheet: _Sheet, index: dict[str, int], columns: list[str], pseudonymize: Pseudonymize
+) -> str:
+    """``shown`` with any folder or file name that quotes one of the file's patient ids or
+    identifier values (``clinical/张伟_随访.xlsx``) replaced by a keyed digest: the stored
+    ``source_file`` and quarantine paths never name a patient."""
+    values = {
+        text.casefold()
+        for name in columns
+        if name in index
+        for _, cells in sheet.rows
+        if (text := (cells[index[name]] or "").strip())
+        and (len(text) >= 4 or (len(text) >= 2 and not text.isascii()))
+    }
+    parts = shown.split("/")
+    for i, part in enumerate(parts[1:], start=1):
+        folded = part.casefold()
+        if any(value in folded for value in values):
+            suffix = "".join(Path(part).suffixes[-1:]) if i == len(parts) - 1 else ""
+            parts[i] = pseudonymize("clinical-file", "/".join(parts[: i + 1]))[:16] + suffix
+    return "/".join(parts)
 
 
 def _redacted(
