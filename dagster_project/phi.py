@@ -238,8 +238,11 @@ CHINESE_SURNAMES = frozenset(
 CHINESE_COMPOUND_SURNAMES = _wordset(
     "欧阳 司马 诸葛 上官 东方 皇甫 尉迟 公孙 慕容 令狐 长孙 宇文 司徒 夏侯 端木 独孤 南宫 西门"
 )
-# characters of clinical terms that never occur in given names (阳性, 左肺, 高分化, 管状)
-_NOT_IN_NAMES = frozenset("癌瘤性侧肺肝胃肠术期型级度状移节膜灶腺胞脉管症阴例次")
+# characters of clinical terms and drug names that never occur in given names (阳性, 左肺, 管状,
+# 伊马替尼, 吉西他滨, 顺铂)
+_NOT_IN_NAMES = frozenset(
+    "癌瘤性侧肺肝胃肠术期型级度状移节膜灶腺胞脉管症阴例次替铂醇酯霉胺抗他唑嗪酮酸钠钾片剂囊针液疗诊痛血尿"
+)
 _CJK_NAME = re.compile(r"^[\u4e00-\u9fff]{2,4}$|^[\u4e00-\u9fff]{1,6}[·•][\u4e00-\u9fff]{1,8}$")
 # words of clinical categories, never a name part ("Partial Response", "Left Lobe")
 _CLINICAL_WORDS = _wordset(
@@ -330,6 +333,7 @@ _EVENT_WORDS = _wordset(
     report censor censoring event registration enrollment enrolment randomization consent update
     updated created modified record entry sample specimen collection test lab onset symptom
     resection chemo radio rt transplant injection infusion dose contact rec recurrent diagdate
+    os pfs rfs dfs efs dss ttp
     """
 )  # fmt: skip
 _CHINESE_EVENTS = (
