@@ -271,13 +271,36 @@ _FORMAL_NAME = re.compile(r"^[A-Z][A-Za-z'’-]+(?:, ?|\^)[A-Z][a-z]")
 
 
 def is_chinese_name(text: str) -> bool:
-    value = str(text).strip()
+    value = re.sub(r"\s+", "", str(text))  # "张 伟", as exports pad two-character names
     if not _CJK_NAME.match(value):
         return False
     surname = 2 if value[:2] in CHINESE_COMPOUND_SURNAMES else 1
     if surname == 1 and value[0] not in CHINESE_SURNAMES:
         return False
     return not _NOT_IN_NAMES.intersection(value[surname:])
+
+
+# common surnames in pinyin, for names exported as "ZHANG WEI", "zhang wei" or "Wei ZHANG"
+PINYIN_SURNAMES = _wordset(
+    """
+    wang li zhang liu chen yang huang zhao wu zhou xu sun ma zhu hu guo he lin luo gao zheng liang
+    xie song tang han feng deng cao peng zeng xiao tian dong yuan pan yu jiang cai du ye cheng su
+    wei lv lu ding ren shen yao cui zhong tan fan jin shi liao jia xia fu fang bai zou meng xiong
+    qin qiu yin xue yan duan lei hou long tao gu mao hao gong shao wan qian dai mo kong xiang
+    ouyang situ shangguan zhuge
+    """
+)
+_PINYIN_WORD = re.compile(r"^[a-z]{1,12}$")
+
+
+def is_pinyin_name(text: str) -> bool:
+    """Two or three pinyin words, one of the outer two a common surname: "ZHANG Wei", "li xiaoming"."""
+    parts = [p.lower() for p in re.split(r"[\s,^]+", str(text).strip()) if p]
+    if not 2 <= len(parts) <= 3 or not all(_PINYIN_WORD.match(p) for p in parts):
+        return False
+    if any(p in _CLINICAL_WORDS for p in parts):
+        return False
+    return parts[0] in PINYIN_SURNAMES or parts[-1] in PINYIN_SURNAMES
 
 
 def is_western_name(text: str) -> bool:
@@ -295,7 +318,7 @@ def is_western_name(text: str) -> bool:
 
 
 def is_person_name(text: str) -> bool:
-    return is_chinese_name(text) or is_western_name(text)
+    return is_chinese_name(text) or is_western_name(text) or is_pinyin_name(text)
 
 
 # --- dates ------------------------------------------------------------------------------------
@@ -497,13 +520,14 @@ def screen_columns(
 _EMBEDDED = re.compile(
     r"(?<![0-9A-Za-z])(?:\d{17}[\dXx]|\d{15})(?![0-9A-Za-z])"  # resident ids
     r"|(?<!\d)(?:\+?86[\s-]?)?1[3-9]\d(?:[\s-]?\d{4}){2}(?!\d)"  # mobile numbers
+    r"|(?<![\d-])(?:\(0[1-9]\d{1,2}\)|0[1-9]\d{1,2}-)\d{7,8}(?!\d)"  # landlines with area code
     rf"|{_EMAIL_TEXT}"  # e-mail addresses
 )
 
 
 class Redactor:
     """Replaces identifiers inside kept text by ``[redacted]``: resident ids (checksum-valid), mobile
-    numbers, e-mail addresses, and any of ``values`` (the file's dropped identifier values of 2+
+    numbers, landlines written with an area code, e-mail addresses, and any of ``values`` (the file's dropped identifier values of 2+
     characters, found by a lookup per position and length: no huge regex over thousands of names).
     A cell that is a date as a whole is left alone (someone's birth date may equal a surgery date)."""
 

@@ -188,3 +188,20 @@ def test_redactor_replaces_identifiers_inside_text_and_leaves_dates_and_numbers(
     assert out.count("[redacted]") == 5 and "张伟" not in out and "1381" not in out
     assert redact("1965-03-12") == "1965-03-12"  # a whole date cell is a date, not a quote
     assert redact("11010519491231002Y") == "11010519491231002Y"  # not an id: kept
+    assert redact("家属电话0755-86001234") == "家属电话[redacted]"
+
+
+def test_names_as_hospital_exports_write_them():
+    rng = random.Random(11)
+    surnames = ("ZHANG", "WANG", "LI", "LIU", "CHEN", "HUANG", "OUYANG")
+    given = ("WEI", "FANG", "XIAOMING", "JING", "LEI", "YAN", "JIANHUA", "MIN")
+    pinyin = [f"{rng.choice(surnames)} {rng.choice(given)}" for _ in range(30)]
+    assert screen_column("x", pinyin).rule == "person_name"  # "ZHANG WEI"
+    assert screen_column("x", [v.lower() for v in pinyin]).rule == "person_name"
+    assert screen_column("x", [" ".join(v.split()[::-1]).title() for v in pinyin]).rule == (
+        "person_name"
+    )  # "Wei Zhang"
+    padded = ["张 伟", "李 娜", "王 芳", "刘 强", "陈 静", "杨 洋"]  # two-character names padded
+    assert screen_column("x", padded).rule == "person_name"
+    drugs = ["伊马替尼", "舒尼替尼", "吉西他滨", "奥沙利铂", "卡培他滨", "贝伐珠单抗", "紫杉醇"]
+    assert screen_column("用药", drugs) is None
