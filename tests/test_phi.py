@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import random
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -64,8 +66,10 @@ def test_gb11643_examples_are_valid_and_every_other_check_character_is_not():
 
 
 def test_the_check_is_iso7064_mod11_2_as_orcid_publishes_it():
-    # ORCID's worked example 0000-0002-1825-0097: check digit 7 (leading zeros weigh nothing)
+    # ORCID's worked example 0000-0002-1825-0097: check digit 7 (leading zeros weigh nothing),
+    # and a published iD ending in X (lyDATA's CITATION.cff: 0000-0001-9434-328X)
     assert resident_id_check_character("00" + "000000021825009") == "7"
+    assert resident_id_check_character("00" + "000000019434328") == "X"
     assert iso7064_mod11_2("000000021825009") == "7"
     rng = random.Random(7)
     for _ in range(500):
@@ -205,3 +209,49 @@ def test_names_as_hospital_exports_write_them():
     assert screen_column("x", padded).rule == "person_name"
     drugs = ["伊马替尼", "舒尼替尼", "吉西他滨", "奥沙利铂", "卡培他滨", "贝伐珠单抗", "紫杉醇"]
     assert screen_column("用药", drugs) is None
+
+
+def _lydata() -> dict[str, list[str]]:
+    rows = _lydata_rows()
+    return {name: [r[name] for r in rows if r[name]] for name in rows[0]}
+
+
+def test_no_false_positive_on_a_real_hospital_table_with_many_date_columns():
+    columns = _lydata()
+    assert len(columns) == 26 and len(columns["age"]) == 120
+    generic_dates = [c for c in columns if c.endswith("_date") and not c.startswith("diagnose")]
+    assert len(generic_dates) == 6  # FNA_date, PET_date, ...: dates named after nothing
+    assert screen_columns({c: v for c, v in columns.items() if c != "id"}) == []
+
+
+def test_a_real_hospital_table_lands_whole_through_the_clinical_loader(tmp_path):
+    """The same records as a landed clinical file: every column kept, the dates typed as dates."""
+    from assets.clinical.load import load_clinical
+    from dagster_project.pseudonym import Pseudonymizer
+
+    columns = _lydata()
+    landing = tmp_path / "landing"
+    (landing / "clinical").mkdir(parents=True)
+    path = landing / "clinical" / "usz.csv"
+    names = [c for c in columns if c != "id"]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["patient_id", "center_id", *names])
+        for row in _lydata_rows():
+            writer.writerow([row["id"], "USZ", *(row[n] for n in names)])
+    table, rejects, stats = load_clinical([path], landing, Pseudonymizer(b"k"))
+    assert [r.rule for r in rejects] == [] and stats["identifier_columns"] == []
+    assert table.height == 120 and set(names) <= set(table.columns)
+    assert str(table.schema["diagnose_date"]) == "Date" and str(table.schema["CT_date"]) == "Date"
+
+
+def _lydata_rows() -> list[dict[str, str]]:
+    """lyDATA's three-level header flattened: patient columns by name, others as <top>_<name>."""
+    path = Path(__file__).parent / "fixtures" / "clinical_real" / "lydata_2021_usz_oropharynx.csv"
+    with path.open(newline="", encoding="utf-8") as handle:
+        top, _, low, *rows = list(csv.reader(handle))
+    names = [
+        name if group == "patient" else f"{group}_{name}"
+        for group, name in zip(top, low, strict=True)
+    ]
+    return [dict(zip(names, row, strict=True)) for row in rows]
