@@ -23,7 +23,8 @@ Rules (``Finding.rule``; checked in this order, the first that applies wins)
     mainland mobile numbers (``1[3-9]`` + 9 digits, optional +86) or landlines written with an area
     code and a separator (``010-12345678``), North-American numbers, any ``+``-prefixed number;
     e-mail addresses; person names (2-4 Chinese characters starting with a common Chinese surname,
-    or ``First Last`` / ``LAST, First`` / ``Last^First`` words none of which is a clinical word),
+    pinyin words around a common surname such as ``ZHANG Wei`` or ``wei zhang``, or
+    ``First Last`` / ``LAST, First`` / ``Last^First`` words none of which is a clinical word),
     with at least 3 distinct names making up >= 70 % of those values (categories such as 阳性/阴性
     or ``Partial Response`` repeat; names do not); dates of birth (dates that put every person at
     0-120 years, in a column whose name is not an event's: spread over >= 10 years between the
@@ -34,8 +35,8 @@ Rules (``Finding.rule``; checked in this order, the first that applies wins)
     clinical schema declares the column ``type: string``).
 
 Values inside kept text can still carry an identifier (a note that quotes a phone number):
-:class:`Redactor` replaces resident ids, mobile numbers, e-mail addresses and every value of the
-file's dropped identifier columns by ``[redacted]``.
+:class:`Redactor` replaces resident ids, mobile numbers, landlines with an area code, e-mail
+addresses and every value of the file's dropped identifier columns by ``[redacted]``.
 
 Pure module: no Dagster, no I/O.
 """
@@ -70,7 +71,8 @@ _EXACT_NAMES = _wordset(
     """
     name names id ids fullname patientname patname ptname nameofpatient personname firstname
     lastname givenname familyname surname forename middlename maidenname initials patientinitials
-    dob dateofbirth birthdate birthday bday birthdt birthyear yearofbirth yob birthplace
+    dob dateofbirth birthdate birthday bday birthdt birthyear yearofbirth yob birthplace birth born
+    出生 生辰
     mrn medicalrecordnumber medicalrecordno medicalrecord hospitalnumber hospitalno hospitalid
     hospno inpatientnumber inpatientno inpatientid outpatientnumber outpatientno outpatientid
     admissionnumber admissionno accessionnumber accessionno nationalid nationalidnumber idcard
