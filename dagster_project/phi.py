@@ -81,7 +81,8 @@ _EXACT_NAMES = _wordset(
     passportnumber passportno address homeaddress streetaddress street city town village county
     zip zipcode postcode postalcode phone phonenumber phoneno telephone tel telno mobile
     mobilephone mobilenumber cellphone contactnumber contactphone contact fax email
-    emailaddress mail emergencycontact nextofkin
+    emailaddress mail emergencycontact nextofkin pid ptid patid patientno patientnumber caseno
+    casenumber recordno recordnumber
     xingming huanzhexingming bingrenxingming hzxm brxm xm zhuyuanhao zhuyuanhaoma zyh menzhenhao
     menzhenhaoma mzh binganhao bingan bah binglihao blh shenfenzheng shenfenzhenghao
     shenfenzhenghaoma sfz sfzh sfzhm zhengjianhao zhengjianhaoma zjh zjhm chushengriqi csrq
@@ -114,7 +115,7 @@ _CHINESE_TERMS = (
     "身份证", "证件号", "出生日期", "出生年月", "出生时间", "生日", "电话", "手机", "联系方式",
     "住址", "地址", "邮箱", "电子邮件", "邮编", "医保号", "医保卡", "社保号", "社保卡", "就诊卡",
     "就诊号", "影像号", "放射号", "检查号", "登记号", "流水号", "床号", "联系人", "家属", "监护人",
-    "工作单位", "微信", "籍贯", "户籍", "卡号", "患者编号", "病人编号", "患者id", "病人id", "id号",
+    "工作单位", "微信", "籍贯", "户籍", "卡号", "患者编号", "病人编号", "患者id", "病人id", "id号", "就诊id", "住院id", "门诊id", "出生地",
 )  # fmt: skip
 # Pinyin found anywhere in a compacted name (huanzhe_xingming, lianxi_dianhua_2)
 _PINYIN_TERMS = (
@@ -182,6 +183,22 @@ def _valid_date(year: int, month: int, day: int, today: date) -> bool:
     except ValueError:
         return False
     return date(1880, 1, 1) <= born <= today
+
+
+_ID_AS_NUMBER = re.compile(r"^([1-9])\.(\d{7,16})[eE]\+?17$")
+
+
+def is_mangled_resident_id(text: str, today: date | None = None) -> bool:
+    """An 18-digit resident id a spreadsheet stored as a number (``1.1010519491231e+17``): the
+    check character is lost, but the province and the birth date still read."""
+    found = _ID_AS_NUMBER.match(str(text).strip())
+    if not found:
+        return False
+    digits = (found.group(1) + found.group(2)).ljust(14, "0")
+    today = today or date.today()
+    return digits[:2] in _PROVINCES and _valid_date(
+        int(digits[6:10]), int(digits[10:12]), int(digits[12:14]), today
+    )
 
 
 def is_resident_id(text: str, today: date | None = None) -> bool:
@@ -467,6 +484,7 @@ def screen_column(
     needed = CONTENT_FRACTION * len(texts)
     for rule, test, what in (
         ("national_id", lambda v: is_resident_id(v, today), "Chinese resident identity numbers with a valid check character"),
+        ("national_id", lambda v: is_mangled_resident_id(v, today), "Chinese resident identity numbers stored as numbers"),
         ("phone", is_phone, "telephone numbers"),
         ("email", is_email, "e-mail addresses"),
     ):  # fmt: skip

@@ -255,3 +255,14 @@ def _lydata_rows() -> list[dict[str, str]]:
         for group, name in zip(top, low, strict=True)
     ]
     return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def test_resident_ids_a_spreadsheet_turned_into_numbers_are_still_found():
+    # Excel keeps 15 significant digits of an 18-digit number typed into a cell; openpyxl reads
+    # the float, the clinical loader writes it as repr(): the check character is gone, the
+    # province and birth date are not
+    as_numbers = [repr(float(f"{int(n[:17] + '0'):.14e}")) for n in GB11643_EXAMPLES]
+    assert as_numbers[0] == "1.1010519491231e+17"
+    finding = screen_column("证件", as_numbers)
+    assert finding is not None and finding.rule == "national_id"
+    assert screen_column("volume", ["1.5e+17", "2.25e+17", "9.1e+16"]) is None
