@@ -266,3 +266,9 @@ def test_resident_ids_a_spreadsheet_turned_into_numbers_are_still_found():
     finding = screen_column("证件", as_numbers)
     assert finding is not None and finding.rule == "national_id"
     assert screen_column("volume", ["1.5e+17", "2.25e+17", "9.1e+16"]) is None
+
+
+def test_short_dropped_values_do_not_blank_other_text():
+    redact = Redactor(["12", "3A", "王芳", "ZY2019000123", "654321"])
+    out = redact("2012年入院，3A床，王芳，ZY2019000123，654321")
+    assert out == "2012年入院，3A床，[redacted]，[redacted]，[redacted]"

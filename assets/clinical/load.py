@@ -499,9 +499,8 @@ def load_clinical(
                 kept.append(name)
                 if name not in columns:
                     columns.append(name)
-        redact = Redactor(
-            cells[index[name]] for _, cells in sheet.rows for name in flagged if cells[index[name]]
-        )
+        quoted = [name for name, reject in flagged.items() if reject.rule != "free_text"]
+        redact = Redactor(cells[index[n]] for _, cells in sheet.rows for n in quoted)
         redacted: dict[str, int] = {}
         for number, cells in sheet.rows:
             stats["landed"] += 1
