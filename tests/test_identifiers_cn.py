@@ -187,6 +187,18 @@ def _landing(home: Path) -> tuple[dict[str, dict[str, list[str]]], set[str]]:
         cases.append([f"{p['id']}/image.nii.gz", f"{p['id']}/mask.nii.gz", p["id"], p["name"]])
     with (center / "cases.csv").open("w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(cases)
+    # a real CT slice (pydicom's CT_small) of a fourth patient, named in pinyin and Chinese
+    # characters (DICOM PN groups, UTF-8), in a folder named after her
+    import pydicom
+
+    _, _, p = c1[3]
+    dicom = pydicom.dcmread(shared_path("dicom", "pydicom", "CT_small.dcm"))
+    dicom.SpecificCharacterSet = "ISO_IR 192"
+    dicom.PatientName = f"{p['pinyin'].replace(' ', '^')}={p['name'][0]}^{p['name'][1:]}"
+    dicom.PatientID = p["id"]
+    dicom.PatientBirthDate = p["birth"].replace("-", "")
+    (center / p["name"]).mkdir()
+    dicom.save_as(center / p["name"] / "CT_small.dcm")
     (home / "params").mkdir(exist_ok=True)
     for stem in ("ct_default", "mr_default"):
         (home / "params" / f"{stem}.yaml").write_text(LIGHT_PARAMS)
@@ -232,7 +244,7 @@ def _landing(home: Path) -> tuple[dict[str, dict[str, list[str]]], set[str]]:
             "backup": [p["contact"] for _, _, p in c1],
         },
     }
-    values: set[str] = set()
+    values: set[str] = {str(dicom.PatientName), str(dicom.PatientBirthDate)}
     for _, _, p in people:
         values |= {v for k, v in p.items()}
     return dropped, values
@@ -340,6 +352,13 @@ def test_clinical_columns_are_kept_and_typed(run):
     assert columns["手术日期"] == "DATE" and columns["surgery_date"] == "DATE"
     assert len(notes) == 20 and all(note.count("[redacted]") == 2 for note in notes), notes[:2]
     assert features == (20, 12) and cases == 3
+    with _catalog(home) as con:
+        ct = con.execute(
+            "select patient_key, source_path from imaging_series where modality = 'CT'"
+        ).fetchall()
+        keys = {r[0] for r in con.execute("select patient_key from clinical").fetchall()}
+    # the DICOM patient is the clinical patient (same resident id), her folder is her key
+    assert len(ct) == 1 and ct[0][0] in keys and ct[0][0] in ct[0][1], ct
 
 
 def _needles(value: str) -> set[bytes]:
