@@ -545,7 +545,7 @@ _EMBEDDED = re.compile(
 )
 
 
-def _quotable(value: str) -> bool:
+def quotable(value: str) -> bool:
     """Whether a dropped value is specific enough to look for inside other text: a Chinese name
     (2+ characters), a number of 6+ digits, anything else of 4+ characters. A bed number "12"
     must not blank the "12" of "2012"."""
@@ -557,12 +557,12 @@ def _quotable(value: str) -> bool:
 class Redactor:
     """Replaces identifiers inside kept text by ``[redacted]``: resident ids (checksum-valid), mobile
     numbers, landlines written with an area code, e-mail addresses, and any of ``values`` (the
-    file's dropped identifier values that are specific enough, see ``_quotable``; found by a lookup
+    file's dropped identifier values that are specific enough, see :func:`quotable`; found by a lookup
     per position and length, not by a huge regex over thousands of names).
     A cell that is a date as a whole is left alone (someone's birth date may equal a surgery date)."""
 
     def __init__(self, values: Iterable[object] = ()):
-        self._values = {w for w in (_plain(v) for v in values if v is not None) if _quotable(w)}
+        self._values = {w for w in (_plain(v) for v in values if v is not None) if quotable(w)}
         self._lengths = sorted({len(w) for w in self._values}, reverse=True)
         self._memo: dict[str, str] = {}  # categories repeat: each distinct text is read once
 

@@ -79,7 +79,7 @@ from assets.clinical.schema import (
     SchemaError,
     schema_for,
 )
-from dagster_project.phi import Finding, Redactor, screen_columns
+from dagster_project.phi import Finding, Redactor, quotable, screen_columns
 from dagster_project.quarantine import Reject
 
 TARGET_TABLE = "clinical"
@@ -610,8 +610,7 @@ def _safe_name(
         for name in columns
         if name in index
         for _, cells in sheet.rows
-        if (text := (cells[index[name]] or "").strip())
-        and (len(text) >= 4 or (len(text) >= 2 and not text.isascii()))
+        if quotable(text := (cells[index[name]] or "").strip())
     }
     parts = shown.split("/")
     for i, part in enumerate(parts[1:], start=1):
@@ -644,7 +643,7 @@ def _redaction_reject(shown: str, column: str, cells: int, stats: dict) -> Rejec
         TARGET_TABLE,
         "identifier_in_text",
         f"identifier_in_text: {shown} column '{column}' kept, but {cells} of its cells quoted an "
-        "identifier (a value of a dropped identifier column, a resident id, a mobile number or an "
+        "identifier (a value of a dropped identifier column, a resident id, a phone number or an "
         "e-mail address), replaced by [redacted] before loading",
         record=f"column {column}",
     )
