@@ -82,7 +82,7 @@ _EXACT_NAMES = _wordset(
     zip zipcode postcode postalcode phone phonenumber phoneno telephone tel telno mobile
     mobilephone mobilenumber cellphone contactnumber contactphone contact fax email
     emailaddress mail emergencycontact nextofkin pid ptid patid patientno patientnumber caseno
-    casenumber recordno recordnumber
+    casenumber recordno recordnumber doctor physician surgeon nurse radiologist pathologist
     xingming huanzhexingming bingrenxingming hzxm brxm xm zhuyuanhao zhuyuanhaoma zyh menzhenhao
     menzhenhaoma mzh binganhao bingan bah binglihao blh shenfenzheng shenfenzhenghao
     shenfenzhenghaoma sfz sfzh sfzhm zhengjianhao zhengjianhaoma zjh zjhm chushengriqi csrq
@@ -115,7 +115,7 @@ _CHINESE_TERMS = (
     "身份证", "证件号", "出生日期", "出生年月", "出生时间", "生日", "电话", "手机", "联系方式",
     "住址", "地址", "邮箱", "电子邮件", "邮编", "医保号", "医保卡", "社保号", "社保卡", "就诊卡",
     "就诊号", "影像号", "放射号", "检查号", "登记号", "流水号", "床号", "联系人", "家属", "监护人",
-    "工作单位", "微信", "籍贯", "户籍", "卡号", "患者编号", "病人编号", "患者id", "病人id", "id号", "就诊id", "住院id", "门诊id", "出生地",
+    "工作单位", "微信", "籍贯", "户籍", "卡号", "患者编号", "病人编号", "患者id", "病人id", "id号", "就诊id", "住院id", "门诊id", "出生地", "医生", "医师", "签名",
 )  # fmt: skip
 # Pinyin found anywhere in a compacted name (huanzhe_xingming, lianxi_dianhua_2)
 _PINYIN_TERMS = (
