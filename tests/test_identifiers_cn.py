@@ -108,12 +108,13 @@ def _landing(home: Path) -> tuple[dict[str, dict[str, list[str]]], set[str]]:
     yes_no = {"yes": "是", "no": "否"}
     meno = {"Pre": "绝经前", "Post": "绝经后"}
 
-    # C1: Chinese headers, the resident id is the patient_id (and a column of its own)
+    # C1: Chinese headers, the resident id is the patient_id (and a column of its own); the
+    # clinical headers are ones no built-in name translates (诊断年龄, not 年龄)
     c1 = people[:20]
     header_c1 = [
         "patient_id", "center_id", "姓名", "住院号", "门诊号", "病案号", "身份证号", "出生日期",
-        "联系电话", "家庭住址", "电子邮箱", "紧急联系", "陪同者", "年龄", "肿瘤大小_mm",
-        "阳性淋巴结数", "激素治疗", "绝经状态", "分级", "手术日期", "rfs_days", "rfs_event",
+        "联系电话", "家庭住址", "电子邮箱", "紧急联系", "陪同者", "诊断年龄", "肿瘤大小_mm",
+        "阳性淋巴结数", "激素治疗", "绝经状态", "组织分级", "手术日期", "rfs_days", "rfs_event",
         "病史摘要", "影像描述",
     ]  # fmt: skip
     rows_c1 = []
@@ -345,7 +346,7 @@ def test_clinical_columns_are_kept_and_typed(run):
             "'clinical/followup_c2.csv')"
         ).fetchone()[0]
     assert len(sources) == 3 and updated == 1
-    for kept in ("年龄", "肿瘤大小_mm", "阳性淋巴结数", "激素治疗", "绝经状态", "分级", "rfs_days",
+    for kept in ("诊断年龄", "肿瘤大小_mm", "阳性淋巴结数", "激素治疗", "绝经状态", "组织分级", "rfs_days",
                  "rfs_event", "tsize", "pnodes", "progrec", "estrec", "horTh", "menostat",
                  "tgrade", "病史摘要"):  # fmt: skip
         assert kept in columns, (kept, sorted(columns))
