@@ -33,7 +33,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
     lake = Lake.at(create=False)
     try:
         con = open_catalog(lake)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # no catalog; a lake path DuckDB cannot search
         return _fail(f"sql: {exc}")
     except duckdb.Error as exc:
         return _fail(f"sql: cannot open catalog {lake.catalog_path}: {str(exc).splitlines()[0]}")
@@ -67,7 +67,7 @@ def _print_table(relation, max_rows: int) -> None:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from dagster_project.demo_data import generate_demo
+    from radlake.demo import generate_demo
 
     lake = Lake.at()
     try:
@@ -98,9 +98,14 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_materialize(args: argparse.Namespace) -> int:
     from dagster_project.instance import ensure_dagster_home
+    from dagster_project.pseudonym import PseudonymKeyMismatch, load_secret
 
     lake = Lake.at()
     ensure_dagster_home(lake)
+    try:  # one clear message before any asset runs, not one failure per ingest asset
+        load_secret(lake.home)
+    except PseudonymKeyMismatch as exc:
+        return _fail(f"materialize: {exc}")
     env = {**os.environ, "LAKE_HOME": str(lake.home), "GX_ANALYTICS_ENABLED": "false"}
     # INFO on the console: progress, warnings and check results, not every engine event
     log_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
@@ -115,6 +120,102 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     ]
     # dg finds the code location from the project's pyproject.toml
     return subprocess.call(command, env=env, cwd=Path(__file__).resolve().parents[1])
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    """Show where the pseudonymization key lives, or rotate it deliberately."""
+    from dagster_project import pseudonym
+
+    lake = Lake.at()
+    recorded = lake.home / pseudonym.FINGERPRINT_FILE
+    if args.action == "show":
+        print(f"key from       {pseudonym.key_source(lake.home)}")
+        try:
+            secret = pseudonym.load_secret(lake.home)
+        except pseudonym.PseudonymKeyMismatch as exc:
+            return _fail(f"key: {exc}")
+        print(f"fingerprint    {pseudonym.fingerprint(secret)} (matches {recorded})")
+        print("back it up     keep a copy of the key file (or of LAKE_PSEUDONYM_KEY) offline:")
+        print("               without it, landed patients can never get their keys again")
+        return 0
+    if not args.yes:
+        return _fail(
+            "key rotate gives every patient a new patient_key: the lake's tables, models and "
+            "reports are moved to LAKE_HOME/retired/<time>/ and rebuilt from landing/ by the next "
+            "`radlake materialize`. Back up the old key, then run `radlake key rotate --yes`."
+        )
+    return _rotate_key(lake)
+
+
+def _rotate_key(lake: Lake) -> int:
+    import shutil
+    from datetime import UTC, datetime
+
+    from dagster_project import pseudonym
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    recorded = lake.home / pseudonym.FINGERPRINT_FILE
+    env = os.environ.get("LAKE_PSEUDONYM_KEY")
+    if env and recorded.exists():
+        if recorded.read_text().strip() == pseudonym.fingerprint(env.encode("utf-8")):
+            return _fail(
+                "key rotate: LAKE_PSEUDONYM_KEY is the lake's current key: set the new one"
+            )
+    elif not env and pseudonym.key_file(lake.home).exists():
+        old = pseudonym.key_file(lake.home)
+        old.rename(old.with_name(f"{old.name}.retired-{stamp}"))  # a new one is generated below
+    retired = lake.home / "retired" / stamp
+    for name in ("lake", "state", "models", "reports", "catalog.duckdb"):
+        if (lake.home / name).exists():
+            retired.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(lake.home / name), str(retired / name))
+    recorded.unlink(missing_ok=True)
+    new = pseudonym.fingerprint(pseudonym.load_secret(lake.home))  # records the new fingerprint
+    lake.ensure()
+    print(f"new key from {pseudonym.key_source(lake.home)}, fingerprint {new}")
+    print(f"the lake made with the old key is in {retired} (delete it when you no longer need it)")
+    print("run `radlake materialize` to rebuild every table from landing/ with the new key")
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Withdrawal of consent: purge patients from every table, history, state, model and report."""
+    import csv
+
+    from dagster_project.erasure import LandingStillHolds, forget
+    from dagster_project.pseudonym import Pseudonymizer, PseudonymKeyMismatch
+
+    lake = Lake.at()
+    if args.file:
+        with open(args.file, newline="", encoding="utf-8-sig") as handle:
+            people = [(r["center_id"], r["patient_id"]) for r in csv.DictReader(handle)]
+    elif args.center and args.patient_id:
+        people = [(args.center, args.patient_id)]
+    else:
+        return _fail("forget: give --center and --patient-id, or --file with those two columns")
+    try:
+        pseudonymize = Pseudonymizer.for_lake(lake.home)
+    except PseudonymKeyMismatch as exc:
+        return _fail(f"forget: {exc}")
+    print(
+        "radlake forget never deletes from landing/ unless you pass --also-landing: that is yours"
+    )
+    for n, (center, patient_id) in enumerate(people, start=1):
+        try:
+            report = forget(
+                lake, pseudonymize, center, patient_id, args.reason, also_landing=args.also_landing
+            )
+        except LandingStillHolds as exc:
+            return _fail(f"forget: patient {n} of {len(people)} (center {center}): {exc}")
+        removed = ", ".join(f"{t} {k}" for t, k in sorted(report.rows_removed.items())) or "none"
+        print(
+            f"patient {n} (center {center}): erasure {report.key_sha256[:16]}; rows removed: "
+            f"{removed}; files rewritten {len(report.files_rewritten)}, deleted "
+            f"{len(report.files_deleted)}; landing files removed {len(report.landing_removed)}; "
+            f"model versions marked for retraining: {', '.join(report.model_versions) or 'none'}"
+        )
+    print("recorded in the `erasures` table; run `radlake materialize` to rebuild the catalog")
+    return 0
 
 
 def cmd_paths(args: argparse.Namespace) -> int:
@@ -133,6 +234,15 @@ def cmd_paths(args: argparse.Namespace) -> int:
     print(f'try            radlake sql "{EXAMPLE_QUERY}"')
     print("browse lineage make ui   (Dagster UI on workspace.yaml)")
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dagster_project.serve import ServeError, serve
+
+    try:
+        return serve(args.host, args.port)
+    except ServeError as error:
+        return _fail(str(error), 2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +279,33 @@ def build_parser() -> argparse.ArgumentParser:
     mat.add_argument("--select", default="*", help="Dagster asset selection (default: everything)")
     mat.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     mat.set_defaults(func=cmd_materialize)
+
+    srv = sub.add_parser(
+        "serve", help="the Dagster webserver and daemon (sensors, schedule) on one instance"
+    )
+    srv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (0.0.0.0: the lab)")
+    srv.add_argument("--port", type=int, default=3000)
+    srv.set_defaults(func=cmd_serve)
+
+    key = sub.add_parser("key", help="the pseudonymization key: where it is, or rotate it")
+    key.add_argument("action", choices=["show", "rotate"])
+    key.add_argument("--yes", action="store_true", help="rotate: yes, give every patient a new key")
+    key.set_defaults(func=cmd_key)
+
+    forget = sub.add_parser(
+        "forget", help="withdrawal of consent: purge a patient from every table and copy"
+    )
+    forget.add_argument("--center", help="the patient's center_id")
+    forget.add_argument("--patient-id", help="the hospital's patient id (as landed)")
+    forget.add_argument("--file", type=Path, help="a CSV of center_id,patient_id to forget")
+    forget.add_argument("--reason", default="withdrawal of consent", help="recorded in erasures")
+    forget.add_argument(
+        "--also-landing",
+        action="store_true",
+        help="also delete the patient's files and CSV rows from landing/ (otherwise refused "
+        "while landing/ still holds them)",
+    )
+    forget.set_defaults(func=cmd_forget)
 
     paths = sub.add_parser("paths", help="where the lake, catalog, reports and Dagster home are")
     paths.set_defaults(func=cmd_paths)

@@ -13,18 +13,30 @@ import dagster as dg
 from dagster_project.core_assets import INGEST_TAG, build_core_assets
 from dagster_project.resources import ExtractionBackend, LakeResource
 from dagster_project.schedules import build_nightly_schedule
-from dagster_project.sensors import build_landing_sensor
+from dagster_project.sensors import build_landing_sensor, failed_run_reporter
 
 DOMAINS = ("imaging", "radiomics", "clinical", "portfolio", "studies")
 
 
-def domain_definitions() -> list[dg.Definitions]:
+def domain_modules() -> list:
     found = []
     for domain in DOMAINS:
         name = f"assets.{domain}.defs"
         if importlib.util.find_spec(name) is not None:
-            found.append(importlib.import_module(name).defs)
+            found.append(importlib.import_module(name))
     return found
+
+
+def domain_definitions() -> list[dg.Definitions]:
+    return [module.defs for module in domain_modules()]
+
+
+def table_schemas() -> dict:
+    """Tables the domains publish after the catalog (``TABLE_SCHEMAS`` of their defs.py)."""
+    schemas: dict = {}
+    for module in domain_modules():
+        schemas.update(getattr(module, "TABLE_SCHEMAS", {}))
+    return schemas
 
 
 def _asset_keys(definitions: list[dg.Definitions], layer: str | None = None) -> list[dg.AssetKey]:
@@ -47,7 +59,7 @@ def _executor() -> dg.ExecutorDefinition:
 
 def build_definitions() -> dg.Definitions:
     domains = domain_definitions()
-    core = build_core_assets(upstream=_asset_keys(domains), ingest=_asset_keys(domains, "ingest"))
+    core = build_core_assets(ingest=_asset_keys(domains, "ingest"), table_schemas=table_schemas())
     everything = dg.define_asset_job(
         "materialize_everything",
         selection=dg.AssetSelection.all(),
@@ -58,7 +70,6 @@ def build_definitions() -> dg.Definitions:
         asset_checks=[a for a in core if isinstance(a, dg.AssetChecksDefinition)],
         jobs=[everything],
         schedules=[build_nightly_schedule()],
-        sensors=[build_landing_sensor(set(_asset_keys(domains)))],
         resources={
             "lake": LakeResource(),
             # RADLAKE_EXTRACTION=dask and RADLAKE_DASK_ADDRESS=tcp://scheduler:8786 run extraction on a cluster
@@ -69,7 +80,10 @@ def build_definitions() -> dg.Definitions:
         },
         executor=_executor(),
     )
-    return dg.Definitions.merge(*domains, base)
+    merged = dg.Definitions.merge(*domains, base)
+    # the landing sensor's selections are read from the finished asset graph (see sensors.py)
+    sensors = [build_landing_sensor(merged.resolve_asset_graph()), failed_run_reporter]
+    return dg.Definitions.merge(merged, dg.Definitions(sensors=sensors))
 
 
 defs = build_definitions()

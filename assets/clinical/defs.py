@@ -4,7 +4,9 @@
   lake/clinical (current, one row per patient; the replaced file kept under _history/) and
   lake/clinical_history (SCD type 2, for "clinical as of <time>").
 - ``external_features`` (ingest): landing/features/<center_id>/*.csv|*.parquet -> the long table.
-- one asset per ``sql/cohorts/*.sql`` file and one for ``sql/views/dataset_inventory.sql`` (the same
+- one asset per cohort file (``sql/cohorts/*.sql`` and the lake's own ``LAKE_HOME/sql/cohorts/*.sql``;
+  a cohort that cannot run on this lake fails alone, naming the file, the missing column and the
+  columns the tables it reads do have) and one for ``sql/views/dataset_inventory.sql`` (the same
   SELECT the catalog exposes as a view), result preview in the metadata; its data version is the
   result's content hash, so studies downstream see when their cohort changed.
 """
@@ -14,8 +16,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from dagster_project.core_assets import INGEST_TAG
-from dagster_project.materialize import table_result
+from dagster_project.catalog import sql_files, sql_roots
+from dagster_project.core_assets import INGEST_TAG, reads
+from dagster_project.lake import Lake
+from dagster_project.materialize import removed_since_last_version, table_result
 from dagster_project.quarantine import write_quarantine
 from dagster_project.resources import LakeResource
 from dagster_project.sql_assets import sql_file_asset
@@ -33,6 +37,7 @@ TABLES = ("clinical", "clinical_history", "external_features")
             group_name="clinical",
             kinds={"python", "parquet"},
             tags={INGEST_TAG: "ingest"},
+            metadata=reads("landing/clinical", "mappings"),
             description=(
                 "One row per patient from landing/clinical/*.csv|*.xlsx, typed (schema file or "
                 "inference), pseudonymized; a newer file's values replace older ones."
@@ -52,11 +57,13 @@ TABLES = ("clinical", "clinical_history", "external_features")
 def clinical(context: dg.AssetExecutionContext, lake: LakeResource):
     from assets.clinical.history import update_history
     from assets.clinical.load import clinical_files, load_centers, load_clinical
+    from dagster_project.mappings import load_mappings
 
     home = lake.lake()
     loaded_at = datetime.now(UTC)
     previous = home.read_table("clinical") if home.has_table("clinical") else None
     history = home.read_table("clinical_history") if home.has_table("clinical_history") else None
+    mappings, mapping_errors = load_mappings(home.home, "clinical")
     table, rejects, stats = load_clinical(
         clinical_files(home.landing),
         home.landing,
@@ -64,8 +71,22 @@ def clinical(context: dg.AssetExecutionContext, lake: LakeResource):
         centers=load_centers(home.home),
         previous=previous,
         loaded_at=loaded_at,
+        mappings=mappings,
     )
+    for error in mapping_errors.values():
+        context.log.warning(f"mapping not used: {error}")
+    for path, names in stats["other_sheets"].items():
+        context.log.warning(
+            f"{path}: only the first worksheet with data is read; not read: {', '.join(names)} "
+            "(one table per file, or one file per sheet)"
+        )
+    stats["mapping_errors"] = mapping_errors
     history = update_history(history, table, loaded_at)
+    stats["patients_removed"] = removed_since_last_version(home, "clinical", table, "patient_key")
+    if stats["patients_removed"]:
+        context.log.info(
+            f"clinical: {stats['patients_removed']} patients removed (not in landing/)"
+        )
     home.write_table("clinical", table, keep_history=True)
     home.write_table("clinical_history", history)
     write_quarantine(home, "clinical", rejects)
@@ -83,6 +104,7 @@ def clinical(context: dg.AssetExecutionContext, lake: LakeResource):
     group_name="clinical",
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
+    metadata=reads("landing/features", "mappings"),
     deps=["clinical", "cases"],
     description=(
         "Feature tables computed elsewhere (pyradiomics batch output, deep or pathology features) "
@@ -93,12 +115,14 @@ def external_features(
     context: dg.AssetExecutionContext, lake: LakeResource
 ) -> dg.MaterializeResult:
     from assets.clinical.external import load_external_features
+    from dagster_project.mappings import load_mappings
 
     home = lake.lake()
     cases = home.read_table("cases") if home.has_table("cases") else None
     clinical_table = home.read_table("clinical") if home.has_table("clinical") else None
+    mappings, _errors = load_mappings(home.home, "external_features")
     table, rejects, stats = load_external_features(
-        home.landing, lake.pseudonymizer(), cases, clinical_table
+        home.landing, lake.pseudonymizer(), cases, clinical_table, mappings=mappings
     )
     home.write_table("external_features", table, keep_history=True)
     write_quarantine(home, "external_features", rejects)
@@ -107,9 +131,10 @@ def external_features(
     return table_result(home, "external_features", table, stats)
 
 
-SQL_ASSETS = [
-    sql_file_asset(p, "cohorts", LAKE_TABLES) for p in sorted((SQL_ROOT / "cohorts").glob("*.sql"))
-] + [sql_file_asset(SQL_ROOT / "views" / "dataset_inventory.sql", "clinical", LAKE_TABLES)]
+COHORT_FILES = sql_files(sql_roots(Lake.at(create=False), SQL_ROOT), layers=("cohorts",))
+SQL_ASSETS = [sql_file_asset(p, "cohorts", LAKE_TABLES) for p in COHORT_FILES.values()] + [
+    sql_file_asset(SQL_ROOT / "views" / "dataset_inventory.sql", "clinical", LAKE_TABLES)
+]
 
 defs = dg.Definitions(
     assets=[clinical, external_features, *SQL_ASSETS],
