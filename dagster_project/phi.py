@@ -536,6 +536,24 @@ def screen_columns(
     return found
 
 
+def shown_header(name: str) -> str:
+    """A header cell as a reject reason may quote it: ``[redacted]`` when the "header" is really a
+    value that identifies someone (a headerless file's first row: a name, an id, a phone number,
+    a birth date, a long number)."""
+    text = _plain(name)
+    looks_like_value = (
+        is_resident_id(text)
+        or is_mangled_resident_id(text)
+        or is_phone(text)
+        or is_email(text)
+        or is_chinese_name(text)
+        or is_western_name(text)
+        or parse_date(text) is not None
+        or (text.isdigit() and len(text) >= 6)
+    )
+    return REDACTED if looks_like_value else name
+
+
 # --- identifiers inside kept text -------------------------------------------------------------
 _EMBEDDED = re.compile(
     r"(?<![0-9A-Za-z])(?:\d{17}[\dXx]|\d{15})(?![0-9A-Za-z])"  # resident ids

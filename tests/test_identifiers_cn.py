@@ -455,3 +455,26 @@ def test_accounting_and_suites_pass_with_dropped_columns(run, monkeypatch):
     assert {asset for asset, _ in results} >= wanted
     assert ("clinical", "accounting") in results and ("cases", "accounting") in results
     assert all(passed for (asset, _), passed in results.items() if asset in wanted), results
+
+
+def test_a_headerless_sheet_is_rejected_without_quoting_its_first_row(tmp_path):
+    """No header: the first row (a patient) is read as one; the reason and the mapping skeleton
+    name its cells [redacted], not the patient."""
+    from assets.clinical.load import load_clinical
+    from dagster_project.pseudonym import Pseudonymizer
+
+    rng = random.Random(9)
+    people = [_person(rng, date(1960, 5, 17) + timedelta(days=300 * i), set()) for i in range(4)]
+    landing = tmp_path / "landing"
+    (landing / "clinical").mkdir(parents=True)
+    path = landing / "clinical" / "export.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(
+            [p["name"], p["id"], p["birth"], p["mobile"], p["email"], 62, 1] for p in people
+        )
+    _, rejects, _ = load_clinical([path], landing, Pseudonymizer(b"k"))
+    assert [r.rule for r in rejects] == ["missing_id_column"]
+    reason = rejects[0].reason
+    assert "[redacted]" in reason and "62" in reason  # a clinical value may show, a person not
+    leaked = [v for p in people for v in (p["name"], p["id"], p["birth"], p["mobile"], p["email"])]
+    assert not [v for v in leaked if v in reason], reason

@@ -86,7 +86,7 @@ from assets.clinical.schema import (
     schema_for,
 )
 from dagster_project.mappings import Mapping, mapping_for, skeleton
-from dagster_project.phi import Finding, Redactor, quotable, screen_columns
+from dagster_project.phi import Finding, Redactor, quotable, screen_columns, shown_header
 from dagster_project.quarantine import Reject
 from dagster_project.sheets import XLSX_SUFFIXES, SheetError, read_sheets
 
@@ -206,10 +206,12 @@ def _read_sheet(path: Path, shown: str, mappings: list[Mapping] | None = None) -
         strict=True,
     ):
         if name in seen:
-            both = f" ('{seen[name]}' and '{landed}')" if seen[name] != landed else ""
+            a, b = shown_header(seen[name]), shown_header(landed)
+            both = f" ('{a}' and '{b}')" if seen[name] != landed else ""
             raise _FileProblem(
                 "duplicate_column",
-                f"duplicate_column: {shown} has the column '{name}' more than once{both}; "
+                f"duplicate_column: {shown} has the column '{shown_header(name)}' more than "
+                f"once{both}; "
                 "rename or remove the copy and land the file again",
             )
         seen[name] = landed
@@ -250,10 +252,11 @@ def _patient_sheet(sheets: list, shown: str, mappings: list[Mapping]):
 def _mapping_hint(shown: str, sheet: _Sheet) -> str:
     """A ready-to-edit mapping for a file whose id columns were not recognized."""
     guesses = {}
-    for name in sheet.landed:
+    landed = [shown_header(name) for name in sheet.landed]  # a headerless file's first row
+    for name, safe in zip(sheet.landed, landed, strict=True):
         lake = sheet.renamed.get(name, name)
-        guesses[name] = lake if lake.isidentifier() else None
-    text = skeleton("clinical", shown, sheet.landed, guesses, header_row=sheet.header_row)
+        guesses[safe] = lake if lake.isidentifier() and safe == name else None
+    text = skeleton("clinical", shown, landed, guesses, header_row=sheet.header_row)
     return (
         ". To land it as it is, name the id columns (or give center_id under constants:) in "
         f"this mapping and save it in LAKE_HOME/mappings:\n{text}"
@@ -508,7 +511,8 @@ def load_clinical(
                 shown,
                 "missing_id_column",
                 f"missing_id_column: {shown} has no {' and no '.join(missing)} column (found: "
-                f"{', '.join(sheet.header[:12])}{', ...' if len(sheet.header) > 12 else ''}); every "
+                f"{', '.join(map(shown_header, sheet.header[:12]))}"
+                f"{', ...' if len(sheet.header) > 12 else ''}); every "
                 "clinical file needs patient_id and center_id columns"
                 + _mapping_hint(shown, sheet),
             )
