@@ -11,9 +11,13 @@ Columns
       and many exports call it ``ID``); matched case-insensitively, spaces/hyphens read as ``_``.
     - skipped, never features, counted in ``stats['skipped_columns']``: pyradiomics'
       ``diagnostics_*`` columns, the batch columns ``Image``, ``Mask``, ``Label``,
-      ``Label_channel``, ``Reader``, ``Segment``, ``center_id``, and name-like identifier columns
-      (``load.IDENTIFIER_COLUMNS``: dropped, listed by name only). A pyradiomics batch output CSV
+      ``Label_channel``, ``Reader``, ``Segment``, ``center_id``. A pyradiomics batch output CSV
       therefore lands as it is.
+    - dropped before anything is written: identifier columns (``dagster_project.phi``: by name in
+      English, Chinese or pinyin, or by content: identity numbers, phone numbers, e-mail, person
+      names, birth dates; numbers are read for content only when half of them are 10+ digit
+      integers) and a second patient or case id column. Each is one quarantine entry naming the
+      file, the column, the rule and the count of values (never a value), and one landed unit.
     - every other column is a feature when all its non-empty values are numbers (empty, ``NA``,
       ``NaN`` are missing: a row with ``value`` null); any other column is reported in
       ``stats['non_numeric_columns']`` and skipped — never fatal.
@@ -46,8 +50,9 @@ from pathlib import Path
 
 import polars as pl
 
-from assets.clinical.load import IDENTIFIER_COLUMNS, MISSING_TOKENS
+from assets.clinical.load import MISSING_TOKENS
 from dagster_project.mappings import Mapping, convert_number, mapping_for
+from dagster_project.phi import CONTENT_FRACTION, Finding, identifier_name, screen_column
 from dagster_project.pseudonym import normalize_patient_id
 from dagster_project.quarantine import Reject
 
@@ -330,11 +335,21 @@ def _load_file(
             diagnostics += 1
         elif norm in BATCH_COLUMNS:
             skipped.setdefault("batch", []).append(column)
-        elif norm in IDENTIFIER_COLUMNS or norm in PATIENT_ID_NAMES or norm in CASE_ID_NAMES:
+        elif norm in PATIENT_ID_NAMES or norm in CASE_ID_NAMES:
             dropped.append(column)
+            count = frame.get_column(column).drop_nulls().len()
+            evidence = "a second patient or case id column"
+            rejects.append(
+                Finding(column, "identifier_name", evidence, count).reject(shown, TARGET_TABLE)
+            )
         else:
-            values = _numeric(frame.get_column(column))
-            if values is None:
+            series = frame.get_column(column)
+            values = _numeric(series)
+            finding = _identifier(column, series, values)
+            if finding is not None:
+                dropped.append(column)
+                rejects.append(finding.reject(shown, TARGET_TABLE))
+            elif values is None:
                 non_numeric.append(column)
             else:
                 features[column] = values
@@ -347,6 +362,7 @@ def _load_file(
         stats["non_numeric_columns"][key] = non_numeric
     if dropped:
         stats["dropped_identifier_columns"][key] = dropped
+        stats["landed"] += len(dropped)  # each dropped column: one landed unit, quarantined
 
     ids = _row_ids(frame, case_col, patient_col)
     rows = frame.get_column("__row").to_list()
@@ -458,6 +474,23 @@ def _load_file(
     index = ["case_id", "patient_key", "feature_set", "center_id", "source_file"]
     long = wide.unpivot(on=list(features), index=index, variable_name="feature", value_name="value")
     return long.select(LONG_COLUMNS).cast(LONG_SCHEMA)
+
+
+def _identifier(column: str, series: pl.Series, numeric: pl.Series | None) -> Finding | None:
+    """The identifier finding for one column. A numeric column is read for content only when half
+    of its values are integers of 10+ digits (phone or identity numbers): a wide feature table is
+    screened by its names in milliseconds."""
+    if numeric is not None and identifier_name(column) is None:
+        present = numeric.drop_nulls()
+        whole = ((present.abs() >= 1e9) & (present == present.floor())).sum()
+        if not present.len() or whole < CONTENT_FRACTION * present.len():
+            return None
+    texts = [
+        text
+        for value in series.drop_nulls().to_list()
+        if (text := str(value).strip()) and text.lower() not in MISSING_TOKENS
+    ]
+    return screen_column(column, texts, keep_free_text=True)  # text is never a feature anyway
 
 
 def _row_ids(frame: pl.DataFrame, case_col: str | None, patient_col: str | None) -> list[tuple]:

@@ -52,10 +52,17 @@ Accounting (``stats``)
     = identical duplicates plus rows replaced by a newer file (``superseded``).
 
 Identifiers
-    ``patient_key`` = pseudonymize(center_id, patient_id). Columns in :data:`IDENTIFIER_COLUMNS`
-    (compared after lower-casing, spaces and hyphens as ``_``) are dropped and listed in
-    ``stats['dropped_identifier_columns']``; no reject reason contains a patient id or one of
-    these values.
+    ``patient_key`` = pseudonymize(center_id, patient_id); the patient id itself (a hospital number
+    or a resident identity number) is never stored. Every other column is screened by
+    ``dagster_project.phi`` (by name in English, Chinese and pinyin, and by content: identity
+    numbers, phones, e-mail, person names, birth dates, free text) before anything is typed or
+    written: a flagged column is dropped in every row of its file and becomes one quarantine entry
+    (``record`` = ``column <name>``, the rule, the count of non-empty values; never a value).
+    Free text is kept only when the schema declares the column ``type: string``. In the kept text
+    cells, any value of the file's dropped columns, resident ids, mobile numbers and e-mail
+    addresses are replaced by ``[redacted]`` (one ``identifier_in_text`` entry per column). A
+    dropped or redacted column counts as one landed and one quarantined unit; the names are in
+    ``stats['dropped_identifier_columns']``, with rule and count in ``stats['identifier_columns']``.
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -79,6 +86,7 @@ from assets.clinical.schema import (
     schema_for,
 )
 from dagster_project.mappings import Mapping, mapping_for, skeleton
+from dagster_project.phi import Finding, Redactor, quotable, screen_columns, shown_header
 from dagster_project.quarantine import Reject
 from dagster_project.sheets import XLSX_SUFFIXES, SheetError, read_sheets
 
@@ -86,18 +94,6 @@ TARGET_TABLE = "clinical"
 CLINICAL_SUFFIXES = (".csv", ".tsv", ".xlsx", ".xlsm", ".xls")
 CENTERS_FILE = "centers.yaml"
 
-# Columns that name or identify a person: never land (normalized names).
-IDENTIFIER_COLUMNS = frozenset(
-    {
-        "patient_id", "patientid", "id", "name", "patient_name", "patientname", "full_name",
-        "first_name", "firstname", "given_name", "last_name", "lastname", "surname", "family_name",
-        "birth_date", "birthdate", "date_of_birth", "dob", "birthday",
-        "mrn", "medical_record_number", "hospital_id", "hospital_number", "national_id", "id_card",
-        "ssn", "social_security_number", "nhs_number", "insurance_number", "passport",
-        "address", "street", "phone", "telephone", "mobile", "email", "e_mail", "zip", "postcode",
-        "postal_code",
-    }
-)  # fmt: skip
 # Names this table sets itself: a landed column of that name is dropped (and reported).
 RESERVED_COLUMNS = frozenset(
     {"patient_key", "source_file", "loaded_at", "valid_from", "valid_to", "is_current"}
@@ -210,10 +206,12 @@ def _read_sheet(path: Path, shown: str, mappings: list[Mapping] | None = None) -
         strict=True,
     ):
         if name in seen:
-            both = f" ('{seen[name]}' and '{landed}')" if seen[name] != landed else ""
+            a, b = shown_header(seen[name]), shown_header(landed)
+            both = f" ('{a}' and '{b}')" if seen[name] != landed else ""
             raise _FileProblem(
                 "duplicate_column",
-                f"duplicate_column: {shown} has the column '{name}' more than once{both}; "
+                f"duplicate_column: {shown} has the column '{shown_header(name)}' more than "
+                f"once{both}; "
                 "rename or remove the copy and land the file again",
             )
         seen[name] = landed
@@ -254,10 +252,11 @@ def _patient_sheet(sheets: list, shown: str, mappings: list[Mapping]):
 def _mapping_hint(shown: str, sheet: _Sheet) -> str:
     """A ready-to-edit mapping for a file whose id columns were not recognized."""
     guesses = {}
-    for name in sheet.landed:
+    landed = [shown_header(name) for name in sheet.landed]  # a headerless file's first row
+    for name, safe in zip(sheet.landed, landed, strict=True):
         lake = sheet.renamed.get(name, name)
-        guesses[name] = lake if lake.isidentifier() else None
-    text = skeleton("clinical", shown, sheet.landed, guesses, header_row=sheet.header_row)
+        guesses[safe] = lake if lake.isidentifier() and safe == name else None
+    text = skeleton("clinical", shown, landed, guesses, header_row=sheet.header_row)
     return (
         ". To land it as it is, name the id columns (or give center_id under constants:) in "
         f"this mapping and save it in LAKE_HOME/mappings:\n{text}"
@@ -463,6 +462,7 @@ def load_clinical(
         "files": len(files),
         "files_quarantined": 0,
         "dropped_identifier_columns": [],
+        "identifier_columns": [],
         "dropped_reserved_columns": [],
         "header_rows": {},
         "renamed_columns": {},
@@ -470,11 +470,13 @@ def load_clinical(
         "other_sheets": {},
     }
     rows: list[_Row] = []
+    column_rejects: list[Reject] = []  # dropped identifier columns, redacted text columns
     columns: list[str] = []  # landed columns in first-seen order
     schemas: dict[int, ClinicalSchema] = {}
     dropped: set[str] = set()
     reserved: set[str] = set()
     ordered = file_order([Path(f) for f in files])
+    loaded: list[tuple[int, str, ClinicalSchema, _Sheet, str, str]] = []
     for order, path in enumerate(ordered):
         shown = _relative(path, landing)
         try:
@@ -509,19 +511,28 @@ def load_clinical(
                 shown,
                 "missing_id_column",
                 f"missing_id_column: {shown} has no {' and no '.join(missing)} column (found: "
-                f"{', '.join(sheet.header[:12])}{', ...' if len(sheet.header) > 12 else ''}); every "
+                f"{', '.join(map(shown_header, sheet.header[:12]))}"
+                f"{', ...' if len(sheet.header) > 12 else ''}); every "
                 "clinical file needs patient_id and center_id columns"
                 + _mapping_hint(shown, sheet),
             )
             continue
-        pid_col, center_col = normalized["patient_id"], normalized["center_id"]
+        loaded.append(
+            (order, shown, schema, sheet, normalized["patient_id"], normalized["center_id"])
+        )
+    # judged over all files: a column flagged in one file is dropped from every file
+    findings = _screen_identifiers(loaded)
+    for order, shown, schema, sheet, pid_col, center_col in loaded:
         schemas[order] = schema
+        index = {name: i for i, name in enumerate(sheet.header)}
+        shown = _safe_name(shown, sheet, index, [pid_col, *findings], pseudonymize)
+        flagged = _flagged_in_file(findings, sheet, index, (pid_col, center_col), shown, stats)
         kept = []
         for name in sheet.header:
             norm = _normalize(name)
             if name in (pid_col, center_col):
                 continue
-            if norm in IDENTIFIER_COLUMNS:
+            if name in flagged:
                 dropped.add(name)
             elif norm in RESERVED_COLUMNS:
                 reserved.add(name)
@@ -529,10 +540,13 @@ def load_clinical(
                 kept.append(name)
                 if name not in columns:
                     columns.append(name)
-        index = {name: i for i, name in enumerate(sheet.header)}
+        quoted = [name for name, reject in flagged.items() if reject.rule != "free_text"]
+        redact = Redactor(cells[index[n]] for _, cells in sheet.rows for n in quoted)
+        redacted: dict[str, int] = {}
         for number, cells in sheet.rows:
             stats["landed"] += 1
-            row = _Row(order, shown, number, {name: cells[index[name]] for name in kept})
+            texts = {name: _redacted(cells[index[name]], redact, name, redacted) for name in kept}
+            row = _Row(order, shown, number, texts)
             pid, center = cells[index[pid_col]], cells[index[center_col]]
             if _is_missing(pid):
                 row.problems.append(("missing_id", _missing_id(row, "patient_id")))
@@ -552,6 +566,10 @@ def load_clinical(
                 row.center = center
                 row.key = pseudonymize(center, pid)
             rows.append(row)
+        column_rejects.extend(
+            _redaction_reject(shown, name, n, stats) for name, n in redacted.items()
+        )
+        column_rejects.extend(flagged.values())
     stats["dropped_identifier_columns"] = sorted(dropped)
     stats["dropped_reserved_columns"] = sorted(reserved)
 
@@ -573,12 +591,103 @@ def load_clinical(
     stats["merged"] += superseded
     stats["superseded"] = superseded
     table = _build_table(patients, columns, typed, loaded_at, previous)
+    rejects.extend(column_rejects)
     stats["ingested"] = table.height
     stats["quarantined"] = len(rejects)
     stats["patients"] = table.height
     stats["rules"] = _count_rules(rejects)
     stats["columns"] = {name: str(dtype) for name, dtype in table.schema.items()}
     return table, rejects, stats
+
+
+def _screen_identifiers(
+    loaded: list[tuple[int, str, ClinicalSchema, _Sheet, str, str]],
+) -> dict[str, Finding]:
+    """Identifier (and undeclared free-text) columns, judged on their values in all files."""
+    values: dict[str, list[str]] = {}
+    declared_text: set[str] = set()
+    id_columns = {name for *_, pid_col, center_col in loaded for name in (pid_col, center_col)}
+    for _, _, schema, sheet, _, _ in loaded:
+        declared_text |= {name for name, spec in schema.columns.items() if spec.type == "string"}
+        for i, name in enumerate(sheet.header):
+            if name not in id_columns:
+                column = values.setdefault(name, [])
+                column.extend(c for _, cells in sheet.rows if not _is_missing(c := cells[i]))
+    found = screen_columns(values, free_text_ok=declared_text)
+    return {finding.column: finding for finding in found}
+
+
+def _flagged_in_file(
+    findings: dict[str, Finding],
+    sheet: _Sheet,
+    index: dict[str, int],
+    id_columns: tuple[str, str],
+    shown: str,
+    stats: dict,
+) -> dict[str, Reject]:
+    """This file's flagged columns -> their quarantine entries (with this file's value count)."""
+    flagged = {}
+    for name in sheet.header:
+        if name not in findings or name in id_columns:
+            continue
+        count = sum(1 for _, cells in sheet.rows if not _is_missing(cells[index[name]]))
+        finding = replace(findings[name], count=count)
+        flagged[name] = finding.reject(shown, TARGET_TABLE)
+        stats["landed"] += 1  # a dropped column is one landed unit, quarantined
+        stats["identifier_columns"].append(
+            {"file": shown, "column": name, "rule": finding.rule, "values": count}
+        )
+    return flagged
+
+
+def _safe_name(
+    shown: str, sheet: _Sheet, index: dict[str, int], columns: list[str], pseudonymize: Pseudonymize
+) -> str:
+    """``shown`` with any folder or file name that quotes one of the file's patient ids or
+    identifier values (``clinical/张伟_随访.xlsx``) replaced by a keyed digest: the stored
+    ``source_file`` and quarantine paths never name a patient."""
+    values = {
+        text.casefold()
+        for name in columns
+        if name in index
+        for _, cells in sheet.rows
+        if quotable(text := (cells[index[name]] or "").strip())
+    }
+    parts = shown.split("/")
+    for i, part in enumerate(parts[1:], start=1):
+        folded = part.casefold()
+        if any(value in folded for value in values):
+            suffix = "".join(Path(part).suffixes[-1:]) if i == len(parts) - 1 else ""
+            parts[i] = pseudonymize("clinical-file", "/".join(parts[: i + 1]))[:16] + suffix
+    return "/".join(parts)
+
+
+def _redacted(
+    text: str | None, redact: Redactor, column: str, counts: dict[str, int]
+) -> str | None:
+    """A kept cell with identifiers inside it replaced (numbers and short codes pass unchanged)."""
+    if text is None or len(text) < 2 or _FLOAT.match(text):
+        return text
+    out = redact(text)
+    if out != text:
+        counts[column] = counts.get(column, 0) + 1
+    return out
+
+
+def _redaction_reject(shown: str, column: str, cells: int, stats: dict) -> Reject:
+    stats["landed"] += 1  # like a dropped column: one landed unit, quarantined
+    stats["identifier_columns"].append(
+        {"file": shown, "column": column, "rule": "identifier_in_text", "values": cells}
+    )
+    return Reject(
+        shown,
+        TARGET_TABLE,
+        "identifier_in_text",
+        f"identifier_in_text: {shown} column '{column}' kept, but {cells} of its cells quoted an "
+        "identifier (a value of a dropped identifier column, a resident id, a phone number or an "
+        "e-mail address), replaced by [redacted] before loading",
+        record=f"column {column}",
+    )
 
 
 def _missing_id(row: _Row, column: str) -> str:

@@ -28,6 +28,10 @@ in landing/) or ``rtstruct_series_mismatch`` (it is, but the Image is another on
 Readers and lesions: cases.csv may carry ``reader`` and ``lesion``; they enter the ``case_id``
 (two readers' masks of one image are two cases) and land in the columns of the same name.
 
+Other cases.csv columns are not stored; those that identify a person (``dagster_project.phi``:
+a name such as ``姓名`` or ``MRN``, or content such as phone numbers) are also removed from the
+rows and reported, one quarantine entry per column (rule, count of values; never a value).
+
 Path safety: an Image or Mask that resolves outside ``landing/`` (``..``, an absolute path, a
 symlink) is quarantined as ``path_outside_landing`` and never opened.
 
@@ -78,6 +82,7 @@ from assets.imaging.mask_qc import (
     prepare_case,
 )
 from dagster_project.lake import HashCache, file_sha256
+from dagster_project.phi import screen_columns
 from dagster_project.quarantine import Reject
 
 if TYPE_CHECKING:
@@ -351,6 +356,7 @@ def _candidates(
                 _Early(csv_path, "bad_cases_csv", f"cases.csv {problem}", "fix the header")
             )
             continue
+        early.extend(_identifier_columns(csv_path, rows))
         for row in rows:
             for raw in (row.image, row.mask):
                 resolved = layout.resolve_inside(landing, csv_path.parent / raw) if raw else None
@@ -387,6 +393,27 @@ def _candidates(
                 )
             )
     return candidates, early
+
+
+def _identifier_columns(csv_path: Path, rows: list[layout.CasesRow]) -> list[_Early]:
+    """Extra cases.csv columns that identify a person (``dagster_project.phi``): removed from every
+    row, so nothing downstream can store them, and reported, one quarantine entry per column."""
+    names = list(dict.fromkeys(name for row in rows for name in row.extra))
+    values = {name: [row.extra[name] for row in rows if name in row.extra] for name in names}
+    found = []
+    for finding in screen_columns(values, free_text_ok=names):  # extra text is never stored
+        for row in rows:
+            row.extra.pop(finding.column, None)
+        found.append(
+            _Early(
+                csv_path,
+                finding.rule,
+                f"cases.csv {finding.detail}",
+                finding.todo,
+                f"column {finding.column}",
+            )
+        )
+    return found
 
 
 def _as_path(csv_path: Path, raw: str | None) -> Path | None:

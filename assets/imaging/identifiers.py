@@ -52,9 +52,15 @@ def case_id_for(
 
 
 # --- identifier scrubbing --------------------------------------------------------------------
-_NON_ALNUM = re.compile(r"[^0-9a-z]")
+_NON_ALNUM = re.compile(r"[^0-9a-z\u3400-\u9fff]")  # Chinese characters are kept
 _KEY_COMPONENT = re.compile(r"^(redacted|[0-9a-f]{32})(\.[A-Za-z0-9.]+)?$")
 MIN_CONTAINED = 3  # identifiers shorter than this only match a whole path component
+
+
+def _contained_ok(token: str) -> bool:
+    """Long enough to be looked for inside a path component: 3+ characters, or a Chinese name of
+    2 (张伟 is as specific as a Latin name of 6)."""
+    return len(token) >= MIN_CONTAINED or (len(token) == 2 and not token.isascii())
 
 
 def normalize_token(text: str) -> str:
@@ -64,9 +70,10 @@ def normalize_token(text: str) -> str:
 def identifier_tokens(*values: object) -> set[str]:
     """Normalized identifier strings to look for in paths.
 
-    Each value whole (found anywhere inside a path component), and each part of a person name
-    of 3+ characters as a ``w:`` word token (only equal to a whole word of a component: a given
-    name such as 'Jun' must not wipe out 'junk.txt').
+    Each value whole (found anywhere inside a path component), each component group of a DICOM
+    person name whole (``Zhang^Wei=张^伟``: ``zhangwei`` and ``张伟``), and each part of a person
+    name of 3+ characters as a ``w:`` word token (only equal to a whole word of a component: a
+    given name such as 'Jun' must not wipe out 'junk.txt').
     """
     tokens: set[str] = set()
     for value in values:
@@ -78,14 +85,16 @@ def identifier_tokens(*values: object) -> set[str]:
         whole = normalize_token(text)
         if whole:
             tokens.add(whole)
-        parts = [normalize_token(p) for p in re.split(r"[\^\s,]+", text)]  # PN: Family^Given^...
+        groups = [normalize_token(g) for g in text.split("=")]  # PN: alphabetic=ideographic=...
+        tokens.update(g for g in groups if g and len(groups) > 1)
+        parts = [normalize_token(p) for p in re.split(r"[\^\s,=]+", text)]  # PN: Family^Given^...
         if len(parts) > 1:
             tokens.update(f"w:{p}" for p in parts if len(p) >= MIN_CONTAINED)
     return tokens
 
 
 def _words(component: str) -> list[str]:
-    return [w for w in re.split(r"[^0-9a-z]+", component.lower()) if w]
+    return [w for w in re.split(r"[^0-9a-z\u3400-\u9fff]+", component.lower()) if w]
 
 
 class Scrubber:
@@ -162,7 +171,7 @@ class Scrubber:
         stem = normalize_token(split_volume_name(component)[0].rsplit(".", 1)[0])
         if self._plain and not found:  # a few plain tokens: substring search, longest first
             for token in sorted(self._contained, key=len, reverse=True):
-                if token in (norm, stem) or len(token) >= MIN_CONTAINED and token in norm:
+                if token in (norm, stem) or _contained_ok(token) and token in norm:
                     found = self._contained[token]
                     break
             self._cache[component] = found
@@ -172,6 +181,11 @@ class Scrubber:
                 break
             if length < MIN_CONTAINED:
                 candidates = {n for n in (norm, stem) if len(n) == length}
+                candidates |= {
+                    norm[i : i + length]
+                    for i in range(len(norm) - length + 1)
+                    if _contained_ok(norm[i : i + length])
+                }
             else:
                 candidates = {norm[i : i + length] for i in range(len(norm) - length + 1)}
             found = next(
@@ -237,7 +251,7 @@ def scrub_text(text: str | None, tokens: Iterable[str]) -> str | None:
     for token in sorted(tokens, key=len, reverse=True):
         word = token.startswith("w:")
         token = token.removeprefix("w:")
-        if len(token) < MIN_CONTAINED or token not in normalize_token(out):
+        if not _contained_ok(token) or token not in normalize_token(out):
             continue
         pattern = r"[^0-9A-Za-z]*".join(re.escape(ch) for ch in token)
         if word:  # a name part only as a whole word ('Art' must not hit 'arterial')
