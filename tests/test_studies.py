@@ -34,6 +34,10 @@ HN1_DIAMETER = "GTV-1_original_shape_Maximum3DDiameter"
 # data ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def hn1_tables() -> tuple[pl.DataFrame, pl.DataFrame]:
+    return hn1_frames()
+
+
+def hn1_frames() -> tuple[pl.DataFrame, pl.DataFrame]:
     """HN1 features + a clinical table: patient_key pseudonymised, centers assigned by row.
 
     The two clinical columns of the combined model are derived from the real tumour volume and

@@ -263,8 +263,9 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
         home = lake.lake()
         version, version_dir = read_current(home, spec)
         fitted, _ = load_fitted(version_dir)
+        raw = load_fitted(version_dir / "raw")[0] if (version_dir / "raw").is_dir() else {}
         data, prepared = _study_data(home, spec)
-        evaluation = evaluate_study(spec, data, _splits(home, name), fitted, version)
+        evaluation = evaluate_study(spec, data, _splits(home, name), fitted, version, raw)
         notes = [*data.notes, *training_notes(fitted)]
         save_evaluation(version_dir, evaluation, prepared.get("excluded", {}), notes)
         report_dir = home.reports_dir / name
@@ -353,12 +354,13 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
 
         from assets.studies.calibration import calibration_tables
         from assets.studies.store import read_current
-        from assets.studies.train import calibration_png, save_calibration
+        from assets.studies.train import calibration_png, save_calibration, with_harmonization
 
         home = lake.lake()
         version, version_dir = read_current(home, spec)
         predictions = pl.read_parquet(version_dir / "predictions.parquet")
         curves, rows = calibration_tables(predictions, study=name, model_version=version)
+        rows = with_harmonization(rows, spec)
         save_calibration(version_dir, curves, rows)
         png = calibration_png(home.reports_dir / name, predictions, curves)
         home.write_part("model_metrics", f"{name}-{version}-calibration", rows)
