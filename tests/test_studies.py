@@ -117,7 +117,7 @@ def test_shipped_demo_study_loads_with_defaults():
         "decision_tree",
         "xgboost",
     )
-    assert spec.best_model.metric == "auc" and spec.best_model.cohort == "internal_validation"
+    assert spec.best_model.metric == "auc" and spec.best_model.cohort == "cv"
     assert spec.survival[0].times == (36.0, 60.0) and spec.survival[0].cox_terms == (
         "predicted_label",
         "tumor_size_cm",
@@ -370,13 +370,9 @@ def test_hn1_study_aucs_plausible_and_every_ci_contains_its_estimate(hn1_result)
     comparison = metrics.filter(pl.col("model") == f"combined_vs_{hn1_result.best_model}")
     assert set(comparison["metric"]) == {"auc_difference", "delong_z", "delong_p"}
     assert comparison.filter(pl.col("metric") == "delong_p")["value"].is_between(0, 1).all()
-    assert hn1_result.best_model_rule == "highest auc on the internal_validation cohort"
-    internal = metrics.filter(
-        (pl.col("metric") == "auc")
-        & (pl.col("cohort") == "internal_validation")
-        & (pl.col("model") != "combined")
-    )
-    assert hn1_result.best_model == internal.sort("value", descending=True)["model"][0]
+    assert hn1_result.best_model_rule.startswith("highest cross-validated training AUC (nested")
+    cv = metrics.filter((pl.col("metric") == "cv_auc") & (pl.col("model") != "combined"))
+    assert hn1_result.best_model == cv.sort("value", descending=True)["model"][0]
 
 
 def test_hn1_rerun_gives_identical_metrics_and_version(hn1_tables, hn1_result, tmp_path):
@@ -636,6 +632,8 @@ WDBC_STUDY = {  # scikit-learn's breast cancer data, two centers
 
 def test_breast_cancer_logistic_auc_equals_plain_sklearn(tmp_path):
     from sklearn.datasets import load_breast_cancer
+
+    from assets.studies.metrics import youden_threshold
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
@@ -676,11 +674,33 @@ def test_breast_cancer_logistic_auc_equals_plain_sklearn(tmp_path):
         observed = metrics.filter(pl.col("cohort") == cohort)["value"][0]
         assert abs(observed - expected) <= 1e-9, (cohort, observed, expected)
 
+    # nested CV: the out-of-fold probabilities and cv_auc equal scikit-learn's nested CV
+    # (a GridSearchCV re-run inside every outer fold of cross_val_predict)
+    from sklearn.model_selection import cross_val_predict
+
+    outer = StratifiedKFold(5, shuffle=True, random_state=3)
+    nested = GridSearchCV(
+        _plain_sklearn_pipeline(10), {"model__C": [0.01, 0.1, 1.0]}, scoring="roc_auc", cv=outer
+    )
+    oof = cross_val_predict(
+        nested, train[X.columns], train["label"], cv=outer, method="predict_proba"
+    )
+    logistic = result.fitted["logistic_regression"]
+    np.testing.assert_allclose(logistic.oof_probability, oof[:, 1], rtol=0, atol=1e-9)
+    fold_aucs = [
+        roc_auc_score(train["label"].iloc[test], oof[test, 1])
+        for _, test in outer.split(train[X.columns], train["label"])
+    ]
+    assert abs(logistic.cv_auc - np.mean(fold_aucs)) <= 1e-9
+    assert logistic.nested and logistic.threshold == youden_threshold(train["label"], oof[:, 1])
+
 
 # small cohorts: fewer folds, or a clear error ----------------------------------------------
 PILOT_STUDY = {
     **WDBC_STUDY,
     "name": "pilot",
+    # compared below with scikit-learn's non-nested GridSearchCV / cross_val_predict
+    "validation": {"nested_cv": False},
     "selection": {**WDBC_STUDY["selection"], "n_features": 5},
     "models": ["logistic_regression", "svm"],
     "bootstrap": 50,
@@ -1213,55 +1233,28 @@ def test_dagster_study_families_materialize_into_the_lake(lake, hn1_tables):
         assert "<table>" in html and "data:image/png;base64," in html
 
 
-def test_best_model_rule_and_its_fallback_to_cross_validated_auc():
-    from assets.studies.metrics import METRICS_SCHEMA
+def test_best_model_is_chosen_by_cross_validated_auc_only():
     from assets.studies.pipeline import FittedModel, select_best_model
 
     fitted = {
-        n: FittedModel(n, None, {}, cv, 0.01, 0.5, np.array([]))
+        n: FittedModel(n, None, {}, cv, 0.01, 0.5, np.array([]), nested=True)
         for n, cv in (("svm", 0.71), ("xgboost", 0.74))
     }
-    rows = [
-        {
-            "study": "s",
-            "model_version": "v",
-            "model": m,
-            "cohort": "internal_validation",
-            "metric": metric,
-            "value": v,
-            "ci_low": None,
-            "ci_high": None,
-            "ci_method": "none",
-            "n": 10,
-            "n_positive": 5,
-        }
-        for m, metric, v in (
-            ("svm", "auc", 0.80),
-            ("xgboost", "auc", 0.78),
-            ("svm", "brier", 0.20),
-            ("xgboost", "brier", 0.18),
-        )
-    ]
-    metrics = pl.DataFrame(rows, schema=METRICS_SCHEMA)
     base = {
         "name": "b",
         "label": "y",
         "features": {"radiomics": {"params_id": "ct"}},
         "models": ["svm", "xgboost"],
+        "split": {"development_centers": ["C1"]},
     }
-    spec = parse_study({**base, "split": {"development_centers": ["C1"]}}, "b.yaml")
-    assert select_best_model(metrics, fitted, spec) == (
-        "svm",
-        "highest auc on the internal_validation cohort",
+    spec = parse_study(base, "b.yaml")
+    # validation-cohort metrics are never looked at (an empty frame is enough)
+    assert select_best_model(None, fitted, spec) == (
+        "xgboost",
+        "highest cross-validated training AUC (nested CV: tuning repeated inside every outer fold)",
     )
-    brier = parse_study(
-        {**base, "split": {"development_centers": ["C1"]}, "best_model": {"metric": "brier"}},
-        "b.yaml",
-    )
-    assert select_best_model(metrics, fitted, brier)[0] == "xgboost"
-    no_internal = parse_study(
-        {**base, "split": {"development_centers": ["C1"], "internal_validation_fraction": 0}},
-        "b.yaml",
-    )
-    best, rule = select_best_model(metrics, fitted, no_internal)
-    assert best == "xgboost" and "cross-validated training AUC" in rule
+    for cohort in ("internal_validation", "external_validation", "train"):
+        with pytest.raises(StudySpecError) as error:
+            parse_study({**base, "best_model": {"cohort": cohort}}, "b.yaml")
+        message = str(error.value)
+        assert message.startswith("b.yaml: best_model.cohort:") and "training only" in message
