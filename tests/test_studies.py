@@ -632,11 +632,10 @@ WDBC_STUDY = {  # scikit-learn's breast cancer data, two centers
 
 def test_breast_cancer_logistic_auc_equals_plain_sklearn(tmp_path):
     from sklearn.datasets import load_breast_cancer
-
-    from assets.studies.metrics import youden_threshold
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
+    from assets.studies.metrics import youden_threshold
     from assets.studies.train import run_study
 
     data = load_breast_cancer(as_frame=True)
