@@ -144,7 +144,7 @@ def perturb(image: Any, mask: Any, perturbation: dict[str, Any], seed: int) -> t
     if perturbation.get("noise_sd"):
         values = sitk.GetArrayViewFromImage(image)[sitk.GetArrayViewFromImage(mask) > 0]
         sd = float(np.std(values)) * float(perturbation["noise_sd"])
-        image = sitk.AdditiveGaussianNoise(sitk.Cast(image, sitk.sitkFloat64), 0.0, sd, 0.0, seed)
+        image = sitk.AdditiveGaussianNoise(sitk.Cast(image, sitk.sitkFloat64), sd, 0.0, seed)
         image = sitk.Cast(image, sitk.sitkFloat64)
     angle = float(perturbation.get("rotation_deg", 0.0))
     shift = float(perturbation.get("translation_voxels", 0.0))

@@ -1,0 +1,134 @@
+"""Feature robustness (issue 15): ICCs of radiomics features, pingouin checked against
+Shrout & Fleiss (Psychol Bull 1979;86:420-428, Table 2: 6 targets x 4 judges; ICC(1,1) = .17,
+ICC(2,1) = .29, ICC(3,1) = .71), and computed from real images:
+
+- readers: the four real IBSI soft-tissue-sarcoma CTs (``ibsi_sts/STS_04x/nifti``) with their
+  published contour (reader A) and that contour dilated by one voxel (reader B), plus the
+  AutoRadiomics prostate MR with its mask and its shipped dilated mask; pyradiomics features
+  through the ``cases`` (``reader`` column) and ``radiomics_features`` shape of the lake; the
+  ICC(2,1) of one feature is recomputed from Shrout & Fleiss's ANOVA formula by hand.
+- perturbations (Zwanenburg et al. 2019): noise leaves every shape feature unchanged (ICC 1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+
+from tests.conftest import shared_path
+
+SHROUT_FLEISS = [[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]]
+ENABLED = {"shape": ["VoxelVolume", "Sphericity"], "firstorder": ["Mean", "Energy", "Kurtosis"]}
+
+
+def _long(table) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"target": i, "rater": j, "value": v} for i, r in enumerate(table) for j, v in enumerate(r)]
+    )
+
+
+def test_icc_equals_shrout_fleiss_worked_example():
+    from assets.radiomics.robustness import icc
+
+    published = {"ICC(1,1)": 0.17, "ICC(2,1)": 0.29, "ICC(3,1)": 0.71}
+    for kind, value in published.items():
+        assert round(icc(_long(SHROUT_FLEISS), kind)["icc"], 2) == value
+
+
+def _icc21_by_hand(wide: np.ndarray) -> float:
+    """Shrout & Fleiss (1979) case 2: (BMS - EMS) / (BMS + (k-1) EMS + k (JMS - EMS) / n)."""
+    n, k = wide.shape
+    grand = wide.mean()
+    bms = k * ((wide.mean(axis=1) - grand) ** 2).sum() / (n - 1)
+    jms = n * ((wide.mean(axis=0) - grand) ** 2).sum() / (k - 1)
+    resid = wide - wide.mean(axis=1, keepdims=True) - wide.mean(axis=0, keepdims=True) + grand
+    ems = (resid**2).sum() / ((n - 1) * (k - 1))
+    return (bms - ems) / (bms + (k - 1) * ems + k * (jms - ems) / n)
+
+
+@pytest.fixture(scope="module")
+def two_reader_lake(tmp_path_factory) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``cases`` (with ``reader``) and long ``radiomics_features`` computed from real images."""
+    import SimpleITK as sitk
+    from radiomics import featureextractor
+
+    folder = tmp_path_factory.mktemp("readers")
+    pairs = []
+    for patient in ("STS_041", "STS_042", "STS_043", "STS_044"):
+        image = shared_path("dicom", "ibsi_sts", patient, "nifti", "CT_image.nii.gz")
+        mask = shared_path("dicom", "ibsi_sts", patient, "nifti", "CT_mask.nii.gz")
+        dilated = folder / f"{patient}_dilated.nii.gz"
+        sitk.WriteImage(sitk.BinaryDilate(sitk.ReadImage(str(mask)) > 0, [1, 1, 1]), str(dilated))
+        pairs += [(patient, "A", image, mask), (patient, "B", image, dilated)]
+    prostate = ("dicom", "autoradiomics", "nifti", "prostate")
+    pairs += [
+        ("prostate", "A", shared_path(*prostate, "img.nii.gz"), shared_path(*prostate, "seg_one_label.nii.gz")),
+        ("prostate", "B", shared_path(*prostate, "img.nii.gz"), shared_path(*prostate, "seg_dilated_10mm.nii.gz")),
+    ]
+    extractor = featureextractor.RadiomicsFeatureExtractor(binWidth=25)
+    extractor.disableAllFeatures()
+    extractor.enableFeaturesByName(**ENABLED)
+    cases, rows = [], []
+    for patient, reader, image, mask in pairs:
+        case_id = f"{patient}-{reader}"
+        cases.append({"case_id": case_id, "patient_key": patient, "lesion": "1", "reader": reader})
+        result = extractor.execute(str(image), str(mask), label=1)
+        rows += [
+            {"case_id": case_id, "params_id": "ct_default", "feature": k, "value": float(v)}
+            for k, v in result.items()
+            if not k.startswith("diagnostics_")
+        ]
+    return pl.DataFrame(cases), pl.DataFrame(rows)
+
+
+def test_reader_icc21_from_real_masks(two_reader_lake):
+    from assets.radiomics.robustness import ROBUSTNESS_SCHEMA, reader_robustness, robust_features
+
+    cases, features = two_reader_lake
+    table = reader_robustness(features, cases)
+    assert table.schema == pl.Schema(ROBUSTNESS_SCHEMA)
+    assert set(table["source"]) == {"readers"} and set(table["icc_type"]) == {"ICC(2,1)"}
+    assert set(table["n"]) == {5}
+    wide = (
+        features.join(cases, on="case_id")
+        .filter(pl.col("feature") == "original_shape_Sphericity")
+        .pivot("reader", index="patient_key", values="value")
+        .sort("patient_key")
+        .select("A", "B")
+        .to_numpy()
+    )
+    row = table.filter(pl.col("feature") == "original_shape_Sphericity")
+    assert row["icc"][0] == pytest.approx(_icc21_by_hand(wide), abs=1e-9)
+    assert row["ci_low"][0] <= row["icc"][0] <= row["ci_high"][0]
+    kept = robust_features(table, 0.5)
+    lows = dict(zip(table["feature"], table["ci_low"], strict=True))
+    assert kept == {f for f, low in lows.items() if low is not None and low >= 0.5}
+
+
+def test_noise_perturbation_leaves_shape_features_unchanged():
+    from assets.radiomics.robustness import perturbation_features, perturbation_robustness
+
+    cases = [
+        (
+            p,
+            shared_path("dicom", "ibsi_sts", p, "nifti", "CT_image.nii.gz"),
+            shared_path("dicom", "ibsi_sts", p, "nifti", "CT_mask.nii.gz"),
+        )
+        for p in ("STS_041", "STS_042", "STS_043")
+    ]
+    long = perturbation_features(
+        cases,
+        {"binWidth": 25},
+        perturbations=({"name": "noise", "noise_sd": 0.1}, {"name": "erode", "mask_radius": -1}),
+        enabled={"shape": ["VoxelVolume"], "firstorder": ["Mean"]},
+    )
+    noise_only = long[long["rater"].isin(["original", "noise"])]
+    table = perturbation_robustness(noise_only, "ct_default")
+    volume = table.filter(pl.col("feature") == "original_shape_VoxelVolume")
+    assert volume["icc"][0] == pytest.approx(1.0, abs=1e-12)  # noise never moves the mask
+    assert set(table["icc_type"]) == {"ICC(1,1)"}
+    eroded = long[(long["rater"] == "erode") & (long["feature"] == "original_shape_VoxelVolume")]
+    original = long[(long["rater"] == "original") & (long["feature"] == "original_shape_VoxelVolume")]
+    assert (eroded["value"].to_numpy() < original["value"].to_numpy()).all()
