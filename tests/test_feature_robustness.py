@@ -19,13 +19,24 @@ import pytest
 
 from tests.conftest import shared_path
 
-SHROUT_FLEISS = [[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]]
+SHROUT_FLEISS = [
+    [9, 2, 5, 8],
+    [6, 1, 3, 2],
+    [8, 4, 6, 8],
+    [7, 1, 2, 6],
+    [10, 5, 6, 9],
+    [6, 2, 4, 7],
+]
 ENABLED = {"shape": ["VoxelVolume", "Sphericity"], "firstorder": ["Mean", "Energy", "Kurtosis"]}
 
 
 def _long(table) -> pd.DataFrame:
     return pd.DataFrame(
-        [{"target": i, "rater": j, "value": v} for i, r in enumerate(table) for j, v in enumerate(r)]
+        [
+            {"target": i, "rater": j, "value": v}
+            for i, r in enumerate(table)
+            for j, v in enumerate(r)
+        ]
     )
 
 
@@ -64,8 +75,18 @@ def two_reader_lake(tmp_path_factory) -> tuple[pl.DataFrame, pl.DataFrame]:
         pairs += [(patient, "A", image, mask), (patient, "B", image, dilated)]
     prostate = ("dicom", "autoradiomics", "nifti", "prostate")
     pairs += [
-        ("prostate", "A", shared_path(*prostate, "img.nii.gz"), shared_path(*prostate, "seg_one_label.nii.gz")),
-        ("prostate", "B", shared_path(*prostate, "img.nii.gz"), shared_path(*prostate, "seg_dilated_10mm.nii.gz")),
+        (
+            "prostate",
+            "A",
+            shared_path(*prostate, "img.nii.gz"),
+            shared_path(*prostate, "seg_one_label.nii.gz"),
+        ),
+        (
+            "prostate",
+            "B",
+            shared_path(*prostate, "img.nii.gz"),
+            shared_path(*prostate, "seg_dilated_10mm.nii.gz"),
+        ),
     ]
     extractor = featureextractor.RadiomicsFeatureExtractor(binWidth=25)
     extractor.disableAllFeatures()
@@ -130,5 +151,30 @@ def test_noise_perturbation_leaves_shape_features_unchanged():
     assert volume["icc"][0] == pytest.approx(1.0, abs=1e-12)  # noise never moves the mask
     assert set(table["icc_type"]) == {"ICC(1,1)"}
     eroded = long[(long["rater"] == "erode") & (long["feature"] == "original_shape_VoxelVolume")]
-    original = long[(long["rater"] == "original") & (long["feature"] == "original_shape_VoxelVolume")]
+    original = long[
+        (long["rater"] == "original") & (long["feature"] == "original_shape_VoxelVolume")
+    ]
     assert (eroded["value"].to_numpy() < original["value"].to_numpy()).all()
+
+
+def test_feature_robustness_asset_materializes_and_passes_its_suite(lake, two_reader_lake):
+    """The Dagster asset over the lake's cases (with readers) and radiomics_features."""
+    import dagster as dg
+
+    from assets.radiomics.defs import feature_robustness
+    from assets.radiomics.robustness import reader_robustness
+    from dagster_project.resources import LakeResource
+    from quality.checks import suite_check
+
+    cases, features = two_reader_lake
+    lake.write_table("cases", cases)
+    lake.write_table("radiomics_features", features)
+    run = dg.materialize(
+        [feature_robustness, suite_check("feature_robustness")],
+        resources={"lake": LakeResource(home=str(lake.home))},
+    )
+    assert run.success
+    checks = run.get_asset_check_evaluations()
+    assert checks and all(c.passed for c in checks)
+    stored = lake.read_table("feature_robustness").sort("feature")
+    assert stored.equals(reader_robustness(features, cases).sort("feature"))

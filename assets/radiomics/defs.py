@@ -92,9 +92,30 @@ def radiomics_features(
     return table_result(home, "radiomics_features", table, stats)
 
 
+@dg.asset(
+    group_name="radiomics",
+    kinds={"python", "parquet"},
+    deps=["radiomics_features", "cases"],
+    description="ICC(2,1) of every radiomics feature across readers (cases.csv `reader` column: "
+    "several masks of one lesion), per params_id; pingouin, 95% CI. Empty without readers.",
+)
+def feature_robustness(
+    context: dg.AssetExecutionContext, lake: LakeResource
+) -> dg.MaterializeResult:
+    from assets.radiomics.robustness import reader_robustness
+
+    home = lake.lake()
+    table = reader_robustness(home.read_table("radiomics_features"), home.read_table("cases"))
+    if table.is_empty():
+        context.log.info("feature_robustness: no lesion has 2+ readers: the table is empty")
+    home.write_table("feature_robustness", table)
+    return table_result(home, "feature_robustness", table, {"features": table.height})
+
+
 defs = dg.Definitions(
-    assets=[radiomics_features],
+    assets=[radiomics_features, feature_robustness],
     asset_checks=[
+        suite_check("feature_robustness"),
         suite_check("radiomics_features"),
         # pyradiomics' diagnostics_* are written by the same asset into their own table
         suite_check(

@@ -97,7 +97,7 @@ def reader_robustness(features: pl.DataFrame, cases: pl.DataFrame) -> pl.DataFra
     ``series_id``/``image_sha256`` when there is no lesion column). Only lesions read by 2+
     readers count; without any, the result is empty.
     """
-    if "reader" not in cases.columns:
+    if "reader" not in cases.columns or features.is_empty():
         return pl.DataFrame(schema=ROBUSTNESS_SCHEMA)
     lesion_parts = [c for c in ("patient_key", "lesion") if c in cases.columns]
     if "lesion" not in cases.columns:

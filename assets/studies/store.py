@@ -119,6 +119,8 @@ def study_inputs(home: Any, spec: StudySpec) -> tuple[pl.DataFrame, pl.DataFrame
                 if source == "radiomics" and batch != "center_id"
                 else None
             )
+            if source == "radiomics" and spec.selection.min_icc is not None:
+                values, info["min_icc"] = _robust_only(home, spec, selector, values)
             frame = frame.select("patient_key", *[pl.col(c).alias(f"{prefix}{c}") for c in values])
             if batch_values is not None:
                 frame = frame.with_columns(batch_values)
@@ -137,6 +139,28 @@ def study_inputs(home: Any, spec: StudySpec) -> tuple[pl.DataFrame, pl.DataFrame
         # patients outside the cohort are not in the study at all (counted as not_in_cohort)
         features = features.filter(pl.col("patient_key").is_in(clinical["patient_key"].to_list()))
     return features, clinical, info
+
+
+def _robust_only(
+    home: Any, spec: StudySpec, params_id: str, columns: list[str]
+) -> tuple[list[str], str]:
+    """The radiomics columns whose ICC lower bound reaches ``selection.min_icc`` (and why)."""
+    from assets.radiomics.robustness import robust_features
+
+    table = home.read_table("feature_robustness")
+    if table.is_empty() or table.filter(pl.col("params_id") == params_id).is_empty():
+        raise StudySpecError(
+            spec.source,
+            "selection.min_icc",
+            f"no feature_robustness rows for params_id {params_id}: materialize "
+            "feature_robustness first (cases.csv with a reader column, several masks per lesion)",
+        )
+    keep = robust_features(table, spec.selection.min_icc, params_id)
+    kept = [c for c in columns if c in keep]
+    return kept, (
+        f"{len(kept)} of {len(columns)} radiomics features kept: ICC lower 95% bound >= "
+        f"{spec.selection.min_icc:g} in feature_robustness ({params_id})"
+    )
 
 
 def _series_field(con: Any, frame: pl.DataFrame, field: str) -> pl.Series:
