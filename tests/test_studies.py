@@ -358,8 +358,13 @@ def test_hn1_study_aucs_plausible_and_every_ci_contains_its_estimate(hn1_result)
     with_ci = metrics.filter(
         pl.col("ci_low").is_not_null() & (pl.col("ci_method") != "delong_paired")
     )
-    # 6 models x 5 cohorts x (7 bootstrap metrics + auc_delong + calibration slope and intercept)
-    assert with_ci.height == 6 * 5 * 10
+    # 6 models x 5 cohorts x (7 bootstrap metrics + auc_delong + calibration slope and intercept),
+    # less calibration slopes not estimable (separation), plus each model's random-effects AUC
+    # pooled over the external centers
+    not_estimable = metrics.filter(pl.col("ci_method") == "not_estimable_separation").height
+    pooled_re = with_ci.filter(pl.col("metric") == "auc_pooled_random_effects")
+    assert pooled_re.height == 6 and set(pooled_re["cohort"]) == {"external_validation"}
+    assert with_ci.height == 6 * 5 * 10 - not_estimable + 6
     outside = with_ci.filter(
         (pl.col("ci_low") > pl.col("value") + 1e-12) | (pl.col("ci_high") < pl.col("value") - 1e-12)
     )

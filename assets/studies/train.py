@@ -55,6 +55,8 @@ CODE_MODULES = (
     "combined",
     "explain",
     "calibration",
+    "harmonize",
+    "heterogeneity",
     "train",
 )
 MODEL_VERSIONS_SCHEMA = {
