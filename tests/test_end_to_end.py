@@ -260,14 +260,13 @@ def test_no_patient_identifier_reaches_lake_catalog_reports_or_logs(demo_lake, c
     assert not [i for i in identifiers if i in log]
 
 
-def test_demo_scanners_harmonized_by_manufacturer(demo_lake, catalog):
+def test_demo_scanners_harmonized_by_manufacturer(demo_lake, catalog, monkeypatch):
     """The demo's C2 scanner (GE) never trains: its features are mapped onto the Siemens
-    training reference from its own features only, as combatlearn does it directly."""
+    training reference from its own features only, as neuroCombat (ref_batch) does it."""
     import joblib
     import pandas as pd
-    from combatlearn import ComBat
 
-    from assets.studies.harmonize import REFERENCE
+    from tests.test_harmonization import neurocombat_reference_batch
 
     rows = catalog.sql(
         "select distinct model, harmonization from model_metrics where study = 'gist_harmonized'"
@@ -300,12 +299,8 @@ def test_demo_scanners_harmonized_by_manufacturer(demo_lake, catalog):
     out = step.transform(frame.loc[external])
     reference = frame.loc[train, columns].fillna(step.medians_).reset_index(drop=True)
     new = frame.loc[external, columns].fillna(step.medians_).reset_index(drop=True)
-    stacked = pd.concat([reference, new], ignore_index=True)
-    (scanner,) = scanners["C2"]
-    batch = pd.Series([REFERENCE] * len(reference) + [scanner] * len(new))
-    direct = ComBat(batch=batch, method="fortin", reference_batch=REFERENCE).fit(stacked)
-    expected = direct.transform(stacked).iloc[len(reference) :]
-    assert abs(out.to_numpy() - expected.to_numpy()).max() < 1e-9
+    expected = neurocombat_reference_batch(reference, new, monkeypatch)
+    assert abs(out.to_numpy() - expected).max() < 1e-9
 
 
 def test_demo_bad_rows_are_quarantined_with_distinct_reasons(catalog):

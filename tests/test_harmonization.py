@@ -73,10 +73,25 @@ def test_combat_step_equals_combatlearn_and_removes_the_injected_shift(shifted):
     )
 
 
-def test_unseen_center_refused_or_estimated_from_its_own_features(shifted):
+def neurocombat_reference_batch(reference: pd.DataFrame, new: pd.DataFrame, monkeypatch):
+    """Fortin's neuroCombat (the reference implementation) adjusting ``new`` onto ``reference``
+    (``ref_batch``, parametric EB), as an independent computation of the same thing."""
+    from neuroCombat import neuroCombat
+
+    monkeypatch.setattr(np, "int", int, raising=False)  # neuroCombat 0.2.12 still calls np.int
+    stacked = pd.concat([reference, new], ignore_index=True)
+    covars = pd.DataFrame({"batch": ["reference"] * len(reference) + ["new"] * len(new)})
+    data = neuroCombat(
+        dat=stacked.T.to_numpy(), covars=covars, batch_col="batch", ref_batch="reference"
+    )["data"].T
+    np.testing.assert_allclose(data[: len(reference)], reference.to_numpy(), atol=1e-9)
+    return data[len(reference) :]
+
+
+def test_unseen_center_refused_or_estimated_from_its_own_features(shifted, monkeypatch):
     from combatlearn import ComBat
 
-    from assets.studies.harmonize import REFERENCE, HarmonizationError, Harmonizer
+    from assets.studies.harmonize import HarmonizationError, Harmonizer
 
     features = shifted.drop(columns=["center_id", "age"])
     seen = (shifted["center_id"] != "B").to_numpy() & (np.arange(len(shifted)) % 2 == 0)
@@ -88,19 +103,15 @@ def test_unseen_center_refused_or_estimated_from_its_own_features(shifted):
     step = Harmonizer(external="estimate_unlabeled").fit(shifted[seen])
     assert step.unseen_levels(shifted[new]) == ["B"]
     out = step.transform(shifted[new])
-    # directly with the library: the harmonized training rows are the reference batch (left
-    # unchanged), center B's rows the other batch; only B's features are used, no labels
+    # directly with the libraries: training (centers A, C) harmonized by combatlearn is the
+    # reference batch; center B adjusted onto it by neuroCombat (ref_batch); only B's features
     reference = ComBat(batch=shifted["center_id"][seen], method="fortin").fit(features[seen])
-    stacked = pd.concat([reference.transform(features[seen]), features[new]], ignore_index=True)
-    batch = pd.Series([REFERENCE] * int(seen.sum()) + ["B"] * int(new.sum()))
-    direct = ComBat(batch=batch, method="fortin", reference_batch=REFERENCE).fit(stacked)
-    expected = direct.transform(stacked).iloc[int(seen.sum()) :]
-    np.testing.assert_allclose(out.to_numpy(), expected.to_numpy(), rtol=0, atol=1e-9)
-    # the shift is gone: B's feature means now sit at the training reference's
-    gap_before = (features[new].mean() - features[seen].mean()).abs() / features[seen].std()
-    gap_after = (out.mean() - reference.transform(features[seen]).mean()).abs() / features[
-        seen
-    ].std()
+    harmonized_training = reference.transform(features[seen])
+    expected = neurocombat_reference_batch(harmonized_training, features[new], monkeypatch)
+    np.testing.assert_allclose(out.to_numpy(), expected, rtol=0, atol=1e-9)
+    # the injected shift is gone: B's feature means sit at the training reference's
+    gap_before = (features[new].mean() - harmonized_training.mean()).abs() / features[seen].std()
+    gap_after = (out.mean() - harmonized_training.mean()).abs() / features[seen].std()
     assert gap_after.median() < 0.05 < 0.3 < gap_before.median()
 
 

@@ -20,16 +20,18 @@ With a single training level (one development center) training has no batch effe
 and is itself the reference: training rows pass unchanged (combatlearn cannot fit one batch).
 Note on the library: combatlearn 2.3.0 estimates the empirical-Bayes hyperpriors of each
 feature across batches (``gamma_hat.mean(axis=0)``), where Johnson et al. 2007 and Fortin's
-neuroCombat pool them across features within each batch; the location/scale model and the
-adjustment are the published ones. The tests compare this step with combatlearn itself.
+neuroCombat pool them across features within each batch; with two batches (a reference and one
+new center) that shrinks a small shift by up to a half. Levels seen in training go through
+combatlearn (tested against it); a level never seen in training is mapped onto the frozen
+reference with the published estimator (``_map_onto_reference``, tested against neuroCombat).
 
 A batch level never seen in training (an external center) is refused (``external: refuse``,
 ``HarmonizationError`` naming the levels and the remedy) or, with ``external:
 estimate_unlabeled``, its location and scale are estimated from its own features only (never
-its labels) against the frozen training reference: for ``combat``, ComBat is fitted on the
-harmonized training features (reference batch, left unchanged) plus that level's rows, and only
-the new level's rows are transformed; for ``zscore_per_center`` the level is standardised by its
-own mean and SD. ``unseen_levels`` tells the report which levels were treated so.
+its labels) against the frozen training reference: for ``combat``, the harmonized training
+features are the reference batch (left unchanged) and the new level's rows are adjusted to it
+by ComBat's location/scale model with empirical-Bayes shrinkage (Johnson et al. 2007); for
+``zscore_per_center`` the level is standardised by its own mean and SD. ``unseen_levels`` tells the report which levels were treated so.
 """
 
 from __future__ import annotations
@@ -148,6 +150,10 @@ class Harmonizer(BaseEstimator, TransformerMixin):
             self.reference_covariates_ = (
                 None if covariates is None else covariates.reset_index(drop=True)
             )
+            disc, _ = self._fill_covariates(self.reference_covariates_)
+            self.reference_levels_ = (
+                {c: sorted(disc[c].unique()) for c in disc.columns} if disc is not None else {}
+            )
         else:
             grouped = features.groupby(batch.to_numpy())
             self.means_ = grouped.mean()
@@ -206,19 +212,58 @@ class Harmonizer(BaseEstimator, TransformerMixin):
         if self.method == "zscore_per_center":
             sd = features.std(ddof=1).replace(0.0, 1.0).fillna(1.0)
             return (features - features.mean()) / sd
-        n_ref = len(self.reference_)
-        stacked = pd.concat([self.reference_, features.reset_index(drop=True)], ignore_index=True)
-        batch = pd.Series([REFERENCE] * n_ref + [level] * len(features), index=stacked.index)
-        both = None
+        return self._map_onto_reference(features, covariates)
+
+    def _design(self, covariates: pd.DataFrame | None, n: int) -> np.ndarray:
+        """Intercept + covariates (numeric as is, categorical one-hot on reference levels)."""
+        columns = [np.ones(n)]
         if covariates is not None:
-            both = pd.concat(
-                [self.reference_covariates_, covariates.reset_index(drop=True)], ignore_index=True
+            disc, cont = self._fill_covariates(covariates)
+            if cont is not None:
+                columns += [cont[c].to_numpy(np.float64) for c in cont.columns]
+            if disc is not None:
+                for c in disc.columns:
+                    levels = self.reference_levels_[c]
+                    columns += [(disc[c].to_numpy() == lv).astype(np.float64) for lv in levels[1:]]
+        return np.column_stack(columns)
+
+    def _map_onto_reference(self, features: pd.DataFrame, covariates) -> pd.DataFrame:
+        """ComBat of one new batch against the frozen training reference (Johnson et al. 2007).
+
+        Location/scale model fitted on the reference rows only (intercept + covariates, pooled
+        variance /n as neuroCombat); the new rows standardised by it; their gamma/delta with the
+        parametric empirical-Bayes priors pooled across features (Johnson 2007; neuroCombat's
+        ``it_sol``, same convergence rule); reference rows stay unchanged. Without covariates
+        this is neuroCombat's ``ref_batch`` adjustment of that batch exactly (tested).
+        """
+        reference = self.reference_.to_numpy(np.float64)
+        ref_cov = self.reference_covariates_
+        design_ref = self._design(ref_cov, len(reference))
+        beta = np.linalg.lstsq(design_ref, reference, rcond=None)[0]
+        var_pooled = ((reference - design_ref @ beta) ** 2).mean(axis=0)
+        var_pooled = np.where(var_pooled == 0, 1.0, var_pooled)
+        x = features.to_numpy(np.float64)
+        stand = self._design(covariates, len(x)) @ beta
+        s = (x - stand) / np.sqrt(var_pooled)
+        gamma_hat = s.mean(axis=0)
+        delta_hat = s.var(axis=0, ddof=1)
+        delta_hat = np.where(delta_hat == 0, 1.0, delta_hat)
+        gamma_bar, t2 = gamma_hat.mean(), gamma_hat.var(ddof=1)
+        m, v = delta_hat.mean(), delta_hat.var(ddof=1)
+        a, b = (2 * v + m**2) / v, (m * v + m**3) / v
+        n = len(x)
+        g_old, d_old = gamma_hat.copy(), delta_hat.copy()
+        change = 1.0
+        while change > 1e-4:
+            g_new = (t2 * n * gamma_hat + d_old * gamma_bar) / (t2 * n + d_old)
+            sum2 = ((s - g_new) ** 2).sum(axis=0)
+            d_new = (0.5 * sum2 + b) / (n / 2.0 + a - 1.0)
+            change = max(
+                (np.abs(g_new - g_old) / g_old).max(), (np.abs(d_new - d_old) / d_old).max()
             )
-        disc, cont = self._fill_covariates(both)
-        combat = self._combat(batch, disc, cont, reference=REFERENCE).fit(stacked)
-        adjusted = combat.transform(stacked).iloc[n_ref:]
-        adjusted.index = features.index
-        return adjusted
+            g_old, d_old = g_new, d_new
+        adjusted = (s - g_old) / np.sqrt(d_old) * np.sqrt(var_pooled) + stand
+        return pd.DataFrame(adjusted, index=features.index, columns=features.columns)
 
     def get_feature_names_out(self, input_features=None):
         return np.asarray(self.features_, dtype=object)
