@@ -1262,3 +1262,31 @@ def test_best_model_is_chosen_by_cross_validated_auc_only():
             parse_study({**base, "best_model": {"cohort": cohort}}, "b.yaml")
         message = str(error.value)
         assert message.startswith("b.yaml: best_model.cohort:") and "training only" in message
+
+
+def test_combined_threshold_and_training_survival_labels_are_out_of_fold(hn1_result, hn1_tables):
+    """Issue 15: no threshold from apparent training predictions; training-cohort survival
+    groups by predicted label use the out-of-fold labels."""
+    from assets.studies.metrics import youden_threshold
+    from assets.studies.store import survival_frame
+
+    predictions = hn1_result.predictions
+    train = predictions.filter(pl.col("cohort") == "train").sort("patient_key")
+    thresholds = hn1_result.metrics.filter(
+        (pl.col("metric") == "threshold") & (pl.col("cohort") == "train")
+    )
+    for model in ("combined", hn1_result.best_model):
+        part = train.filter(pl.col("model") == model)
+        assert part["oof_probability"].null_count() == 0
+        expected = youden_threshold(part["label"].to_numpy(), part["oof_probability"].to_numpy())
+        assert thresholds.filter(pl.col("model") == model)["value"][0] == expected
+    _, clinical = hn1_tables
+    frame = survival_frame(
+        hn1_result.spec, clinical, hn1_result.splits, predictions, hn1_result.best_model
+    ).set_index("patient_key")
+    best = train.filter(pl.col("model") == hn1_result.best_model)
+    oof_labels = dict(zip(best["patient_key"], best["oof_predicted_label"], strict=True))
+    for key, label in oof_labels.items():
+        assert frame.loc[key, "predicted_label"] == label
+    apparent = dict(zip(best["patient_key"], best["predicted_label"], strict=True))
+    assert oof_labels != apparent  # the apparent labels differ: the choice matters
