@@ -461,6 +461,9 @@ def prepare_study(
     return data, splits, {**data.excluded, **excluded}
 
 
+MIN_PER_LEVEL = 5  # training patients per batch level (each CV training part keeps >= 2)
+
+
 def harmonization_plan(spec: StudySpec, data: StudyData, splits: pl.DataFrame) -> list[str]:
     """Notes on batch levels never seen in training; a StudyDataError when they are refused."""
     h = spec.harmonization
@@ -470,6 +473,18 @@ def harmonization_plan(spec: StudySpec, data: StudyData, splits: pl.DataFrame) -
     cohort = dict(zip(splits["patient_key"].to_list(), splits["cohort"].to_list(), strict=True))
     keys = [k for k in batch.index if k in cohort]
     trained = {batch[k] for k in keys if cohort[k] == "train"}
+    counts: dict[str, int] = {}
+    for k in keys:
+        if cohort[k] == "train":
+            counts[batch[k]] = counts.get(batch[k], 0) + 1
+    small = sorted(level for level, n in counts.items() if n < MIN_PER_LEVEL)
+    if small:
+        raise StudyDataError(
+            f"{spec.source}: harmonization.batch: {h.batch} level(s) {small} have fewer than "
+            f"{MIN_PER_LEVEL} training patients ({ {lv: counts[lv] for lv in small} }): their "
+            "location and scale cannot be estimated inside every cross-validation fold. To fix: "
+            "use a coarser batch (center_id), or add patients"
+        )
     unseen: dict[str, int] = {}
     for k in keys:
         if cohort[k] != "train" and batch[k] not in trained:
