@@ -248,20 +248,24 @@ class Harmonizer(BaseEstimator, TransformerMixin):
         gamma_hat = s.mean(axis=0)
         delta_hat = s.var(axis=0, ddof=1)
         delta_hat = np.where(delta_hat == 0, 1.0, delta_hat)
-        gamma_bar, t2 = gamma_hat.mean(), gamma_hat.var(ddof=1)
-        m, v = delta_hat.mean(), delta_hat.var(ddof=1)
-        a, b = (2 * v + m**2) / v, (m * v + m**3) / v
-        n = len(x)
         g_old, d_old = gamma_hat.copy(), delta_hat.copy()
-        change = 1.0
-        while change > 1e-4:
-            g_new = (t2 * n * gamma_hat + d_old * gamma_bar) / (t2 * n + d_old)
-            sum2 = ((s - g_new) ** 2).sum(axis=0)
-            d_new = (0.5 * sum2 + b) / (n / 2.0 + a - 1.0)
-            change = max(
-                (np.abs(g_new - g_old) / g_old).max(), (np.abs(d_new - d_old) / d_old).max()
-            )
-            g_old, d_old = g_new, d_new
+        if len(gamma_hat) >= 2 and gamma_hat.var(ddof=1) > 0 and delta_hat.var(ddof=1) > 0:
+            gamma_bar, t2 = gamma_hat.mean(), gamma_hat.var(ddof=1)
+            m, v = delta_hat.mean(), delta_hat.var(ddof=1)
+            a, b = (2 * v + m**2) / v, (m * v + m**3) / v
+            n = len(x)
+            change, iterations = 1.0, 0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                while change > 1e-4 and iterations < 1000:  # neuroCombat's rule, bounded
+                    g_new = (t2 * n * gamma_hat + d_old * gamma_bar) / (t2 * n + d_old)
+                    sum2 = ((s - g_new) ** 2).sum(axis=0)
+                    d_new = (0.5 * sum2 + b) / (n / 2.0 + a - 1.0)
+                    change = max(
+                        (np.abs(g_new - g_old) / g_old).max(),
+                        (np.abs(d_new - d_old) / d_old).max(),
+                    )
+                    g_old, d_old, iterations = g_new, d_new, iterations + 1
+        # else (one feature, or no spread to pool): the plain location/scale estimates
         adjusted = (s - g_old) / np.sqrt(d_old) * np.sqrt(var_pooled) + stand
         return pd.DataFrame(adjusted, index=features.index, columns=features.columns)
 
