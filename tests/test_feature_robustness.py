@@ -178,3 +178,73 @@ def test_feature_robustness_asset_materializes_and_passes_its_suite(lake, two_re
     assert checks and all(c.passed for c in checks)
     stored = lake.read_table("feature_robustness").sort("feature")
     assert stored.equals(reader_robustness(features, cases).sort("feature"))
+
+
+LIGHT_PARAMS = """imageType:
+  Original: {}
+featureClass:
+  shape: [VoxelVolume, Sphericity]
+  firstorder: [Mean, Kurtosis]
+setting:
+  binWidth: 25
+  label: 1
+"""
+
+
+def test_perturbation_icc_through_the_lake(tmp_path, monkeypatch):
+    """Real CTs landed with a cases.csv, the imaging assets, then feature_robustness with
+    ``perturbation_cases``: ICC(1,1) rows per feature, equal to pingouin on the same values."""
+    import shutil
+
+    import dagster as dg
+
+    from assets.imaging.defs import defs as imaging_defs
+    from assets.radiomics.defs import feature_robustness
+    from assets.radiomics.robustness import perturbation_features
+    from dagster_project.lake import Lake
+    from dagster_project.resources import LakeResource
+    from quality.checks import suite_check
+
+    home = tmp_path / "lakehouse"
+    monkeypatch.setenv("LAKE_HOME", str(home))
+    monkeypatch.setenv("LAKE_PSEUDONYM_KEY", "robustness-secret")
+    lake = Lake.at(home)
+    center = lake.landing / "imaging" / "C1"
+    rows = ["Image,Mask,Label,patient_id"]
+    for patient in ("STS_041", "STS_042"):
+        (center / patient).mkdir(parents=True)
+        for name in ("CT_image.nii.gz", "CT_mask.nii.gz"):
+            shutil.copy2(shared_path("dicom", "ibsi_sts", patient, "nifti", name), center / patient)
+        rows.append(f"{patient}/CT_image.nii.gz,{patient}/CT_mask.nii.gz,1,{patient}")
+    (center / "cases.csv").write_text("\n".join(rows) + "\n")
+    lake.params_dir.mkdir(parents=True, exist_ok=True)
+    (lake.params_dir / "ct_default.yaml").write_text(LIGHT_PARAMS)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [*imaging_defs.assets, feature_robustness, suite_check("feature_robustness")],
+            instance=instance,
+            resources={"lake": LakeResource()},
+            run_config={"ops": {"feature_robustness": {"config": {"perturbation_cases": 2}}}},
+        )
+    assert result.success
+    table = lake.read_table("feature_robustness").filter(pl.col("params_id") == "ct_default")
+    assert set(table["source"]) == {"perturbation"} and set(table["icc_type"]) == {"ICC(1,1)"}
+    assert set(table["n"]) == {2}
+    assert "original_shape_VoxelVolume" in set(table["feature"])
+    # the same ICCs from the same perturbations of the files, outside the lake
+    cases = [
+        (
+            p,
+            shared_path("dicom", "ibsi_sts", p, "nifti", "CT_image.nii.gz"),
+            shared_path("dicom", "ibsi_sts", p, "nifti", "CT_mask.nii.gz"),
+        )
+        for p in ("STS_041", "STS_042")
+    ]
+    long = perturbation_features(cases, {"binWidth": 25}, enabled={"shape": ["Sphericity"]}, seed=0)
+    import pingouin as pg
+
+    volume = long[long["feature"] == "original_shape_Sphericity"]
+    reference = pg.intraclass_corr(volume, targets="target", raters="rater", ratings="value")
+    expected = reference.set_index("Type").loc["ICC(1,1)", "ICC"]
+    observed = table.filter(pl.col("feature") == "original_shape_Sphericity")["icc"][0]
+    assert observed == pytest.approx(expected, abs=1e-9)

@@ -167,24 +167,35 @@ def perturb(image: Any, mask: Any, perturbation: dict[str, Any], seed: int) -> t
 
 def perturbation_features(
     cases: Sequence[tuple[str, Any, Any]],
-    settings: dict[str, Any],
+    settings: dict[str, Any] | str,
     perturbations: Sequence[dict[str, Any]] = DEFAULT_PERTURBATIONS,
     seed: int = 0,
     enabled: dict[str, list[str]] | None = None,
+    label: int = 1,
 ) -> pd.DataFrame:
     """Long frame ``target, rater, feature, value``: pyradiomics features of every case under
-    the original image and each perturbation (rater = perturbation name, ``original`` too)."""
+    the original image and each perturbation (rater = perturbation name, ``original`` too).
+
+    ``cases``: (target, image, mask) with paths or SimpleITK images (mask value ``label``);
+    ``settings``: pyradiomics settings, or the path of a parameter file.
+    """
     import SimpleITK as sitk
     from radiomics import featureextractor
 
-    extractor = featureextractor.RadiomicsFeatureExtractor(**settings)
+    extractor = (
+        featureextractor.RadiomicsFeatureExtractor(str(settings))
+        if isinstance(settings, str)
+        else featureextractor.RadiomicsFeatureExtractor(**settings)
+    )
     if enabled is not None:
         extractor.disableAllFeatures()
         extractor.enableFeaturesByName(**enabled)
     rows = []
-    for index, (target, image_path, mask_path) in enumerate(cases):
-        image, mask = sitk.ReadImage(str(image_path)), sitk.ReadImage(str(mask_path))
-        variants = [("original", image, sitk.Cast(mask > 0, sitk.sitkUInt8))]
+    for index, (target, image, mask) in enumerate(cases):
+        image = image if isinstance(image, sitk.Image) else sitk.ReadImage(str(image))
+        mask = mask if isinstance(mask, sitk.Image) else sitk.ReadImage(str(mask))
+        mask = sitk.Cast(mask == label, sitk.sitkUInt8)
+        variants = [("original", image, mask)]
         variants += [(p["name"], *perturb(image, mask, p, seed + index)) for p in perturbations]
         for rater, img, msk in variants:
             result = extractor.execute(img, msk, label=1)
@@ -210,3 +221,45 @@ def robust_features(table: pl.DataFrame, min_icc: float, params_id: str | None =
     )
     keep = worst.filter((pl.col("missing") == 0) & (pl.col("low") >= min_icc))
     return set(keep["feature"].to_list())
+
+
+def lake_perturbation_robustness(
+    home: Any, n_cases: int, centers: Sequence[str] = (), seed: int = 0
+) -> pl.DataFrame:
+    """ICC(1,1) under ``DEFAULT_PERTURBATIONS`` of the lake's first ``n_cases`` cases (by
+    case_id; only ``centers`` if given, e.g. the development centers), per applicable params_id.
+
+    Images and masks are loaded as the extraction loads them (``mask_qc.load_case_task``).
+    """
+    import SimpleITK as sitk
+
+    from assets.imaging.cases import LOCATORS_FILE, case_tasks, read_locators
+    from assets.imaging.mask_qc import load_case_task
+    from assets.radiomics.extract import quiet_radiomics
+    from assets.radiomics.params import applies_to, discover_params
+
+    cases = home.read_table("cases")
+    if n_cases <= 0 or cases.is_empty():
+        return pl.DataFrame(schema=ROBUSTNESS_SCHEMA)
+    if centers:
+        cases = cases.filter(pl.col("center_id").is_in(list(centers)))
+    cases = cases.sort("case_id").head(n_cases)
+    tasks = case_tasks(home.landing, cases, read_locators(home.state_dir / LOCATORS_FILE))
+    modality = dict.fromkeys(cases["case_id"].to_list())
+    if "modality" in cases.columns:
+        modality = dict(zip(cases["case_id"], cases["modality"], strict=True))
+    params, _ = discover_params(home.params_dir, landing=home.landing)
+    quiet_radiomics()
+    loaded = []
+    for task in tasks:
+        image, mask = load_case_task(task)
+        loaded.append(
+            (task["case_id"], image, sitk.Cast(mask == int(task["label"]), sitk.sitkUInt8))
+        )
+    parts = []
+    for p in params:
+        chosen = [c for c in loaded if applies_to(p.params_id, modality.get(c[0]))]
+        if len(chosen) >= 2:
+            long = perturbation_features(chosen, str(p.path), seed=seed)
+            parts.append(perturbation_robustness(long, p.params_id))
+    return pl.concat(parts) if parts else pl.DataFrame(schema=ROBUSTNESS_SCHEMA)
