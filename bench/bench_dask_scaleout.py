@@ -43,8 +43,8 @@ def prepare(home: Path, patients: int) -> tuple[list[dict], list]:
     from assets.imaging.cases import case_tasks, load_cases
     from assets.imaging.dicom_scan import scan_imaging
     from assets.radiomics.params import SHIPPED_DIR, params_file
-    from dagster_project.demo_data import generate_demo
     from dagster_project.pseudonym import Pseudonymizer
+    from radlake.demo import generate_demo
 
     generate_demo(home, patients=patients)
     landing = home / "landing"

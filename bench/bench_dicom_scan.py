@@ -3,7 +3,7 @@
 Two landing zones, both CT Image Storage files written with pydicom (Explicit VR Little Endian,
 uncompressed):
 
-- ``demo``: the demo generator's landing zone (``dagster_project.demo_data.generate_demo``):
+- ``demo``: the demo generator's landing zone (``radlake.demo.generate_demo``):
   48x48 slices (~6 KB files), far smaller than clinical CT, so the pixel data a full read decodes
   is tiny and header-only reading gains little;
 - ``clinical``: ``--clinical-files`` files of 512x512 int16 slices (~520 KB files), made from a demo
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None, help="default bench/results/...")
     args = parser.parse_args(argv)
 
-    from dagster_project.demo_data import generate_demo
+    from radlake.demo import generate_demo
 
     result: dict = {"load_at_start": load(), "goal": f"scan_imaging >= {GOAL:g}x full read"}
     with tempfile.TemporaryDirectory(prefix="radlake-bench-dicom-") as tmp:

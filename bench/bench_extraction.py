@@ -14,7 +14,7 @@ feature values (they must agree). Case sources:
 
 - ``--source pyradiomics`` (default): pyradiomics' five test cases (brain1, brain2, breast1, lung1,
   prostate phantom) from ../shared/data, replicated (hard links) to ``--cases`` cases;
-- ``--source demo``: the project's demo generator (``dagster_project.demo_data``); its DICOM series
+- ``--source demo``: the project's demo generator (``radlake.demo``); its DICOM series
   are converted to NIfTI first (untimed), because the pyradiomics CLI cannot read a DICOM folder.
 
 Usage::
@@ -75,7 +75,7 @@ def prepare_demo(folder: Path, n_cases: int, scratch: Path) -> list[tuple[Path, 
     """Demo cases (one series per patient) with each DICOM series converted to NIfTI."""
     import SimpleITK as sitk
 
-    from dagster_project.demo_data import generate_demo
+    from radlake.demo import generate_demo
 
     generate_demo(scratch, patients=n_cases)
     pairs = []

@@ -10,7 +10,7 @@ process (so peak memory is that operation's alone):
   matrix index, numpy scatters);
 - pivot, DuckDB statement: the same with ``engine="duckdb_pivot"`` (a DuckDB ``PIVOT``);
 - pivot, polars: ``scan_parquet`` -> filter -> largest ROI per patient -> ``DataFrame.pivot``;
-- cohort, DuckDB: ``sql/cohorts/gist_portal_venous.sql`` over views on the Parquet;
+- cohort, DuckDB: ``radlake/demo/sql/cohorts/gist_portal_venous.sql`` over views on the Parquet;
 - cohort, polars: the same query written with polars lazy frames.
 
 Each operation runs ``--repeat`` times in its process (once when it takes over 10 s): the first
@@ -177,7 +177,7 @@ def cohort_duckdb(folder: Path) -> tuple:
     from dagster_project.catalog import read_select
 
     con = _duckdb(folder)
-    select = read_select(REPO / "sql" / "cohorts" / "gist_portal_venous.sql")
+    select = read_select(REPO / "radlake" / "demo" / "sql" / "cohorts" / "gist_portal_venous.sql")
     frame = con.sql(select).pl()
     return frame.shape, "gist_portal_venous.sql"
 

@@ -1,6 +1,6 @@
 """Benchmark: a paper-scale study through radlake vs the same computation as a plain script.
 
-Data: the demo generator's cohort (``dagster_project.demo_data.simulate_cohort``: 2,500 patients
+Data: the demo generator's cohort (``radlake.demo.simulate_cohort``: 2,500 patients
 in 7 centers of decreasing size, latent mitotic-index label, tumour size and location) with
 ~1,300 radiomics-like features per patient synthesised from the cohort's latent size and
 texture scores, 40 shared nuisance factors (radiomics features are strongly correlated), center
@@ -83,8 +83,8 @@ def synthesize(folder: Path, patients: int, centers: int, n_features: int, seed:
     import numpy as np
     import polars as pl
 
-    from dagster_project.demo_data import simulate_cohort
     from dagster_project.pseudonym import Pseudonymizer
+    from radlake.demo import simulate_cohort
 
     cohort = simulate_cohort(patients, seed, centers)
     pseudonymize = Pseudonymizer(b"bench")

@@ -33,7 +33,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
     lake = Lake.at(create=False)
     try:
         con = open_catalog(lake)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # no catalog; a lake path DuckDB cannot search
         return _fail(f"sql: {exc}")
     except duckdb.Error as exc:
         return _fail(f"sql: cannot open catalog {lake.catalog_path}: {str(exc).splitlines()[0]}")
@@ -67,7 +67,7 @@ def _print_table(relation, max_rows: int) -> None:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from dagster_project.demo_data import generate_demo
+    from radlake.demo import generate_demo
 
     lake = Lake.at()
     try:
@@ -98,9 +98,14 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_materialize(args: argparse.Namespace) -> int:
     from dagster_project.instance import ensure_dagster_home
+    from dagster_project.pseudonym import PseudonymKeyMismatch, load_secret
 
     lake = Lake.at()
     ensure_dagster_home(lake)
+    try:  # one clear message before any asset runs, not one failure per ingest asset
+        load_secret(lake.home)
+    except PseudonymKeyMismatch as exc:
+        return _fail(f"materialize: {exc}")
     env = {**os.environ, "LAKE_HOME": str(lake.home), "GX_ANALYTICS_ENABLED": "false"}
     # INFO on the console: progress, warnings and check results, not every engine event
     log_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
@@ -115,6 +120,62 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     ]
     # dg finds the code location from the project's pyproject.toml
     return subprocess.call(command, env=env, cwd=Path(__file__).resolve().parents[1])
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    """Show where the pseudonymization key lives, or rotate it deliberately."""
+    from dagster_project import pseudonym
+
+    lake = Lake.at()
+    recorded = lake.home / pseudonym.FINGERPRINT_FILE
+    if args.action == "show":
+        print(f"key from       {pseudonym.key_source(lake.home)}")
+        try:
+            secret = pseudonym.load_secret(lake.home)
+        except pseudonym.PseudonymKeyMismatch as exc:
+            return _fail(f"key: {exc}")
+        print(f"fingerprint    {pseudonym.fingerprint(secret)} (matches {recorded})")
+        print("back it up     keep a copy of the key file (or of LAKE_PSEUDONYM_KEY) offline:")
+        print("               without it, landed patients can never get their keys again")
+        return 0
+    if not args.yes:
+        return _fail(
+            "key rotate gives every patient a new patient_key: the lake's tables, models and "
+            "reports are moved to LAKE_HOME/retired/<time>/ and rebuilt from landing/ by the next "
+            "`radlake materialize`. Back up the old key, then run `radlake key rotate --yes`."
+        )
+    return _rotate_key(lake)
+
+
+def _rotate_key(lake: Lake) -> int:
+    import shutil
+    from datetime import UTC, datetime
+
+    from dagster_project import pseudonym
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    recorded = lake.home / pseudonym.FINGERPRINT_FILE
+    env = os.environ.get("LAKE_PSEUDONYM_KEY")
+    if env and recorded.exists():
+        if recorded.read_text().strip() == pseudonym.fingerprint(env.encode("utf-8")):
+            return _fail(
+                "key rotate: LAKE_PSEUDONYM_KEY is the lake's current key: set the new one"
+            )
+    elif not env and pseudonym.key_file(lake.home).exists():
+        old = pseudonym.key_file(lake.home)
+        old.rename(old.with_name(f"{old.name}.retired-{stamp}"))  # a new one is generated below
+    retired = lake.home / "retired" / stamp
+    for name in ("lake", "state", "models", "reports", "catalog.duckdb"):
+        if (lake.home / name).exists():
+            retired.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(lake.home / name), str(retired / name))
+    recorded.unlink(missing_ok=True)
+    new = pseudonym.fingerprint(pseudonym.load_secret(lake.home))  # records the new fingerprint
+    lake.ensure()
+    print(f"new key from {pseudonym.key_source(lake.home)}, fingerprint {new}")
+    print(f"the lake made with the old key is in {retired} (delete it when you no longer need it)")
+    print("run `radlake materialize` to rebuild every table from landing/ with the new key")
+    return 0
 
 
 def cmd_paths(args: argparse.Namespace) -> int:
@@ -169,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     mat.add_argument("--select", default="*", help="Dagster asset selection (default: everything)")
     mat.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     mat.set_defaults(func=cmd_materialize)
+
+    key = sub.add_parser("key", help="the pseudonymization key: where it is, or rotate it")
+    key.add_argument("action", choices=["show", "rotate"])
+    key.add_argument("--yes", action="store_true", help="rotate: yes, give every patient a new key")
+    key.set_defaults(func=cmd_key)
 
     paths = sub.add_parser("paths", help="where the lake, catalog, reports and Dagster home are")
     paths.set_defaults(func=cmd_paths)

@@ -11,8 +11,14 @@ from quality.checks import suite_check
 INGEST_TAG = "radlake/layer"
 
 
-def build_core_assets(upstream: Sequence[dg.AssetKey], ingest: Sequence[dg.AssetKey]) -> list:
-    """The quarantine asset (after every ingest) and the catalog asset (after everything)."""
+def build_core_assets(ingest: Sequence[dg.AssetKey], table_schemas: dict | None = None) -> list:
+    """The quarantine asset and the catalog asset, both right after every ingest.
+
+    Neither waits on a cohort, a study or any other derived asset: whatever those fail, the
+    rejects are visible and ``radlake sql`` answers. The catalog's views are globs over
+    ``lake/<table>/``, so what a study writes after the catalog was built shows up in its views
+    at once; a table no study has written yet (``table_schemas``) gets an empty typed part first.
+    """
 
     @dg.asset(
         name="quarantine",
@@ -26,10 +32,11 @@ def build_core_assets(upstream: Sequence[dg.AssetKey], ingest: Sequence[dg.Asset
         import polars as pl
 
         from dagster_project.quarantine import QUARANTINE_SCHEMA, QUARANTINE_TABLE, read_quarantine
+        from dagster_project.tables import EMPTY_PART
 
         home = lake.lake()
         # an empty, typed part keeps the view (and its suite) defined when nothing was rejected
-        home.write_part(QUARANTINE_TABLE, "empty-schema", pl.DataFrame(schema=QUARANTINE_SCHEMA))
+        home.write_part(QUARANTINE_TABLE, EMPTY_PART, pl.DataFrame(schema=QUARANTINE_SCHEMA))
         frame = read_quarantine(home)
         by_rule = (
             frame.group_by("source", "rule").len().sort("source", "rule")
@@ -50,15 +57,22 @@ def build_core_assets(upstream: Sequence[dg.AssetKey], ingest: Sequence[dg.Asset
 
     @dg.asset(
         name="catalog",
-        deps=[*upstream, quarantine.key],
+        deps=[*ingest, quarantine.key],
         group_name="lake",
         kinds={"duckdb"},
-        description="catalog.duckdb: a view per lake table plus every sql/ file; swapped in atomically.",
+        description="catalog.duckdb: a view per lake table plus every file of sql/ and "
+        "LAKE_HOME/sql/; swapped in atomically. Built right after ingest: never waits on a "
+        "cohort or a study.",
     )
     def catalog(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-        from dagster_project.catalog import build_catalog
+        from dagster_project.catalog import CATALOG_STORAGE_VERSION, build_catalog
+        from dagster_project.tables import ensure_tables
 
-        report = build_catalog(lake.lake())
+        home = lake.lake()
+        created = ensure_tables(home, table_schemas or {})
+        if created:
+            context.log.info(f"catalog: empty typed tables until written: {', '.join(created)}")
+        report = build_catalog(home)
         for name, error in report.failed.items():
             context.log.warning(f"catalog: view {name} not created: {error}")
         return dg.MaterializeResult(
@@ -68,6 +82,7 @@ def build_core_assets(upstream: Sequence[dg.AssetKey], ingest: Sequence[dg.Asset
                 "sql_views": dg.MetadataValue.json(report.sql_views),
                 "failed_views": dg.MetadataValue.json(report.failed),
                 "n_views": len(report.table_views) + len(report.sql_views),
+                "duckdb_storage_version": CATALOG_STORAGE_VERSION,  # what DuckDB 1.x clients open
             }
         )
 
@@ -75,9 +90,9 @@ def build_core_assets(upstream: Sequence[dg.AssetKey], ingest: Sequence[dg.Asset
         asset=catalog, name="all_views_created", description="Every sql/ file became a view."
     )
     def catalog_views(lake: LakeResource) -> dg.AssetCheckResult:
-        from dagster_project.catalog import open_catalog, sql_files
+        from dagster_project.catalog import open_catalog, sql_files, sql_roots
 
-        expected = set(sql_files()) | set(lake.lake().tables())
+        expected = set(sql_files(sql_roots(lake.lake()))) | set(lake.lake().tables())
         with open_catalog(lake.lake()) as con:
             present = {
                 row[0]

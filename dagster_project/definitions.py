@@ -18,13 +18,25 @@ from dagster_project.sensors import build_landing_sensor
 DOMAINS = ("imaging", "radiomics", "clinical", "portfolio", "studies")
 
 
-def domain_definitions() -> list[dg.Definitions]:
+def domain_modules() -> list:
     found = []
     for domain in DOMAINS:
         name = f"assets.{domain}.defs"
         if importlib.util.find_spec(name) is not None:
-            found.append(importlib.import_module(name).defs)
+            found.append(importlib.import_module(name))
     return found
+
+
+def domain_definitions() -> list[dg.Definitions]:
+    return [module.defs for module in domain_modules()]
+
+
+def table_schemas() -> dict:
+    """Tables the domains publish after the catalog (``TABLE_SCHEMAS`` of their defs.py)."""
+    schemas: dict = {}
+    for module in domain_modules():
+        schemas.update(getattr(module, "TABLE_SCHEMAS", {}))
+    return schemas
 
 
 def _asset_keys(definitions: list[dg.Definitions], layer: str | None = None) -> list[dg.AssetKey]:
@@ -47,7 +59,7 @@ def _executor() -> dg.ExecutorDefinition:
 
 def build_definitions() -> dg.Definitions:
     domains = domain_definitions()
-    core = build_core_assets(upstream=_asset_keys(domains), ingest=_asset_keys(domains, "ingest"))
+    core = build_core_assets(ingest=_asset_keys(domains, "ingest"), table_schemas=table_schemas())
     everything = dg.define_asset_job(
         "materialize_everything",
         selection=dg.AssetSelection.all(),

@@ -1,13 +1,13 @@
 """SQL files as Dagster assets: each sql/cohorts and sql/portfolio file (and chosen views) runs over
 the lake's current Parquet, shows its result in the UI and gets lineage from the tables it reads."""
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
+from dagster_project.catalog import referenced
 from dagster_project.materialize import frame_version
 from dagster_project.resources import LakeResource
 
@@ -24,11 +24,6 @@ def markdown_table(frame: pl.DataFrame, rows: int = PREVIEW_ROWS, width: int = 6
         cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
         lines.append("| " + " | ".join(c.replace("|", "/")[:width] for c in cells) + " |")
     return "\n".join(lines)
-
-
-def referenced(sql: str, names: Iterable[str]) -> list[str]:
-    """Which of ``names`` the SQL reads (after ``from`` or ``join``)."""
-    return [n for n in names if re.search(rf"\b(?:from|join)\s+{n}\b", sql, flags=re.IGNORECASE)]
 
 
 def sql_description(sql: str, default: str) -> str:
@@ -49,11 +44,17 @@ def sql_file_asset(path: Path, group: str, tables: Iterable[str]) -> dg.AssetsDe
         description=sql_description(sql, f"The query {path.parent.name}/{path.name}."),
     )
     def _query(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-        from dagster_project.catalog import lake_connection, read_select
+        import duckdb
+
+        from dagster_project.catalog import explain_sql_error, lake_connection, read_select
 
         con = lake_connection(lake.lake(), with_sql_views=False)
         try:
             frame = con.sql(read_select(path)).pl()
+        except duckdb.Error as error:  # e.g. a cohort written for another lake's clinical columns
+            message = explain_sql_error(con, str(path), sql, error)
+            context.log.error(message)
+            raise dg.Failure(description=message) from None
         finally:
             con.close()
         metadata = {

@@ -38,6 +38,7 @@ def lake_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "lakehouse"
     monkeypatch.setenv("LAKE_HOME", str(home))
     monkeypatch.setenv("LAKE_PSEUDONYM_KEY", "test-secret-not-for-production")
+    monkeypatch.setenv("RADLAKE_CONFIG_DIR", str(tmp_path / "config"))  # key files, if any
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     (tmp_path / "dagster_home").mkdir()
     from dagster_project.lake import Lake

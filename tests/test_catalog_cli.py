@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +12,19 @@ import duckdb
 import polars as pl
 import pytest
 
-from dagster_project.catalog import build_catalog, lake_connection, open_catalog, sql_files
+import radlake
+from dagster_project.catalog import (
+    build_catalog,
+    lake_connection,
+    open_catalog,
+    search_path_sql,
+    sql_files,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def radlake(*args: str, home: Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def radlake_cli(*args: str, home: Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "LAKE_HOME": str(home)}
     command = [sys.executable, "-m", "dagster_project.cli", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
@@ -61,6 +69,7 @@ def test_catalog_has_a_view_per_table_and_sql_file(small_lake):
 def test_reader_holding_old_catalog_keeps_working_during_rebuild(small_lake):
     build_catalog(small_lake)
     reader = duckdb.connect(str(small_lake.catalog_path), read_only=True)
+    reader.execute(search_path_sql(small_lake.home))
     assert reader.execute("select count(*) from clinical").fetchall()[0][0] == 3
     small_lake.write_table("grants", pl.DataFrame({"grant_id": ["81971612"], "amount": [550000.0]}))
     build_catalog(small_lake)  # swaps a new file in while the reader holds the old one
@@ -79,7 +88,7 @@ def test_lake_connection_reads_current_parquet_without_catalog(small_lake):
 
 def test_radlake_sql_query_file_and_outputs(small_lake, tmp_path):
     build_catalog(small_lake)
-    result = radlake(
+    result = radlake_cli(
         "sql",
         "select center_id, count(*) n from clinical group by all order by 1",
         home=small_lake.home,
@@ -91,11 +100,11 @@ def test_radlake_sql_query_file_and_outputs(small_lake, tmp_path):
         "select center_id, avg(age) as mean_age\nfrom clinical\ngroup by all\norder by 1;\n"
     )
     out_csv = tmp_path / "out.csv"
-    result = radlake("sql", str(query), "--csv", str(out_csv), home=small_lake.home)
+    result = radlake_cli("sql", str(query), "--csv", str(out_csv), home=small_lake.home)
     assert result.returncode == 0, result.stderr
     assert pl.read_csv(out_csv)["mean_age"].to_list() == [54.0, 70.0]
     out_parquet = tmp_path / "out.parquet"
-    result = radlake(
+    result = radlake_cli(
         "sql", "select * from quarantine", "--parquet", str(out_parquet), home=small_lake.home
     )
     assert result.returncode == 0, result.stderr
@@ -113,7 +122,7 @@ def test_radlake_sql_query_file_and_outputs(small_lake, tmp_path):
 )
 def test_radlake_sql_errors_are_one_line(small_lake, args, expected):
     build_catalog(small_lake)
-    result = radlake("sql", *args, home=small_lake.home)
+    result = radlake_cli("sql", *args, home=small_lake.home)
     assert result.returncode == 1
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
@@ -121,7 +130,36 @@ def test_radlake_sql_errors_are_one_line(small_lake, args, expected):
 
 
 def test_radlake_sql_without_catalog(lake):
-    result = radlake("sql", "select 1", home=lake.home)
+    result = radlake_cli("sql", "select 1", home=lake.home)
     assert result.returncode == 1
     assert "no catalog" in result.stderr and "make demo" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_radlake_connect_is_read_only_from_any_directory(small_lake, tmp_path, monkeypatch):
+    build_catalog(small_lake)
+    monkeypatch.chdir(tmp_path)  # not the lake home: relative view paths must still resolve
+    for target in (None, small_lake.home, small_lake.catalog_path, str(small_lake.home)):
+        with radlake.connect(target) as con:  # None: LAKE_HOME (the fixture sets it)
+            assert con.execute("select sum(age) from clinical").fetchone()[0] == 61 + 47 + 70
+            with pytest.raises(duckdb.Error, match="read-only"):
+                con.execute("create table scratch as select 1")
+
+
+def test_radlake_connect_follows_a_moved_lake(small_lake, tmp_path):
+    build_catalog(small_lake)
+    moved = tmp_path / "elsewhere" / "lake"
+    shutil.copytree(small_lake.home, moved)
+    shutil.rmtree(small_lake.home)
+    with radlake.connect(moved) as con:
+        assert con.execute("select count(*) from clinical").fetchone()[0] == 3
+        assert con.execute("select reason from quarantine").fetchall() == [("missing_id: row 4",)]
+
+
+def test_radlake_connect_errors(lake, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no catalog"):
+        radlake.connect(lake.home)
+    with pytest.raises(ValueError, match="catalog.duckdb"):
+        radlake.connect(tmp_path / "other.duckdb")
+    with pytest.raises(ValueError, match="comma"):
+        radlake.connect(tmp_path / "a,b")

@@ -628,12 +628,14 @@ CLINICAL_DEMO = (
 
 
 def test_cohort_sql_files_run_over_small_tables(lake):
-    from dagster_project.catalog import SQL_DIR, create_views
+    from dagster_project.catalog import create_views
+    from radlake.demo.generator import write_demo_definitions
 
     _small_lake(lake, CLINICAL_DEMO)
+    write_demo_definitions(lake.home)  # the demo's cohorts live in the demo lake's own sql/
     con = duckdb.connect()
     report = create_views(con, lake)
-    assert (SQL_DIR / "cohorts" / "gist_portal_venous.sql").exists()
+    assert (lake.home / "sql" / "cohorts" / "gist_portal_venous.sql").exists()
     assert {"gist_portal_venous", "all_ct_with_outcome", "dataset_inventory"} <= set(
         report.sql_views
     ), report.failed
@@ -683,10 +685,12 @@ def test_cohort_sql_files_run_over_small_tables(lake):
 
 def test_cohort_sql_parses_as_plain_select():
     from dagster_project.catalog import SQL_DIR, read_select
+    from radlake.demo.generator import DEMO_DIR
 
-    for path in sorted((SQL_DIR / "cohorts").glob("*.sql")) + [
-        SQL_DIR / "views" / "dataset_inventory.sql"
-    ]:
+    cohorts = sorted((SQL_DIR / "cohorts").glob("*.sql"))
+    cohorts += sorted((DEMO_DIR / "sql" / "cohorts").glob("*.sql"))
+    assert len(cohorts) >= 3
+    for path in cohorts + [SQL_DIR / "views" / "dataset_inventory.sql"]:
         select = read_select(path)
         assert "create " not in select.lower(), path
         statements = duckdb.extract_statements(select)
@@ -701,7 +705,9 @@ def test_dagster_assets_materialize_clinical_features_and_cohorts(lake_home):
     from dagster_project.lake import Lake
     from dagster_project.quarantine import read_quarantine
     from dagster_project.resources import LakeResource
+    from dagster_project.sql_assets import sql_file_asset
     from quality.suites import run_suite
+    from radlake.demo.generator import write_demo_definitions
 
     home = Lake.at(lake_home)
     _small_lake(home, CLINICAL_DEMO, Pseudonymizer.for_lake(lake_home))  # the key the assets use
@@ -713,11 +719,12 @@ def test_dagster_assets_materialize_clinical_features_and_cohorts(lake_home):
         "patient_id,cd8_density\nP1,12.5\nP2,3.25\nP9,1.0\n"
     )
     checks = [c for c in clinical_defs.defs.asset_checks if "accounting" in str(c.check_keys)]
+    gist = write_demo_definitions(home.home)[0].parent / "gist_portal_venous.sql"
     result = dg.materialize(
         [
             clinical_defs.clinical,
             clinical_defs.external_features,
-            *clinical_defs.SQL_ASSETS,
+            sql_file_asset(gist, "cohorts", clinical_defs.LAKE_TABLES),
             *checks,
         ],
         resources={"lake": LakeResource(home=str(lake_home))},

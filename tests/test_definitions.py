@@ -25,6 +25,21 @@ HEAVY = (
 )
 
 
+def demo_graph_snapshot(tmp_path: Path) -> dict:
+    """The graph of a demo lake (the demo's cohorts and study in its LAKE_HOME), loaded in a fresh
+    interpreter: the code location reads LAKE_HOME's studies and cohorts when it loads."""
+    from radlake.demo.generator import write_demo_definitions
+
+    home = tmp_path / "demo-lake"
+    write_demo_definitions(home)
+    env = {**os.environ, "LAKE_HOME": str(home), "PYTHONPATH": str(Path(__file__).parents[1])}
+    code = "import json; from tests.test_definitions import graph_snapshot as g; print(json.dumps(g()))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def graph_snapshot() -> dict:
     from dagster_project.definitions import defs
 
@@ -53,8 +68,8 @@ def graph_snapshot() -> dict:
     }
 
 
-def test_asset_graph_matches_snapshot():
-    current = graph_snapshot()
+def test_asset_graph_matches_snapshot(tmp_path):
+    current = demo_graph_snapshot(tmp_path)
     if os.environ.get("UPDATE_SNAPSHOTS") or not SNAPSHOT.exists():
         SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
     assert current == json.loads(SNAPSHOT.read_text()), (
@@ -62,8 +77,8 @@ def test_asset_graph_matches_snapshot():
     )
 
 
-def test_every_lake_table_asset_has_a_blocking_suite():
-    snapshot = graph_snapshot()
+def test_every_lake_table_asset_has_a_blocking_suite(tmp_path):
+    snapshot = demo_graph_snapshot(tmp_path)
     from quality.suites import suite_tables
 
     for table in suite_tables():

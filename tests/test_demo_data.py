@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dagster_project import demo_data
+from radlake.demo import generator as demo_data
 from tests.conftest import shared_path
 
 PATIENTS = 12

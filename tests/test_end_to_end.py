@@ -17,9 +17,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import duckdb
 import pytest
 import yaml
+
+import radlake
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -142,7 +143,7 @@ def demo_lake(tmp_path_factory) -> Path:
     generated = run("demo-data", "--patients", str(DEMO_PATIENTS), "--seed", "11")
     assert generated.returncode == 0, generated.stderr
     # the shipped demo study, with fewer bootstrap resamples to keep the test suite short
-    study = yaml.safe_load((REPO / "assets/studies/demo/gist_mitotic_index.yaml").read_text())
+    study = yaml.safe_load((REPO / "radlake/demo/studies/gist_mitotic_index.yaml").read_text())
     study["bootstrap"] = 200
     (home / "studies").mkdir(exist_ok=True)
     (home / "studies" / "gist_mitotic_index.yaml").write_text(
@@ -174,7 +175,7 @@ def demo_lake(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def catalog(demo_lake):
-    con = duckdb.connect(str(demo_lake / "catalog.duckdb"), read_only=True)
+    con = radlake.connect(demo_lake)
     yield con
     con.close()
 
@@ -204,6 +205,17 @@ def test_sql_views_cohorts_and_portfolio_run(catalog):
         "select count(distinct patient_key) from gist_portal_venous"
     ).fetchall()[0][0]
     assert 0 < cohort <= DEMO_PATIENTS
+
+
+def test_cohort_funding_and_model_history_views_answer_in_duckdb_1_4(demo_lake, catalog):
+    """Every view of the demo catalog (cohorts and model_history included, which the real-file
+    lake of tests/test_catalog_portable.py lacks) gives DuckDB 2.x's rows in DuckDB 1.4."""
+    from tests.clients import python_digests, python_duckdb
+    from tests.clients.digests import digests
+
+    answer = python_digests(python_duckdb(), demo_lake, cwd=REPO)
+    assert {"gist_portal_venous", "grants_per_year", "model_history"} <= set(answer["views"])
+    assert answer["views"] == digests(catalog)
 
 
 def _demo_identifiers(home: Path) -> set[str]:
@@ -307,7 +319,7 @@ def test_demo_scanners_harmonized_by_manufacturer(demo_lake, catalog, monkeypatc
 def test_demo_bad_rows_are_quarantined_with_distinct_reasons(catalog):
     rows = catalog.execute("select source, rule, reason from quarantine").fetchall()
     rules = {(source, rule) for source, rule, _ in rows}
-    # the demo's deliberate defects (dagster_project.demo_data.CLINICAL_DEFECTS / GRANT_DEFECTS)
+    # the demo's deliberate defects (radlake.demo.generator.CLINICAL_DEFECTS / GRANT_DEFECTS)
     clinical = sorted(rule for source, rule, _ in rows if source == "clinical")
     assert clinical == ["invalid_event", "missing_id", "negative_duration"], rows
     assert ("grants", "amount_negative") in rules, rules

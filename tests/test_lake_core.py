@@ -15,8 +15,9 @@ import time
 import polars as pl
 import pytest
 
+from dagster_project import pseudonym
 from dagster_project.lake import LAKE_SUBDIRS, Lake, lake_home
-from dagster_project.pseudonym import KEY_FILE, Pseudonymizer, load_secret
+from dagster_project.pseudonym import Pseudonymizer, load_secret
 from dagster_project.quarantine import Reject, read_quarantine, write_quarantine
 
 
@@ -90,10 +91,13 @@ def test_killed_writer_leaves_previous_version_readable(lake):
 
 def test_pseudonymizer_is_keyed_and_stable(tmp_path, monkeypatch):
     monkeypatch.delenv("LAKE_PSEUDONYM_KEY", raising=False)
-    secret = load_secret(tmp_path)
-    key_file = tmp_path / KEY_FILE
+    monkeypatch.setenv("RADLAKE_CONFIG_DIR", str(tmp_path / "config"))
+    home = tmp_path / "lake"
+    secret = load_secret(home)
+    key_file = pseudonym.key_file(home)
+    assert key_file.parent == tmp_path / "config" / "keys"  # outside LAKE_HOME
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert load_secret(tmp_path) == secret  # generated once, then reused
+    assert load_secret(home) == secret  # generated once, then reused
     keyer = Pseudonymizer(secret)
     key = keyer("C1", "GZ2019-004711")
     assert len(key) == 32 and int(key, 16) >= 0
@@ -106,10 +110,43 @@ def test_pseudonymizer_is_keyed_and_stable(tmp_path, monkeypatch):
     assert Pseudonymizer(b"another secret")("C1", "GZ2019-004711") != key
     assert keyer("C1", 123.0) == keyer("C1", "123")  # Excel turns ids into floats
     assert "GZ2019" not in repr(keyer)
-    monkeypatch.setenv("LAKE_PSEUDONYM_KEY", "from-env")
-    assert load_secret(tmp_path) == b"from-env"
     with pytest.raises(ValueError):
         keyer("C1", "  ")
+    monkeypatch.setenv("LAKE_PSEUDONYM_KEY", "from-env")
+    assert load_secret(tmp_path / "other-lake") == b"from-env"
+
+
+def test_key_custody_fingerprint_refuses_another_key(tmp_path, monkeypatch):
+    """The key lives outside LAKE_HOME, the lake keeps only its fingerprint, and another key stops
+    the lake instead of silently giving every patient a new key."""
+    monkeypatch.delenv("LAKE_PSEUDONYM_KEY", raising=False)
+    monkeypatch.setenv("RADLAKE_CONFIG_DIR", str(tmp_path / "config"))
+    home = tmp_path / "lake"
+    secret = load_secret(home)
+    recorded = (home / pseudonym.FINGERPRINT_FILE).read_text().strip()
+    # the fingerprint is an HMAC of a fixed label under the key: it does not contain the key
+    assert (
+        recorded == hmac.new(secret, pseudonym.FINGERPRINT_LABEL, hashlib.sha256).hexdigest()[:16]
+    )
+    assert secret not in b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
+    monkeypatch.setenv("LAKE_PSEUDONYM_KEY", "a-different-key")
+    with pytest.raises(pseudonym.PseudonymKeyMismatch, match="radlake key rotate"):
+        load_secret(home)
+    monkeypatch.delenv("LAKE_PSEUDONYM_KEY")
+    pseudonym.key_file(home).unlink()  # a lost key file: a new one is generated, and refused
+    with pytest.raises(pseudonym.PseudonymKeyMismatch):
+        load_secret(home)
+
+
+def test_legacy_key_inside_lake_home_is_moved_out(tmp_path, monkeypatch):
+    monkeypatch.delenv("LAKE_PSEUDONYM_KEY", raising=False)
+    monkeypatch.setenv("RADLAKE_CONFIG_DIR", str(tmp_path / "config"))
+    home = tmp_path / "lake"
+    home.mkdir()
+    (home / pseudonym.LEGACY_KEY_FILE).write_bytes(b"wave-one-secret\n")
+    assert load_secret(home) == b"wave-one-secret"  # the same patient keys as before
+    assert not (home / pseudonym.LEGACY_KEY_FILE).exists()
+    assert pseudonym.key_file(home).read_bytes() == b"wave-one-secret"
 
 
 def test_quarantine_parts_are_replaced_per_source(lake):

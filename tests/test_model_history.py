@@ -111,7 +111,7 @@ def history(tmp_path_factory):
         lake = Lake.at(home)
         raw = _land(lake.landing)
         (lake.studies_dir / f"{STUDY}.yaml").write_text(yaml.safe_dump(SPEC))
-        defs = build_study_defs(lake.studies_dir, include_demo=False)
+        defs = build_study_defs(lake.studies_dir)
         study_assets = [a for a in defs.assets if a.key.path[0] == STUDY]
         check = [c for c in defs.asset_checks if CHECK in {s.name for s in c.check_specs}]
         assert len(check) == 1

@@ -1134,8 +1134,8 @@ PROVINCE_EN = {
 
 
 def test_demo_generator_portfolio_flows_through(tmp_path):
-    from dagster_project import demo_data
     from dagster_project.lake import iter_files
+    from radlake.demo import generator as demo_data
 
     counts = demo_data.generate_demo(tmp_path / "demo", patients=4, seed=7)
     landing = tmp_path / "demo" / "landing"

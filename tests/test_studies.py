@@ -107,7 +107,7 @@ def hn1_result(hn1_tables, tmp_path_factory):
 
 # spec ------------------------------------------------------------------------------------
 def test_shipped_demo_study_loads_with_defaults():
-    spec = load_study(REPO / "assets" / "studies" / "demo" / "gist_mitotic_index.yaml")
+    spec = load_study(REPO / "radlake" / "demo" / "studies" / "gist_mitotic_index.yaml")
     assert spec.label == "mi_high" and spec.features.radiomics.params_id == "ct_default"
     assert spec.split.external_validation_centers == ("C2",)
     assert spec.models == (
@@ -934,7 +934,7 @@ def test_models_asset_fails_with_the_study_data_error(lake):
     lake.write_table("external_features", long)
     lake.write_table("clinical", clinical)
     (lake.studies_dir / "pilot.yaml").write_text(yaml.safe_dump(PILOT_STUDY))
-    defs = build_study_defs(lake.studies_dir, include_demo=False)
+    defs = build_study_defs(lake.studies_dir)
     wanted = {"pilot/study_splits", "pilot/models"}
     assets = [a for a in defs.assets if a.key.to_user_string() in wanted]
     run = dg.materialize(
@@ -1186,7 +1186,7 @@ def test_dagster_study_families_materialize_into_the_lake(lake, hn1_tables):
         "name: broken\nlabel: y\nsplit: {development_centers: [C1]}\nmodels: [xgb]\n"
     )
 
-    defs = build_study_defs(lake.studies_dir, include_demo=False)
+    defs = build_study_defs(lake.studies_dir)
     keys = {a.key.to_user_string() for a in defs.assets}
     family = [
         "study_splits",

@@ -4,7 +4,9 @@
   lake/clinical (current, one row per patient; the replaced file kept under _history/) and
   lake/clinical_history (SCD type 2, for "clinical as of <time>").
 - ``external_features`` (ingest): landing/features/<center_id>/*.csv|*.parquet -> the long table.
-- one asset per ``sql/cohorts/*.sql`` file and one for ``sql/views/dataset_inventory.sql`` (the same
+- one asset per cohort file (``sql/cohorts/*.sql`` and the lake's own ``LAKE_HOME/sql/cohorts/*.sql``;
+  a cohort that cannot run on this lake fails alone, naming the file, the missing column and the
+  columns the tables it reads do have) and one for ``sql/views/dataset_inventory.sql`` (the same
   SELECT the catalog exposes as a view), result preview in the metadata; its data version is the
   result's content hash, so studies downstream see when their cohort changed.
 """
@@ -14,7 +16,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from dagster_project.catalog import sql_files, sql_roots
 from dagster_project.core_assets import INGEST_TAG
+from dagster_project.lake import Lake
 from dagster_project.materialize import table_result
 from dagster_project.quarantine import write_quarantine
 from dagster_project.resources import LakeResource
@@ -107,9 +111,10 @@ def external_features(
     return table_result(home, "external_features", table, stats)
 
 
-SQL_ASSETS = [
-    sql_file_asset(p, "cohorts", LAKE_TABLES) for p in sorted((SQL_ROOT / "cohorts").glob("*.sql"))
-] + [sql_file_asset(SQL_ROOT / "views" / "dataset_inventory.sql", "clinical", LAKE_TABLES)]
+COHORT_FILES = sql_files(sql_roots(Lake.at(create=False), SQL_ROOT), layers=("cohorts",))
+SQL_ASSETS = [sql_file_asset(p, "cohorts", LAKE_TABLES) for p in COHORT_FILES.values()] + [
+    sql_file_asset(SQL_ROOT / "views" / "dataset_inventory.sql", "clinical", LAKE_TABLES)
+]
 
 defs = dg.Definitions(
     assets=[clinical, external_features, *SQL_ASSETS],

@@ -266,10 +266,11 @@ def current_identities(pairs: Sequence[Pair]) -> pl.DataFrame:
 
 
 def needs_compaction(lake: Lake, pairs: Sequence[Pair], stored: pl.DataFrame) -> bool:
-    """True when the tables hold batch parts or rows no current pair accounts for."""
+    """True when a table is missing (an empty lake still gets both, typed, with zero rows), holds
+    batch parts, or holds rows no current pair accounts for."""
     for table in (FEATURES_TABLE, DIAGNOSTICS_TABLE):
         files = lake.table_files(table)
-        if any(f.stem != table for f in files):
+        if not files or any(f.stem != table for f in files):
             return True
     current = {p.identity() for p in pairs}
     return any(

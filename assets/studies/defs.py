@@ -1,8 +1,8 @@
 """Dagster layer of the studies domain: one family of thin assets per study YAML.
 
-Studies are found when the code location loads: every ``LAKE_HOME/studies/*.yaml`` plus the
-repository's demo studies (``assets/studies/demo/``; ``RADLAKE_DEMO_STUDIES=0`` leaves them
-out; a LAKE_HOME study of the same name wins). For a study ``<name>`` (group ``studies``):
+Studies are found when the code location loads: every ``LAKE_HOME/studies/*.yaml`` (the demo's
+study is there only in a lake made by ``radlake demo-data``). For a study ``<name>`` (group
+``studies``):
 
 - ``<name>/study_splits``: cohorts -> lake ``study_splits`` (part ``<name>``); excluded patients
   by reason and the case rule in the metadata
@@ -135,8 +135,8 @@ def study_assets(spec) -> tuple[list, list]:
         from assets.studies.train import prepare_study
 
         home = lake.lake()
-        features, clinical, info = study_inputs(home, spec)
         with _fail_on_study_data_error(context):
+            features, clinical, info = study_inputs(home, spec)
             if spec.is_classification:
                 _, splits, excluded = prepare_study(spec, features, clinical)
             else:
@@ -596,11 +596,11 @@ def invalid_study_asset(stem: str, message: str):
     return invalid_study
 
 
-def build_study_defs(studies_dir: Path, include_demo: bool = True) -> dg.Definitions:
-    """The Definitions of every study in ``studies_dir`` (and the demo studies)."""
+def build_study_defs(studies_dir: Path) -> dg.Definitions:
+    """The Definitions of every study in ``studies_dir``."""
     from assets.studies.store import discover_studies
 
-    studies, errors = discover_studies(studies_dir, include_demo)
+    studies, errors = discover_studies(studies_dir)
     assets, checks = [], []
     for spec in studies.values():
         more_assets, more_checks = study_assets(spec)
@@ -610,7 +610,25 @@ def build_study_defs(studies_dir: Path, include_demo: bool = True) -> dg.Definit
     return dg.Definitions(assets=assets, asset_checks=checks)
 
 
-defs = build_study_defs(
-    Lake.at(create=False).studies_dir,
-    include_demo=os.environ.get("RADLAKE_DEMO_STUDIES", "1") != "0",
-)
+def _table_schemas() -> dict:
+    """The studies' tables (key columns, typed): they exist, empty, in a lake without a study."""
+    import polars as pl
+
+    from assets.studies.metrics import METRICS_SCHEMA
+    from assets.studies.split import SPLITS_SCHEMA
+    from assets.studies.train import MODEL_VERSIONS_SCHEMA
+
+    survival = ("study", "model_version", "endpoint", "cohort", "analysis", "term")
+    return {
+        "study_splits": SPLITS_SCHEMA,
+        "model_versions": MODEL_VERSIONS_SCHEMA,
+        "model_metrics": METRICS_SCHEMA,
+        "survival_results": {
+            **dict.fromkeys(survival, pl.String),
+            **dict.fromkeys(("estimate", "ci_low", "ci_high", "p_value"), pl.Float64),
+        },
+    }
+
+
+TABLE_SCHEMAS = _table_schemas()
+defs = build_study_defs(Lake.at(create=False).studies_dir)

@@ -1,8 +1,8 @@
 """What a study's Dagster assets read from the lake and hand to each other on disk (pure, no Dagster).
 
-- ``discover_studies``: every ``LAKE_HOME/studies/*.yaml`` plus the repo's demo studies
-  (``assets/studies/demo/*.yaml``; a LAKE_HOME study with the same name wins). Files that do not
-  validate are returned with their ``StudySpecError`` message instead of being dropped silently.
+- ``discover_studies``: every ``LAKE_HOME/studies/*.yaml`` (a demo lake gets the demo's study
+  there from ``radlake demo-data``). Files that do not validate are returned with their
+  ``StudySpecError`` message instead of being dropped silently.
 - ``study_inputs``: the study's patients from the lake: the clinical table (restricted to the
   cohort of ``cohort_sql`` / ``cohort_query`` when given) and one wide feature row per patient
   from the shared pivot (``assets.clinical.pivot.pivot_features`` with the study's
@@ -27,19 +27,15 @@ import polars as pl
 
 from assets.studies.spec import StudySpec, StudySpecError, load_study
 
-DEMO_STUDIES = Path(__file__).resolve().parent / "demo"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def discover_studies(
-    studies_dir: Path, include_demo: bool = True
-) -> tuple[dict[str, StudySpec], dict[str, str]]:
-    """(valid studies by name, error message by file) of LAKE_HOME/studies and the demo folder."""
-    files = sorted(DEMO_STUDIES.glob("*.yaml")) if include_demo else []
-    files += sorted(Path(studies_dir).glob("*.yaml")) if Path(studies_dir).is_dir() else []
+def discover_studies(studies_dir: Path) -> tuple[dict[str, StudySpec], dict[str, str]]:
+    """(valid studies by name, error message by file) of LAKE_HOME/studies."""
+    files = sorted(Path(studies_dir).glob("*.yaml")) if Path(studies_dir).is_dir() else []
     studies: dict[str, StudySpec] = {}
     errors: dict[str, str] = {}
-    for path in files:  # LAKE_HOME files come last, so they replace a demo study of the same name
+    for path in files:
         try:
             spec = load_study(path)
         except StudySpecError as error:
@@ -56,8 +52,8 @@ def study_dir(home: Any, spec: StudySpec) -> Path:
 def cohort_sql_text(spec: StudySpec, home: Any) -> str | None:
     """The study's cohort SELECT: ``cohort_query`` or the ``cohort_sql`` file.
 
-    A relative ``cohort_sql`` path is looked up beside the study YAML, then in LAKE_HOME, then in
-    the repository.
+    A relative ``cohort_sql`` path is looked up beside the study YAML, then in LAKE_HOME (a group
+    keeps its cohorts in ``LAKE_HOME/sql/cohorts/``), then in the repository.
     """
     if spec.cohort_query:
         return spec.cohort_query
@@ -85,20 +81,29 @@ def cohort_sql_text(spec: StudySpec, home: Any) -> str | None:
 
 def study_inputs(home: Any, spec: StudySpec) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     """(wide features, clinical rows, info) of the study's patients, read from the lake."""
+    import duckdb
+
     from assets.clinical.pivot import pivot_features
-    from dagster_project.catalog import lake_connection
+    from assets.studies.split import StudyDataError
+    from dagster_project.catalog import explain_sql_error, lake_connection
 
     clinical = home.read_table("clinical")
     if clinical.is_empty():
-        raise ValueError("the clinical table is empty: materialize `clinical` first")
+        raise StudyDataError(
+            f"{spec.source}: the clinical table has no rows: land the outcomes under "
+            "landing/clinical/ (or materialize `clinical`) before this study can run"
+        )
     info: dict[str, Any] = {"clinical_patients": clinical.height}
     con = lake_connection(home)
     try:
         sql = cohort_sql_text(spec, home)
         if sql is not None:
-            keys = (
-                con.sql(f"select distinct patient_key from ({sql})").pl()["patient_key"].to_list()
-            )
+            try:
+                cohort = con.sql(f"select distinct patient_key from ({sql})").pl()
+            except duckdb.Error as error:
+                source = f"{spec.source} (cohort {spec.cohort_sql or 'cohort_query'})"
+                raise StudyDataError(explain_sql_error(con, source, sql, error)) from None
+            keys = cohort["patient_key"].to_list()
             info["not_in_cohort"] = clinical.filter(~pl.col("patient_key").is_in(keys)).height
             clinical = clinical.filter(pl.col("patient_key").is_in(keys))
         wide: pl.DataFrame | None = None

@@ -626,7 +626,9 @@ def generate_demo(
     """Write a deterministic demo landing zone into ``home/landing``; returns counts of what it wrote.
 
     Refuses to write when ``home/landing`` already holds files, unless ``force`` (which deletes
-    ``home/landing`` first). ``home/studies`` and everything else in ``home`` is left alone.
+    ``home/landing`` first). The demo's own cohort SQL and study go into ``home/sql/cohorts/`` and
+    ``home/studies/`` (``demo_definitions``): a file of the same name there is kept unless ``force``.
+    Everything else in ``home`` is left alone.
     """
     landing = Lake.at(home).landing
     existing = [p for p in landing.rglob("*") if p.is_file()] if landing.is_dir() else []
@@ -667,7 +669,31 @@ def generate_demo(
             landing / "portfolio" / "publications" / "group_export.txt", cited, seed
         )
     )
+    counts["demo_definitions"] = len(write_demo_definitions(home, force=force))
     return counts
+
+
+DEMO_DIR = Path(__file__).resolve().parent
+
+
+def demo_definitions() -> dict[str, Path]:
+    """The demo's cohorts and study: path relative to LAKE_HOME -> the shipped file."""
+    files = sorted((DEMO_DIR / "sql" / "cohorts").glob("*.sql"))
+    files += sorted((DEMO_DIR / "studies").glob("*.yaml"))
+    return {path.relative_to(DEMO_DIR).as_posix(): path for path in files}
+
+
+def write_demo_definitions(home: Path, force: bool = False) -> list[Path]:
+    """Copy the demo's cohort SQL and study YAML into ``home`` (what made it a demo lake)."""
+    written = []
+    for relative, source in demo_definitions().items():
+        target = Path(home) / relative
+        if target.exists() and not force:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        written.append(target)
+    return written
 
 
 def render_patient(
