@@ -248,3 +248,45 @@ def test_perturbation_icc_through_the_lake(tmp_path, monkeypatch):
     expected = reference.set_index("Type").loc["ICC(1,1)", "ICC"]
     observed = table.filter(pl.col("feature") == "original_shape_Sphericity")["icc"][0]
     assert observed == pytest.approx(expected, abs=1e-9)
+
+
+def test_selection_min_icc_keeps_robust_features_only(lake, two_reader_lake):
+    """A study with ``selection.min_icc`` reads feature_robustness and keeps the features whose
+    ICC lower bound reaches it; without rows for its params_id it is a clear spec error."""
+    from assets.radiomics.robustness import reader_robustness, robust_features
+    from assets.studies.spec import StudySpecError, parse_study
+    from assets.studies.store import study_inputs
+
+    cases, features = two_reader_lake
+    long = features.join(cases.select("case_id", "patient_key"), on="case_id").with_columns(
+        pl.lit("C1").alias("center_id")
+    )
+    lake.write_table("cases", cases.with_columns(pl.lit("C1").alias("center_id")))
+    lake.write_table("radiomics_features", long)
+    patients = sorted(set(cases["patient_key"]))
+    lake.write_table(
+        "clinical",
+        pl.DataFrame(
+            {"patient_key": patients, "center_id": "C1", "y": [i % 2 for i in range(len(patients))]}
+        ),
+    )
+    study = {
+        "name": "robust",
+        "label": "y",
+        "features": {"radiomics": {"params_id": "ct_default"}},
+        "case_rule": "first",
+        "split": {"development_centers": ["C1"]},
+        "selection": {"min_icc": 0.5},
+    }
+    spec = parse_study(study, "robust.yaml")
+    with pytest.raises(
+        StudySpecError, match="robust.yaml: selection.min_icc: no feature_robustness"
+    ):
+        study_inputs(lake, spec)
+    table = reader_robustness(features, cases)
+    lake.write_table("feature_robustness", table)
+    wide, _, info = study_inputs(lake, spec)
+    kept = set(wide.columns) - {"patient_key"}
+    assert kept == robust_features(table, 0.5, "ct_default") and kept
+    assert kept < set(features["feature"])
+    assert info["min_icc"].startswith(f"{len(kept)} of {features['feature'].n_unique()}")
