@@ -683,8 +683,9 @@ def test_breast_cancer_logistic_auc_equals_plain_sklearn(tmp_path):
     from sklearn.model_selection import cross_val_predict
 
     outer = StratifiedKFold(5, shuffle=True, random_state=3)
+    inner = StratifiedKFold(3, shuffle=True, random_state=3)  # validation.inner_cv_folds: 3
     nested = GridSearchCV(
-        _plain_sklearn_pipeline(10), {"model__C": [0.01, 0.1, 1.0]}, scoring="roc_auc", cv=outer
+        _plain_sklearn_pipeline(10), {"model__C": [0.01, 0.1, 1.0]}, scoring="roc_auc", cv=inner
     )
     oof = cross_val_predict(
         nested, train[X.columns], train["label"], cv=outer, method="predict_proba"

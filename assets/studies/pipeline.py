@@ -341,7 +341,8 @@ def nested_oof(
     """Out-of-fold probabilities of a nested CV and the AUC of each outer fold.
 
     Outer: ``plan.splitter(seed)``; inside every outer training part the grid search runs again
-    on its own stratified folds (``CappedStratifiedKFold``), the tuned pipeline is refitted on
+    on its own ``validation.inner_cv_folds`` stratified folds (default 3, ``CappedStratifiedKFold``:
+    fewer when that part's minority class is smaller), the tuned pipeline is refitted on
     that part and predicts the held-out fold: no patient's probability depends on a tuning that
     saw it (Varma & Simon 2006; Cawley & Talbot 2010).
     """
@@ -354,7 +355,7 @@ def nested_oof(
     oof = np.full(len(y), np.nan)
     aucs = []
     for train_idx, test_idx in plan.splitter(seed).split(np.zeros(len(y)), y):
-        inner = CappedStratifiedKFold(plan.n_splits, random_state=seed)
+        inner = CappedStratifiedKFold(spec.validation.inner_cv_folds, random_state=seed)
         X_in, y_in = X.iloc[train_idx], y[train_idx]
         best, _ = _tuned(clone(pipeline), model, spec, inner, X_in, y_in, n_jobs)
         best.fit(X_in, y_in)

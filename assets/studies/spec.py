@@ -181,13 +181,15 @@ class ValidationSpec:
     """How the training cohort validates the models (all on training only).
 
     ``nested_cv``: the cross-validated AUC and the out-of-fold probabilities (thresholds, the
-    combined model's score) come from a nested CV (tuning repeated inside every outer fold).
+    combined model's score) come from a nested CV (tuning repeated inside every outer fold, on
+    ``inner_cv_folds`` stratified folds, default 3; the outer folds are ``cv_folds``).
     ``optimism_bootstrap``: B > 0 adds Harrell's bootstrap optimism-corrected AUC of each model.
     ``recalibrate_external``: refit intercept and slope on each external center (reported beside
     the untouched model, never replacing it).
     """
 
     nested_cv: bool = True
+    inner_cv_folds: int = 3
     optimism_bootstrap: int = 0
     recalibrate_external: bool = False
 
@@ -314,7 +316,7 @@ _TOP_KEYS = {
     "bootstrap": "number of bootstrap resamples",
     "best_model": "{metric: auc, cohort: cv} (cross-validated on training only)",
     "harmonization": "{method, batch, covariates, external, compare_raw}",
-    "validation": "{nested_cv, optimism_bootstrap, recalibrate_external}",
+    "validation": "{nested_cv, inner_cv_folds, optimism_bootstrap, recalibrate_external}",
     "auc_drop_warning": "AUC drop that triggers a warning",
     "cv_folds": "folds of the stratified cross-validation on training (integer >= 2)",
     "survival": "list of survival analyses",
@@ -612,6 +614,7 @@ def _validation(value: Any, source: str) -> ValidationSpec:
         return ValidationSpec()
     allowed = {
         "nested_cv": "true (default) | false",
+        "inner_cv_folds": "integer >= 2: folds of the tuning inside each outer fold (default 3)",
         "optimism_bootstrap": "integer >= 0: bootstrap resamples for Harrell's optimism correction",
         "recalibrate_external": "true | false (default)",
     }
@@ -621,6 +624,9 @@ def _validation(value: Any, source: str) -> ValidationSpec:
             raise StudySpecError(source, f"validation.{key}", "expected true or false")
     return ValidationSpec(
         nested_cv=raw.get("nested_cv", True),
+        inner_cv_folds=_int(
+            raw.get("inner_cv_folds", 3), source, "validation.inner_cv_folds", minimum=2
+        ),
         optimism_bootstrap=_int(
             raw.get("optimism_bootstrap", 0), source, "validation.optimism_bootstrap", minimum=0
         ),
