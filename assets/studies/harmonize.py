@@ -135,25 +135,31 @@ class Harmonizer(BaseEstimator, TransformerMixin):
                 self.covariate_fills_[column] = "missing"
         if self.method == "combat":
             disc, cont = self._fill_covariates(covariates)
+            self.combat_ = None  # one training level: nothing to remove, it is the reference
             if len(self.levels_) > 1:
                 self.combat_ = self._combat(batch, disc, cont).fit(features)
-                # the frozen training reference for levels never seen in training
-                harmonized = self.combat_.transform(features)
                 # the fitted state keeps parameters, not the rows' batch/covariate vectors
                 self.combat_.set_params(
                     batch=None, discrete_covariates=None, continuous_covariates=None
                 )
-            else:  # one training level: nothing to remove in training, it is the reference
-                self.combat_ = None
-                harmonized = features
-            self.reference_ = harmonized.reset_index(drop=True)
-            self.reference_covariates_ = (
-                None if covariates is None else covariates.reset_index(drop=True)
-            )
-            disc, _ = self._fill_covariates(self.reference_covariates_)
-            self.reference_levels_ = (
-                {c: sorted(disc[c].unique()) for c in disc.columns} if disc is not None else {}
-            )
+            # the frozen training reference for levels never seen in training (only kept when
+            # they are to be estimated: it holds the harmonized training features)
+            self.reference_ = self.reference_covariates_ = None
+            self.reference_levels_ = {}
+            if self.external == "estimate_unlabeled":
+                harmonized = (
+                    features
+                    if self.combat_ is None
+                    else self._transform_seen(features, batch, covariates)
+                )
+                self.reference_ = harmonized.reset_index(drop=True)
+                self.reference_covariates_ = (
+                    None if covariates is None else covariates.reset_index(drop=True)
+                )
+                disc, _ = self._fill_covariates(self.reference_covariates_)
+                self.reference_levels_ = (
+                    {c: sorted(disc[c].unique()) for c in disc.columns} if disc is not None else {}
+                )
         else:
             grouped = features.groupby(batch.to_numpy())
             self.means_ = grouped.mean()
