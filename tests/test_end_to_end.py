@@ -312,8 +312,13 @@ def test_demo_scanners_harmonized_by_manufacturer(demo_lake, catalog, monkeypatc
     out = step.transform(frame.loc[external])
     reference = frame.loc[train, columns].fillna(step.medians_).reset_index(drop=True)
     new = frame.loc[external, columns].fillna(step.medians_).reset_index(drop=True)
+    (scanner,) = scanners["C2"]
     expected = neurocombat_reference_batch(reference, new, monkeypatch)
     np.testing.assert_allclose(out.to_numpy(), expected, rtol=1e-10, atol=1e-9)
+    # the report says what was fitted where, and that the GE center was estimated unlabeled
+    html = (demo_lake / "reports" / "gist_harmonized" / "report.html").read_text()
+    assert "Harmonization: ComBat" in html and f"manufacturer {scanner} was not in training" in html
+    assert "no labels" in html
 
 
 def test_demo_bad_rows_are_quarantined_with_distinct_reasons(catalog):

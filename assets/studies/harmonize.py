@@ -289,7 +289,8 @@ class Harmonizer(BaseEstimator, TransformerMixin):
         external = (
             "levels never seen in training are refused"
             if self.external == "refuse"
-            else "a level never seen in training is mapped onto the frozen training reference "
-            "with location/scale estimated from its own features only (no labels)"
+            else "a level never seen in training is mapped onto the frozen training reference by "
+            "ComBat's location/scale model with empirical-Bayes priors pooled across features "
+            "(Johnson et al. 2007), estimated from its own features only (no labels)"
         )
         return f"{what} by {self.batch}, fitted on the training cohort only; {external}"
