@@ -76,10 +76,13 @@ def _splits(home: Lake, name: str):
 
 def _study_data(home: Lake, spec):
     from assets.studies.store import load_inputs
-    from assets.studies.train import assemble_study_data
+    from assets.studies.train import assemble_study_data, harmonization_plan
 
     features, clinical, prepared = load_inputs(home, spec)
-    return assemble_study_data(spec, features, clinical), prepared
+    data = assemble_study_data(spec, features, clinical)
+    if spec.harmonization.enabled:  # notes on batch levels estimated unlabeled
+        data.notes.extend(harmonization_plan(spec, data, _splits(home, spec.name)))
+    return data, prepared
 
 
 @contextmanager
