@@ -73,7 +73,7 @@ IMAGING_BATCH_FIELDS = (
     "kvp",
 )
 CUTOFF_METHODS = ("maxstat", "median")
-CASE_RULES = ("largest_roi", "first", "phase:<name>")
+CASE_RULES = ("largest_roi", "first", "phase:<name>", "reader:<name>", "all_lesions")
 DEFAULT_CV_FOLDS = 5
 CLASSIFICATION_ONLY_KEYS = (
     "selection",
@@ -308,7 +308,7 @@ _TOP_KEYS = {
     "cohort_query": "inline SQL returning patient_key",
     "label": "binary clinical column",
     "features": "{radiomics: {params_id}, external: {feature_set}, clinical: [...]}",
-    "case_rule": "largest_roi | first | phase:<name>",
+    "case_rule": "largest_roi | first | phase:<name> | reader:<name> | all_lesions",
     "split": "{development_centers, internal_validation_fraction, external_validation_centers, seed}",
     "selection": "{variance_min, max_correlation, method, n_features, lasso_c, min_icc}",
     "models": f"list of {', '.join(MODEL_NAMES)}",
@@ -635,11 +635,18 @@ def _validation(value: Any, source: str) -> ValidationSpec:
 
 
 def _case_rule(value: Any, source: str) -> str:
+    from assets.studies import case_rule
+
     rule = _str(value, source, "case_rule", required=True)
-    if rule in ("largest_roi", "first") or (rule.startswith("phase:") and len(rule) > 6):
+    try:
+        kind, _ = case_rule.parse(rule)
+    except ValueError:
+        kind = None
+    if kind is not None and kind != "per_lesion":
         return rule
+    why = " (per_lesion gives several rows per patient; a model needs one)" if kind else ""
     raise StudySpecError(
-        source, "case_rule", f"{rule!r} is not allowed; allowed: {list(CASE_RULES)}"
+        source, "case_rule", f"{rule!r} is not allowed{why}; allowed: {list(CASE_RULES)}"
     )
 
 
