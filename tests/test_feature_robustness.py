@@ -191,18 +191,21 @@ setting:
 """
 
 
-def test_perturbation_icc_through_the_lake(tmp_path, monkeypatch):
-    """Real CTs landed with a cases.csv, the imaging assets, then feature_robustness with
-    ``perturbation_cases``: ICC(1,1) rows per feature, equal to pingouin on the same values."""
+def test_readers_and_perturbations_through_the_lake(tmp_path, monkeypatch):
+    """Real CTs landed with two readers' masks per lesion (cases.csv ``reader``, ``lesion``),
+    the imaging and radiomics assets, then feature_robustness with ``perturbation_cases``:
+    ICC(2,1) rows equal pingouin on the lake's own feature values; ICC(1,1) rows for every
+    feature from the perturbed copies."""
     import shutil
 
     import dagster as dg
+    import pingouin as pg
+    import SimpleITK as sitk
 
     from assets.imaging.defs import defs as imaging_defs
-    from assets.radiomics.defs import feature_robustness
-    from assets.radiomics.robustness import perturbation_features
+    from assets.radiomics.defs import feature_robustness, radiomics_features
     from dagster_project.lake import Lake
-    from dagster_project.resources import LakeResource
+    from dagster_project.resources import ExtractionBackend, LakeResource
     from quality.checks import suite_check
 
     home = tmp_path / "lakehouse"
@@ -210,44 +213,55 @@ def test_perturbation_icc_through_the_lake(tmp_path, monkeypatch):
     monkeypatch.setenv("LAKE_PSEUDONYM_KEY", "robustness-secret")
     lake = Lake.at(home)
     center = lake.landing / "imaging" / "C1"
-    rows = ["Image,Mask,Label,patient_id"]
-    for patient in ("STS_041", "STS_042"):
+    rows = ["Image,Mask,Label,patient_id,reader,lesion"]
+    patients = ("STS_041", "STS_042", "STS_043")
+    for patient in patients:
         (center / patient).mkdir(parents=True)
         for name in ("CT_image.nii.gz", "CT_mask.nii.gz"):
             shutil.copy2(shared_path("dicom", "ibsi_sts", patient, "nifti", name), center / patient)
-        rows.append(f"{patient}/CT_image.nii.gz,{patient}/CT_mask.nii.gz,1,{patient}")
+        mask = sitk.ReadImage(str(center / patient / "CT_mask.nii.gz")) > 0
+        sitk.WriteImage(sitk.BinaryDilate(mask, [1, 1, 1]), str(center / patient / "B.nii.gz"))
+        rows.append(f"{patient}/CT_image.nii.gz,{patient}/CT_mask.nii.gz,1,{patient},A,1")
+        rows.append(f"{patient}/CT_image.nii.gz,{patient}/B.nii.gz,1,{patient},B,1")
     (center / "cases.csv").write_text("\n".join(rows) + "\n")
     lake.params_dir.mkdir(parents=True, exist_ok=True)
     (lake.params_dir / "ct_default.yaml").write_text(LIGHT_PARAMS)
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            [*imaging_defs.assets, feature_robustness, suite_check("feature_robustness")],
+            [
+                *imaging_defs.assets,
+                radiomics_features,
+                feature_robustness,
+                suite_check("feature_robustness"),
+            ],
             instance=instance,
-            resources={"lake": LakeResource()},
+            resources={"lake": LakeResource(), "extraction": ExtractionBackend(max_workers=1)},
             run_config={"ops": {"feature_robustness": {"config": {"perturbation_cases": 2}}}},
         )
     assert result.success
+    assert all(c.passed for c in result.get_asset_check_evaluations())
     table = lake.read_table("feature_robustness").filter(pl.col("params_id") == "ct_default")
-    assert set(table["source"]) == {"perturbation"} and set(table["icc_type"]) == {"ICC(1,1)"}
-    assert set(table["n"]) == {2}
-    assert "original_shape_VoxelVolume" in set(table["feature"])
-    # the same ICCs from the same perturbations of the files, outside the lake
-    cases = [
-        (
-            p,
-            shared_path("dicom", "ibsi_sts", p, "nifti", "CT_image.nii.gz"),
-            shared_path("dicom", "ibsi_sts", p, "nifti", "CT_mask.nii.gz"),
+    readers = table.filter(pl.col("source") == "readers")
+    assert set(readers["icc_type"]) == {"ICC(2,1)"} and set(readers["n"]) == {3}
+    # the reader ICC of a feature from the lake's own rows, directly with pingouin
+    values = (
+        lake.read_table("radiomics_features")
+        .filter(
+            (pl.col("feature") == "original_shape_Sphericity")
+            & (pl.col("params_id") == "ct_default")
         )
-        for p in ("STS_041", "STS_042")
-    ]
-    long = perturbation_features(cases, {"binWidth": 25}, enabled={"shape": ["Sphericity"]}, seed=0)
-    import pingouin as pg
-
-    volume = long[long["feature"] == "original_shape_Sphericity"]
-    reference = pg.intraclass_corr(volume, targets="target", raters="rater", ratings="value")
-    expected = reference.set_index("Type").loc["ICC(1,1)", "ICC"]
-    observed = table.filter(pl.col("feature") == "original_shape_Sphericity")["icc"][0]
+        .join(lake.read_table("cases").select("case_id", "reader"), on="case_id")
+        .select(pl.col("patient_key").alias("target"), pl.col("reader").alias("rater"), "value")
+        .to_pandas()
+    )
+    reference = pg.intraclass_corr(values, targets="target", raters="rater", ratings="value")
+    expected = reference.set_index("Type").loc["ICC(A,1)", "ICC"]
+    observed = readers.filter(pl.col("feature") == "original_shape_Sphericity")["icc"][0]
     assert observed == pytest.approx(expected, abs=1e-9)
+    # perturbations of the first two cases (by case_id): shape is untouched by noise alone
+    perturbed = table.filter(pl.col("source") == "perturbation")
+    assert set(perturbed["icc_type"]) == {"ICC(1,1)"} and set(perturbed["n"]) == {2}
+    assert set(perturbed["feature"]) == set(readers["feature"])
 
 
 def test_selection_min_icc_keeps_robust_features_only(lake, two_reader_lake):
