@@ -26,8 +26,13 @@ Two parts, each in its own fresh process (so peak RSS is that part's alone), sam
 
     .venv/bin/python bench/bench_study.py                       # paper scale
     .venv/bin/python bench/bench_study.py --patients 600 --features 300 --bootstrap 200  # quick
+    .venv/bin/python bench/bench_study.py --parts lake          # the lake study alone
 
 Goals (issue 6): lake / script wall time <= 1.1; the whole lake study < 3 minutes on 2 cores.
+Issue 15: the lake study runs with ComBat harmonization (``--harmonization``; the external
+centers C3..C7 estimated unlabeled) and nested CV (``--not-nested`` to turn it off); the plain
+script is neither harmonized nor nested, so compare it with ``--harmonization none
+--not-nested``.
 """
 
 from __future__ import annotations
@@ -130,13 +135,18 @@ def synthesize(folder: Path, patients: int, centers: int, n_features: int, seed:
 
 
 # part 1: the lake ------------------------------------------------------------------------
-def run_lake(folder: Path, bootstrap: int, n_jobs: int) -> dict:
+def run_lake(
+    folder: Path, bootstrap: int, n_jobs: int, harmonization: str = "combat", nested: bool = True
+) -> dict:
     import polars as pl
 
     from assets.studies.spec import parse_study
     from assets.studies.train import run_study
 
-    spec = parse_study({**STUDY, "bootstrap": bootstrap}, "bench_gist.yaml")
+    study = {**STUDY, "bootstrap": bootstrap, "validation": {"nested_cv": nested}}
+    if harmonization != "none":  # C3..C7 are never in training: estimated from their features
+        study["harmonization"] = {"method": harmonization, "external": "estimate_unlabeled"}
+    spec = parse_study(study, "bench_gist.yaml")
     features = pl.read_parquet(folder / "features.parquet")
     clinical = pl.read_parquet(folder / "clinical.parquet")
     result = run_study(spec, features, clinical, folder / "lake_out", n_jobs=n_jobs)
@@ -489,10 +499,12 @@ def run_script(folder: Path, bootstrap: int, n_jobs: int, cache: bool = False) -
 
 
 # driver ----------------------------------------------------------------------------------
-def _child(part: str, folder: Path, bootstrap: int, n_jobs: int) -> None:
+def _child(
+    part: str, folder: Path, bootstrap: int, n_jobs: int, harmonization: str, nested: bool
+) -> None:
     started = time.perf_counter()
     if part == "lake":
-        summary = run_lake(folder, bootstrap, n_jobs)
+        summary = run_lake(folder, bootstrap, n_jobs, harmonization, nested)
     else:
         summary = run_script(folder, bootstrap, n_jobs, cache=part == "script_cached")
     seconds = time.perf_counter() - started
@@ -524,9 +536,27 @@ def main() -> None:
         "--child", choices=["lake", "script", "script_cached"], help=argparse.SUPPRESS
     )
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--harmonization",
+        default="combat",
+        choices=["combat", "zscore_per_center", "none"],
+        help="the lake study's harmonization (external centers: estimate_unlabeled)",
+    )
+    parser.add_argument(
+        "--not-nested",
+        action="store_true",
+        help="validation.nested_cv: false (the plain script is not nested either)",
+    )
     args = parser.parse_args()
     if args.child:
-        _child(args.child, args.folder, args.bootstrap, args.n_jobs)
+        _child(
+            args.child,
+            args.folder,
+            args.bootstrap,
+            args.n_jobs,
+            args.harmonization,
+            not args.not_nested,
+        )
         return
     with tempfile.TemporaryDirectory(prefix="radlake-bench-study-") as tmp:
         folder = Path(tmp)
@@ -550,6 +580,9 @@ def main() -> None:
                 str(args.bootstrap),
                 "--n-jobs",
                 str(args.n_jobs),
+                "--harmonization",
+                args.harmonization,
+                *(["--not-nested"] if args.not_nested else []),
             ]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:

@@ -7,6 +7,7 @@ One small demo lake is materialized once for the module (a few minutes on 2 core
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import socket
@@ -148,6 +149,24 @@ def demo_lake(tmp_path_factory) -> Path:
     (home / "studies" / "gist_mitotic_index.yaml").write_text(
         yaml.safe_dump(study, sort_keys=False)
     )
+    # the demo's two scanners (C1 Siemens, C2 GE) harmonized by manufacturer (issue 15)
+    harmonized = {
+        **study,
+        "name": "gist_harmonized",
+        "models": ["logistic_regression"],
+        "bootstrap": 100,
+        "harmonization": {
+            "method": "combat",
+            "batch": "manufacturer",
+            "external": "estimate_unlabeled",
+            "compare_raw": True,
+        },
+    }
+    harmonized.pop("survival")
+    harmonized.pop("auc_drop_warning")
+    (home / "studies" / "gist_harmonized.yaml").write_text(
+        yaml.safe_dump(harmonized, sort_keys=False)
+    )
     result = run("materialize", "--select", "*")
     (home / "materialize.log").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
@@ -251,6 +270,55 @@ def test_no_patient_identifier_reaches_lake_catalog_reports_or_logs(demo_lake, c
                 assert not leaked, f"{path} holds identifiers {leaked[:3]}"
     log = (demo_lake / "materialize.log").read_text()
     assert not [i for i in identifiers if i in log]
+
+
+def test_demo_scanners_harmonized_by_manufacturer(demo_lake, catalog, monkeypatch):
+    """The demo's C2 scanner (GE) never trains: its features are mapped onto the Siemens
+    training reference from its own features only, as neuroCombat (ref_batch) does it."""
+    import joblib
+    import numpy as np
+    import pandas as pd
+
+    from tests.test_harmonization import neurocombat_reference_batch
+
+    rows = catalog.sql(
+        "select distinct model, harmonization from model_metrics where study = 'gist_harmonized'"
+    ).fetchall()
+    assert set(rows) == {
+        ("logistic_regression", "combat(batch=manufacturer, external=estimate_unlabeled)"),
+        ("combined", "combat(batch=manufacturer, external=estimate_unlabeled)"),
+        (
+            "combined_vs_logistic_regression",
+            "combat(batch=manufacturer, external=estimate_unlabeled)",
+        ),
+        ("logistic_regression:raw", "none"),
+    }
+    folder = demo_lake / "models" / "gist_harmonized"
+    inputs = pd.read_parquet(folder / "inputs" / "features.parquet").set_index("patient_key")
+    clinical = pd.read_parquet(folder / "inputs" / "clinical.parquet").set_index("patient_key")
+    scanners = inputs["manufacturer"].groupby(clinical["center_id"]).agg(set).to_dict()
+    assert {c: len(s) for c, s in scanners.items()} == {"C1": 1, "C2": 1}
+    assert scanners["C1"] != scanners["C2"]
+    version = json.loads((folder / "current.json").read_text())["model_version"]
+    model = joblib.load(folder / version / "logistic_regression.joblib")
+    step = model.pipeline.named_steps["harmonize"]
+    splits = catalog.sql(
+        "select patient_key, cohort from study_splits where study = 'gist_harmonized'"
+    ).df()
+    train = splits[splits["cohort"] == "train"]["patient_key"].tolist()
+    external = splits[splits["cohort"] == "external_validation"]["patient_key"].tolist()
+    columns = step.features_
+    frame = inputs[[*columns, "manufacturer"]]
+    out = step.transform(frame.loc[external])
+    reference = frame.loc[train, columns].fillna(step.medians_).reset_index(drop=True)
+    new = frame.loc[external, columns].fillna(step.medians_).reset_index(drop=True)
+    (scanner,) = scanners["C2"]
+    expected = neurocombat_reference_batch(reference, new, monkeypatch)
+    np.testing.assert_allclose(out.to_numpy(), expected, rtol=1e-10, atol=1e-9)
+    # the report says what was fitted where, and that the GE center was estimated unlabeled
+    html = (demo_lake / "reports" / "gist_harmonized" / "report.html").read_text()
+    assert "Harmonization: ComBat" in html and f"manufacturer {scanner} was not in training" in html
+    assert "no labels" in html
 
 
 def test_demo_bad_rows_are_quarantined_with_distinct_reasons(catalog):

@@ -34,6 +34,10 @@ HN1_DIAMETER = "GTV-1_original_shape_Maximum3DDiameter"
 # data ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def hn1_tables() -> tuple[pl.DataFrame, pl.DataFrame]:
+    return hn1_frames()
+
+
+def hn1_frames() -> tuple[pl.DataFrame, pl.DataFrame]:
     """HN1 features + a clinical table: patient_key pseudonymised, centers assigned by row.
 
     The two clinical columns of the combined model are derived from the real tumour volume and
@@ -113,7 +117,7 @@ def test_shipped_demo_study_loads_with_defaults():
         "decision_tree",
         "xgboost",
     )
-    assert spec.best_model.metric == "auc" and spec.best_model.cohort == "internal_validation"
+    assert spec.best_model.metric == "auc" and spec.best_model.cohort == "cv"
     assert spec.survival[0].times == (36.0, 60.0) and spec.survival[0].cox_terms == (
         "predicted_label",
         "tumor_size_cm",
@@ -351,25 +355,17 @@ def test_hn1_study_aucs_plausible_and_every_ci_contains_its_estimate(hn1_result)
     )
     assert pooled["value"].is_between(0.5, 1.0).all(), pooled
     assert auc["value"].is_between(0.3, 1.0).all()
-    interval_rows = metrics.filter(
-        pl.col("ci_method").is_in(["bootstrap_percentile", "delong", "wald"])
+    with_ci = metrics.filter(
+        pl.col("ci_low").is_not_null() & (pl.col("ci_method") != "delong_paired")
     )
-    # 6 models x 5 cohorts x (7 bootstrap metrics + auc_delong + calibration slope and intercept)
-    assert interval_rows.height == 6 * 5 * 10
-    # a row without an interval says why: here only calibration slopes of apparent training
-    # probabilities that separate the classes (no finite maximum-likelihood slope)
-    missing = interval_rows.filter(pl.col("ci_low").is_null())
-    assert set(missing["ci_flag"]) <= {"not_estimable"} and set(missing["metric"]) <= {
-        "calibration_slope"
-    }
-    for model, cohort in missing.select("model", "cohort").rows():
-        part = hn1_result.predictions.filter(
-            (pl.col("model") == model) & (pl.col("cohort") == cohort)
-        )
-        negatives = part.filter(pl.col("label") == 0)["probability"]
-        positives = part.filter(pl.col("label") == 1)["probability"]
-        assert negatives.max() <= positives.min() or positives.max() <= negatives.min()
-    with_ci = interval_rows.filter(pl.col("ci_low").is_not_null())
+    # 6 models x 5 cohorts x (7 bootstrap metrics + auc_delong + calibration slope and intercept),
+    # less calibration slopes not estimable (separation), plus each model's random-effects AUC
+    # pooled over the external centers
+    not_estimable = metrics.filter(pl.col("ci_method") == "not_estimable_separation")
+    assert set(not_estimable["ci_flag"]) <= {"not_estimable"}  # a row without an interval says why
+    pooled_re = with_ci.filter(pl.col("metric") == "auc_pooled_random_effects")
+    assert pooled_re.height == 6 and set(pooled_re["cohort"]) == {"external_validation"}
+    assert with_ci.height == 6 * 5 * 10 - not_estimable.height + 6
     outside = with_ci.filter(
         (pl.col("ci_low") > pl.col("value") + 1e-12) | (pl.col("ci_high") < pl.col("value") - 1e-12)
     )
@@ -383,13 +379,9 @@ def test_hn1_study_aucs_plausible_and_every_ci_contains_its_estimate(hn1_result)
     comparison = metrics.filter(pl.col("model") == f"combined_vs_{hn1_result.best_model}")
     assert set(comparison["metric"]) == {"auc_difference", "delong_z", "delong_p"}
     assert comparison.filter(pl.col("metric") == "delong_p")["value"].is_between(0, 1).all()
-    assert hn1_result.best_model_rule == "highest auc on the internal_validation cohort"
-    internal = metrics.filter(
-        (pl.col("metric") == "auc")
-        & (pl.col("cohort") == "internal_validation")
-        & (pl.col("model") != "combined")
-    )
-    assert hn1_result.best_model == internal.sort("value", descending=True)["model"][0]
+    assert hn1_result.best_model_rule.startswith("highest cross-validated training AUC (nested")
+    cv = metrics.filter((pl.col("metric") == "cv_auc") & (pl.col("model") != "combined"))
+    assert hn1_result.best_model == cv.sort("value", descending=True)["model"][0]
 
 
 def test_hn1_rerun_gives_identical_metrics_and_version(hn1_tables, hn1_result, tmp_path):
@@ -652,6 +644,7 @@ def test_breast_cancer_logistic_auc_equals_plain_sklearn(tmp_path):
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
+    from assets.studies.metrics import youden_threshold
     from assets.studies.train import run_study
 
     data = load_breast_cancer(as_frame=True)
@@ -689,11 +682,34 @@ def test_breast_cancer_logistic_auc_equals_plain_sklearn(tmp_path):
         observed = metrics.filter(pl.col("cohort") == cohort)["value"][0]
         assert abs(observed - expected) <= 1e-9, (cohort, observed, expected)
 
+    # nested CV: the out-of-fold probabilities and cv_auc equal scikit-learn's nested CV
+    # (a GridSearchCV re-run inside every outer fold of cross_val_predict)
+    from sklearn.model_selection import cross_val_predict
+
+    outer = StratifiedKFold(5, shuffle=True, random_state=3)
+    inner = StratifiedKFold(3, shuffle=True, random_state=3)  # validation.inner_cv_folds: 3
+    nested = GridSearchCV(
+        _plain_sklearn_pipeline(10), {"model__C": [0.01, 0.1, 1.0]}, scoring="roc_auc", cv=inner
+    )
+    oof = cross_val_predict(
+        nested, train[X.columns], train["label"], cv=outer, method="predict_proba"
+    )
+    logistic = result.fitted["logistic_regression"]
+    np.testing.assert_allclose(logistic.oof_probability, oof[:, 1], rtol=0, atol=1e-9)
+    fold_aucs = [
+        roc_auc_score(train["label"].iloc[test], oof[test, 1])
+        for _, test in outer.split(train[X.columns], train["label"])
+    ]
+    assert abs(logistic.cv_auc - np.mean(fold_aucs)) <= 1e-9
+    assert logistic.nested and logistic.threshold == youden_threshold(train["label"], oof[:, 1])
+
 
 # small cohorts: fewer folds, or a clear error ----------------------------------------------
 PILOT_STUDY = {
     **WDBC_STUDY,
     "name": "pilot",
+    # compared below with scikit-learn's non-nested GridSearchCV / cross_val_predict
+    "validation": {"nested_cv": False},
     "selection": {**WDBC_STUDY["selection"], "n_features": 5},
     "models": ["logistic_regression", "svm"],
     "bootstrap": 50,
@@ -1226,55 +1242,56 @@ def test_dagster_study_families_materialize_into_the_lake(lake, hn1_tables):
         assert "<table>" in html and "data:image/png;base64," in html
 
 
-def test_best_model_rule_and_its_fallback_to_cross_validated_auc():
-    from assets.studies.metrics import METRICS_SCHEMA
+def test_best_model_is_chosen_by_cross_validated_auc_only():
     from assets.studies.pipeline import FittedModel, select_best_model
 
     fitted = {
-        n: FittedModel(n, None, {}, cv, 0.01, 0.5, np.array([]))
+        n: FittedModel(n, None, {}, cv, 0.01, 0.5, np.array([]), nested=True)
         for n, cv in (("svm", 0.71), ("xgboost", 0.74))
     }
-    rows = [
-        {
-            "study": "s",
-            "model_version": "v",
-            "model": m,
-            "cohort": "internal_validation",
-            "metric": metric,
-            "value": v,
-            "ci_low": None,
-            "ci_high": None,
-            "ci_method": "none",
-            "n": 10,
-            "n_positive": 5,
-        }
-        for m, metric, v in (
-            ("svm", "auc", 0.80),
-            ("xgboost", "auc", 0.78),
-            ("svm", "brier", 0.20),
-            ("xgboost", "brier", 0.18),
-        )
-    ]
-    metrics = pl.DataFrame(rows, schema=METRICS_SCHEMA)
     base = {
         "name": "b",
         "label": "y",
         "features": {"radiomics": {"params_id": "ct"}},
         "models": ["svm", "xgboost"],
+        "split": {"development_centers": ["C1"]},
     }
-    spec = parse_study({**base, "split": {"development_centers": ["C1"]}}, "b.yaml")
-    assert select_best_model(metrics, fitted, spec) == (
-        "svm",
-        "highest auc on the internal_validation cohort",
+    spec = parse_study(base, "b.yaml")
+    # validation-cohort metrics are never looked at (an empty frame is enough)
+    assert select_best_model(None, fitted, spec) == (
+        "xgboost",
+        "highest cross-validated training AUC (nested CV: tuning repeated inside every outer fold)",
     )
-    brier = parse_study(
-        {**base, "split": {"development_centers": ["C1"]}, "best_model": {"metric": "brier"}},
-        "b.yaml",
+    for cohort in ("internal_validation", "external_validation", "train"):
+        with pytest.raises(StudySpecError) as error:
+            parse_study({**base, "best_model": {"cohort": cohort}}, "b.yaml")
+        message = str(error.value)
+        assert message.startswith("b.yaml: best_model.cohort:") and "training only" in message
+
+
+def test_combined_threshold_and_training_survival_labels_are_out_of_fold(hn1_result, hn1_tables):
+    """Issue 15: no threshold from apparent training predictions; training-cohort survival
+    groups by predicted label use the out-of-fold labels."""
+    from assets.studies.metrics import youden_threshold
+    from assets.studies.store import survival_frame
+
+    predictions = hn1_result.predictions
+    train = predictions.filter(pl.col("cohort") == "train").sort("patient_key")
+    thresholds = hn1_result.metrics.filter(
+        (pl.col("metric") == "threshold") & (pl.col("cohort") == "train")
     )
-    assert select_best_model(metrics, fitted, brier)[0] == "xgboost"
-    no_internal = parse_study(
-        {**base, "split": {"development_centers": ["C1"], "internal_validation_fraction": 0}},
-        "b.yaml",
-    )
-    best, rule = select_best_model(metrics, fitted, no_internal)
-    assert best == "xgboost" and "cross-validated training AUC" in rule
+    for model in ("combined", hn1_result.best_model):
+        part = train.filter(pl.col("model") == model)
+        assert part["oof_probability"].null_count() == 0
+        expected = youden_threshold(part["label"].to_numpy(), part["oof_probability"].to_numpy())
+        assert thresholds.filter(pl.col("model") == model)["value"][0] == expected
+    _, clinical = hn1_tables
+    frame = survival_frame(
+        hn1_result.spec, clinical, hn1_result.splits, predictions, hn1_result.best_model
+    ).set_index("patient_key")
+    best = train.filter(pl.col("model") == hn1_result.best_model)
+    oof_labels = dict(zip(best["patient_key"], best["oof_predicted_label"], strict=True))
+    for key, label in oof_labels.items():
+        assert frame.loc[key, "predicted_label"] == label
+    apparent = dict(zip(best["patient_key"], best["predicted_label"], strict=True))
+    assert oof_labels != apparent  # the apparent labels differ: the choice matters

@@ -93,9 +93,50 @@ def radiomics_features(
     return table_result(home, "radiomics_features", table, stats)
 
 
+class RobustnessConfig(dg.Config):
+    """Image-perturbation ICCs are off by default (they re-extract every case 7 times)."""
+
+    perturbation_cases: int = 0  # first N cases by case_id get perturbed (0: none)
+    perturbation_centers: list[str] = []  # only these centers, e.g. the development centers
+
+
+@dg.asset(
+    group_name="radiomics",
+    kinds={"python", "parquet"},
+    deps=["radiomics_features", "cases"],
+    description="ICC of every radiomics feature per params_id (pingouin, 95% CI): ICC(2,1) across "
+    "readers (cases.csv `reader` column: several masks of one lesion); with config "
+    "perturbation_cases > 0, ICC(1,1) under image perturbations (noise, rotations, sub-voxel "
+    "translation, mask dilation/erosion; Zwanenburg et al. 2019).",
+)
+def feature_robustness(
+    context: dg.AssetExecutionContext, lake: LakeResource, config: RobustnessConfig
+) -> dg.MaterializeResult:
+    import polars as pl
+
+    from assets.radiomics.robustness import lake_perturbation_robustness, reader_robustness
+
+    home = lake.lake()
+    readers = reader_robustness(home.read_table("radiomics_features"), home.read_table("cases"))
+    perturbed = lake_perturbation_robustness(
+        home, config.perturbation_cases, config.perturbation_centers
+    )
+    table = pl.concat([readers, perturbed])
+    if readers.is_empty():
+        context.log.info("feature_robustness: no lesion has 2+ readers (no ICC(2,1) rows)")
+    home.write_table("feature_robustness", table)
+    return table_result(
+        home,
+        "feature_robustness",
+        table,
+        {"reader_rows": readers.height, "perturbation_rows": perturbed.height},
+    )
+
+
 defs = dg.Definitions(
-    assets=[radiomics_features],
+    assets=[radiomics_features, feature_robustness],
     asset_checks=[
+        suite_check("feature_robustness"),
         suite_check("radiomics_features"),
         # pyradiomics' diagnostics_* are written by the same asset into their own table
         suite_check(

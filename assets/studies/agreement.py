@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from assets.studies.survival import cohort_names, level_label, result_row, results_frame
+from assets.studies.results import cohort_names, level_label, result_row, results_frame
 
 if TYPE_CHECKING:
     import pandas as pd

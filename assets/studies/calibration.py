@@ -11,8 +11,14 @@
   iterations; Wald standard errors from the inverse information). Ideal: slope 1, intercept 0.
 - Hosmer-Lemeshow: g = 10 groups by quantiles of p (as R ``ResourceSelection::hoslem.test``:
   breaks ``quantile(p, seq(0, 1, 1/g))``, ``include.lowest``), statistic = sum over groups and
-  both outcomes of (O - E)^2 / E, df = g - 2, p from chi-square (if tied probabilities merge
-  breaks, g is the number of distinct groups). The same df is used on validation cohorts.
+  both outcomes of (O - E)^2 / E, p from chi-square with df = g - 2 on the training cohort (the
+  model was fitted there) and df = g on validation cohorts (the predictions are fixed in advance;
+  Hosmer & Lemeshow, Applied Logistic Regression, 3rd ed., sec. 5.2.2) (if tied probabilities
+  merge breaks, g is the number of distinct groups).
+- Under complete or quasi-complete separation (the logits of the two classes do not overlap)
+  the calibration slope has no finite maximum-likelihood estimate: it is reported "not
+  estimable" (value and CI null, ``ci_method`` ``not_estimable_separation``), never a number
+  with a zero-width CI.
 - Decision curve analysis (Vickers & Elkin, Med Decis Making 2006): at threshold pt in
   0.01..0.99, net benefit = TP/n - FP/n * pt/(1 - pt) treating patients with p >= pt;
   treat-all = prevalence - (1 - prevalence) * pt/(1 - pt); treat-none = 0.
@@ -92,6 +98,7 @@ def calibration_slope_intercept(y, p) -> dict[str, Any]:
         "intercept_se": math.nan,
         "slope_note": None,
         "intercept_note": None,
+        "separated": False,
     }
     n, n_pos = len(y), int(y.sum())
     if n < 3 or y.min() == y.max():
@@ -106,6 +113,7 @@ def calibration_slope_intercept(y, p) -> dict[str, Any]:
     if lp.max() == lp.min():
         out["slope_note"] = "every patient has the same predicted probability: no slope to fit"
     elif high_neg <= low_pos or high_pos <= low_neg:
+        out["separated"] = True  # ci_method not_estimable_separation
         out["slope_note"] = (
             "the predicted probabilities separate the classes perfectly: the recalibration "
             "slope has no finite maximum-likelihood estimate"
@@ -131,8 +139,12 @@ def quantile_groups(p: np.ndarray, g: int) -> np.ndarray:
     return np.searchsorted(breaks[1:-1], p, side="left")
 
 
-def hosmer_lemeshow(y, p, g: int = 10) -> dict[str, float]:
-    """Hosmer-Lemeshow chi-square over quantile groups of p; df = groups - 2."""
+def hosmer_lemeshow(y, p, g: int = 10, fitted_here: bool = True) -> dict[str, float]:
+    """Hosmer-Lemeshow chi-square over quantile groups of p.
+
+    df = groups - 2 where the model was fitted (``fitted_here``, the training cohort), df =
+    groups on a validation cohort (fixed predictions: no parameters estimated on it).
+    """
     from scipy.stats import chi2
 
     y = np.asarray(y, dtype=np.float64)
@@ -147,7 +159,7 @@ def hosmer_lemeshow(y, p, g: int = 10) -> dict[str, float]:
             (size - observed) - (size - expected)
         ) ** 2 / (size - expected)
     statistic = float(np.nansum(terms))
-    df = n_groups - 2
+    df = n_groups - 2 if fitted_here else n_groups
     return {
         "statistic": statistic,
         "df": float(df),
@@ -254,7 +266,7 @@ def calibration_tables(
         )
         curves.append(curve)
         fit = calibration_slope_intercept(y, p)
-        hl = hosmer_lemeshow(y, p)
+        hl = hosmer_lemeshow(y, p, fitted_here=cohort == "train")
         base = {
             "study": study,
             "model_version": model_version,
@@ -269,7 +281,7 @@ def calibration_tables(
                 fit["slope"],
                 fit["slope"] - z * fit["slope_se"],
                 fit["slope"] + z * fit["slope_se"],
-                "wald",
+                "not_estimable_separation" if fit.get("separated") else "wald",
             ),
             (
                 "calibration_intercept",

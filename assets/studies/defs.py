@@ -78,10 +78,13 @@ def _splits(home: Lake, name: str):
 
 def _study_data(home: Lake, spec):
     from assets.studies.store import load_inputs
-    from assets.studies.train import assemble_study_data
+    from assets.studies.train import assemble_study_data, harmonization_plan
 
     features, clinical, prepared = load_inputs(home, spec)
-    return assemble_study_data(spec, features, clinical), prepared
+    data = assemble_study_data(spec, features, clinical)
+    if spec.harmonization.enabled:  # notes on batch levels estimated unlabeled
+        data.notes.extend(harmonization_plan(spec, data, _splits(home, spec.name)))
+    return data, prepared
 
 
 @contextmanager
@@ -265,9 +268,10 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
         home = lake.lake()
         version, version_dir = read_current(home, spec)
         fitted, _ = load_fitted(version_dir)
+        raw = load_fitted(version_dir / "raw")[0] if (version_dir / "raw").is_dir() else {}
         with _fail_on_study_data_error(context):
             data, prepared = _study_data(home, spec)
-            evaluation = evaluate_study(spec, data, _splits(home, name), fitted, version)
+            evaluation = evaluate_study(spec, data, _splits(home, name), fitted, version, raw)
         notes = [*data.notes, *training_notes(fitted)]
         save_evaluation(version_dir, evaluation, prepared.get("excluded", {}), notes)
         report_dir = home.reports_dir / name
@@ -359,12 +363,13 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
 
         from assets.studies.calibration import calibration_tables
         from assets.studies.store import read_current
-        from assets.studies.train import calibration_png, save_calibration
+        from assets.studies.train import calibration_png, save_calibration, with_harmonization
 
         home = lake.lake()
         version, version_dir = read_current(home, spec)
         predictions = pl.read_parquet(version_dir / "predictions.parquet")
         curves, rows = calibration_tables(predictions, study=name, model_version=version)
+        rows = with_harmonization(rows, spec)
         save_calibration(version_dir, curves, rows)
         png = calibration_png(home.reports_dir / name, predictions, curves)
         home.write_part("model_metrics", f"{name}-{version}-calibration", rows)

@@ -13,8 +13,11 @@ Which method produced which CI (also in the ``ci_method`` column of every row):
   (as pROC); clipped to [0, 1].
 - ``accuracy``, ``sensitivity``, ``specificity``, ``ppv``, ``npv`` at the model's threshold
   (Youden's J on training, see ``pipeline``; positive when probability >= threshold) and
-  ``brier``: bootstrap percentile CIs from the same resamples.
-- ``threshold``, ``cv_auc``, ``cv_auc_sd``: no CI (``ci_method = none``).
+  ``brier``: bootstrap percentile CIs from the same resamples, except ``ppv`` and ``npv``:
+  plain (non-stratified) bootstrap, since they depend on the prevalence
+  (``ci_method = bootstrap_percentile_nonstratified``).
+- ``threshold``, ``cv_auc``, ``cv_auc_sd``: no CI (``ci_method = none``); ``cv_auc`` is the
+  mean AUC of the outer folds of a nested CV (``pipeline.nested_oof``).
 - Model comparison (``model = "<b>_vs_<a>"``): ``auc_difference`` (AUC b - AUC a, DeLong CI of
   the paired difference), ``delong_z`` and ``delong_p`` (two-sided) of DeLong's test for two
   correlated ROC curves (``ci_method = delong_paired``), on validation cohorts only.
@@ -275,6 +278,29 @@ def bootstrap_metrics(y, p, threshold: float, counts: ResampleCounts) -> dict[st
     return out
 
 
+def predictive_values_bootstrap(
+    y, p, threshold: float, n_boot: int, seed: int | list[int]
+) -> dict[str, np.ndarray]:
+    """PPV and NPV on plain (non-stratified) bootstrap resamples of the patients.
+
+    PPV and NPV depend on the prevalence; a stratified resample keeps the class sizes fixed and
+    so leaves the prevalence's sampling uncertainty out of their CIs. Here every resample draws
+    n patients with replacement regardless of class.
+    """
+    y = np.asarray(y).astype(int)
+    positive_call = np.asarray(p, dtype=np.float64) >= threshold
+    counts = _counts(len(y), n_boot, np.random.default_rng(seed)).astype(np.float64)
+    tp = counts @ (positive_call & (y == 1)).astype(np.float64)
+    fp = counts @ (positive_call & (y == 0)).astype(np.float64)
+    tn = counts @ (~positive_call & (y == 0)).astype(np.float64)
+    fn = counts @ (~positive_call & (y == 1)).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "ppv": np.where(tp + fp > 0, tp / (tp + fp), np.nan),
+            "npv": np.where(tn + fn > 0, tn / (tn + fn), np.nan),
+        }
+
+
 def percentile_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
@@ -396,13 +422,22 @@ def metrics_table(
             threshold = thresholds[model]
             point = point_metrics(y, p, threshold)
             boot = bootstrap_metrics(y, p, threshold, counts) if counts is not None else {}
+            if boot:  # PPV/NPV: non-stratified resamples (prevalence uncertainty included)
+                boot.update(
+                    predictive_values_bootstrap(
+                        y, p, threshold, n_boot, stable_seed(seed, cohort, "ppv_npv")
+                    )
+                )
             found = []  # (metric, value, ci_low, ci_high, ci_method, (ci_flag, ci_note))
             for metric in BOOTSTRAP_METRICS:
                 reason = undefined_reason(metric, n, n_pos)
                 if boot:
                     low, high = percentile_ci(boot[metric], level)
                     flag = interval_flag(point[metric], low, high, boot[metric], reason=reason)
-                    found.append((metric, point[metric], low, high, "bootstrap_percentile", flag))
+                    method = "bootstrap_percentile"
+                    if metric in ("ppv", "npv"):
+                        method = "bootstrap_percentile_nonstratified"
+                    found.append((metric, point[metric], low, high, method, flag))
                 else:
                     flag = _no_ci_flag(point[metric], reason)
                     found.append((metric, point[metric], math.nan, math.nan, "none", flag))

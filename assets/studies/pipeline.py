@@ -49,7 +49,13 @@ from typing import Any
 import numpy as np
 
 from assets.studies.metrics import youden_threshold
-from assets.studies.spec import DEFAULT_CV_FOLDS, SelectionSpec, StudySpec, StudySpecError
+from assets.studies.spec import (
+    DEFAULT_CV_FOLDS,
+    HarmonizationSpec,
+    SelectionSpec,
+    StudySpec,
+    StudySpecError,
+)
 from assets.studies.split import StudyDataError
 
 log = logging.getLogger(__name__)
@@ -79,6 +85,7 @@ class FittedModel:
     fit_seconds: float = 0.0
     cv_folds: int = CV_FOLDS  # folds actually used (see training_cv)
     cv_note: str | None = None  # why they are fewer than the study's cv_folds
+    nested: bool = False  # cv_auc and oof_probability from a nested CV (see nested_oof)
 
     def predict_probability(self, X) -> np.ndarray:
         """Predicted probability of the positive class (label 1)."""
@@ -121,8 +128,14 @@ def make_estimator(model: str, seed: int) -> Any:
     raise ValueError(f"unknown model {model!r}")
 
 
-def feature_steps(selection: SelectionSpec, seed: int) -> list[tuple[str, Any]]:
-    """The preprocessing and selection steps (unfitted) for a selection spec."""
+def feature_steps(
+    selection: SelectionSpec, seed: int, harmonization: HarmonizationSpec | None = None
+) -> list[tuple[str, Any]]:
+    """The preprocessing and selection steps (unfitted) for a selection spec.
+
+    With harmonization enabled the first step is ``harmonize`` (``assets.studies.harmonize``),
+    which takes the batch and covariate columns out of the frame it is given.
+    """
     from sklearn.feature_selection import VarianceThreshold
     from sklearn.impute import SimpleImputer
     from sklearn.preprocessing import StandardScaler
@@ -144,7 +157,23 @@ def feature_steps(selection: SelectionSpec, seed: int) -> list[tuple[str, Any]]:
         selector = UnivariateSelector(k=selection.k)
     else:
         raise ValueError(f"unknown selection method {selection.method!r}")
+    harmonize = []
+    if harmonization is not None and harmonization.enabled:
+        from assets.studies.harmonize import Harmonizer
+
+        harmonize = [
+            (
+                "harmonize",
+                Harmonizer(
+                    harmonization.method,
+                    harmonization.batch,
+                    tuple(harmonization.covariates),
+                    harmonization.external,
+                ),
+            )
+        ]
     return [
+        *harmonize,
         ("impute", SimpleImputer(strategy="median")),
         ("variance", VarianceThreshold(threshold=selection.variance_min)),
         ("scale", StandardScaler()),
@@ -153,11 +182,20 @@ def feature_steps(selection: SelectionSpec, seed: int) -> list[tuple[str, Any]]:
     ]
 
 
-def build_pipeline(model: str, selection: SelectionSpec, seed: int, memory: Any = None) -> Any:
-    """One unfitted ``Pipeline``: preprocessing, selection, then the model's estimator."""
+def build_pipeline(
+    model: str,
+    selection: SelectionSpec,
+    seed: int,
+    memory: Any = None,
+    harmonization: HarmonizationSpec | None = None,
+) -> Any:
+    """One unfitted ``Pipeline``: (harmonization,) preprocessing, selection, the estimator."""
     from sklearn.pipeline import Pipeline
 
-    steps = [*feature_steps(selection, seed), ("model", make_estimator(model, seed))]
+    steps = [
+        *feature_steps(selection, seed, harmonization),
+        ("model", make_estimator(model, seed)),
+    ]
     return Pipeline(steps, memory=memory)
 
 
@@ -262,22 +300,18 @@ def training_notes(fitted: dict[str, FittedModel]) -> list[str]:
     return list(dict.fromkeys(n for n in notes if n))
 
 
-def fit_model(
-    model: str, spec: StudySpec, X_train, y_train: np.ndarray, memory: Any = None, n_jobs: int = 1
-) -> FittedModel:
-    """Tune one model by CV on training, pick the threshold, refit on all training patients."""
+def _tuned(pipeline: Any, model: str, spec: StudySpec, folds: Any, X, y, n_jobs: int) -> Any:
+    """The pipeline with the grid point of best cross-validated AUC on (X, y), unfitted.
+
+    The SVM gets Platt scaling on out-of-fold decision values (``CappedStratifiedKFold``: as
+    many folds as the data's minority class allows, at most the study's).
+    """
     from sklearn.base import clone
     from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.model_selection import GridSearchCV, cross_val_predict
+    from sklearn.model_selection import GridSearchCV
 
     from assets.studies.transformers import CappedStratifiedKFold
 
-    started = time.perf_counter()
-    y = np.asarray(y_train, dtype=int)
-    seed = spec.split.seed
-    plan = training_cv(spec, y)
-    folds = plan.splitter(seed)
-    pipeline = build_pipeline(model, spec.selection, seed, memory=memory)
     search = GridSearchCV(
         pipeline,
         param_grid(model, spec),
@@ -287,22 +321,82 @@ def fit_model(
         refit=False,
         error_score="raise",
     )
-    search.fit(X_train, y)
-    best_index = int(search.best_index_)
+    search.fit(X, y)
     best = clone(pipeline).set_params(**search.best_params_)
     if model == "svm":
-        # Platt scaling of the tuned SVC on out-of-fold decision values: on all of training the
-        # same folds as the tuning; inside an outer fold (cross_val_predict below) fewer when
-        # that fold's training part has fewer minority patients than plan.n_splits
         best.set_params(
             model=CalibratedClassifierCV(
                 best.named_steps["model"],
                 method="sigmoid",
                 ensemble=False,
-                cv=CappedStratifiedKFold(plan.n_splits, random_state=seed),
+                cv=CappedStratifiedKFold(spec.cv_folds, random_state=spec.split.seed),
             )
         )
-    oof = cross_val_predict(best, X_train, y, cv=folds, method="predict_proba", n_jobs=n_jobs)[:, 1]
+    return best, search
+
+
+def nested_oof(
+    pipeline: Any, model: str, spec: StudySpec, plan: TrainingCV, X, y: np.ndarray, n_jobs: int = 1
+) -> tuple[np.ndarray, list[float]]:
+    """Out-of-fold probabilities of a nested CV and the AUC of each outer fold.
+
+    Outer: ``plan.splitter(seed)``; inside every outer training part the grid search runs again
+    on its own ``validation.inner_cv_folds`` stratified folds (default 3, ``CappedStratifiedKFold``:
+    fewer when that part's minority class is smaller), the tuned pipeline is refitted on
+    that part and predicts the held-out fold: no patient's probability depends on a tuning that
+    saw it (Varma & Simon 2006; Cawley & Talbot 2010).
+    """
+    from sklearn.base import clone
+    from sklearn.metrics import roc_auc_score
+
+    from assets.studies.transformers import CappedStratifiedKFold
+
+    seed = spec.split.seed
+    oof = np.full(len(y), np.nan)
+    aucs = []
+    for train_idx, test_idx in plan.splitter(seed).split(np.zeros(len(y)), y):
+        inner = CappedStratifiedKFold(spec.validation.inner_cv_folds, random_state=seed)
+        X_in, y_in = X.iloc[train_idx], y[train_idx]
+        best, _ = _tuned(clone(pipeline), model, spec, inner, X_in, y_in, n_jobs)
+        best.fit(X_in, y_in)
+        oof[test_idx] = best.predict_proba(X.iloc[test_idx])[:, 1]
+        if len(np.unique(y[test_idx])) == 2:
+            aucs.append(float(roc_auc_score(y[test_idx], oof[test_idx])))
+    return oof, aucs
+
+
+def fit_model(
+    model: str, spec: StudySpec, X_train, y_train: np.ndarray, memory: Any = None, n_jobs: int = 1
+) -> FittedModel:
+    """Tune one model by CV on training, pick the threshold, refit on all training patients.
+
+    The final model's hyperparameters: ``GridSearchCV`` on all training patients. Its
+    cross-validated AUC and out-of-fold probabilities (behind the threshold, the combined
+    model's score and training-cohort survival groups): a nested CV (``nested_oof``) unless
+    the study sets ``validation.nested_cv: false`` (then the same folds that tuned it, which
+    is optimistic, and the note says so).
+    """
+    from sklearn.model_selection import cross_val_predict
+
+    started = time.perf_counter()
+    y = np.asarray(y_train, dtype=int)
+    seed = spec.split.seed
+    plan = training_cv(spec, y)
+    folds = plan.splitter(seed)
+    harmonization = spec.harmonization if spec.harmonization.enabled else None
+    pipeline = build_pipeline(
+        model, spec.selection, seed, memory=memory, harmonization=harmonization
+    )
+    best, search = _tuned(pipeline, model, spec, folds, X_train, y, n_jobs)
+    best_index = int(search.best_index_)
+    if spec.validation.nested_cv:
+        oof, fold_aucs = nested_oof(pipeline, model, spec, plan, X_train, y, n_jobs)
+        cv_auc, cv_auc_sd = float(np.mean(fold_aucs)), float(np.std(fold_aucs))
+    else:
+        oof = cross_val_predict(best, X_train, y, cv=folds, method="predict_proba", n_jobs=n_jobs)
+        oof = oof[:, 1]
+        cv_auc = float(search.cv_results_["mean_test_score"][best_index])
+        cv_auc_sd = float(search.cv_results_["std_test_score"][best_index])
     best.fit(X_train, y)
     try:
         selected = [str(n) for n in best[:-1].get_feature_names_out()]
@@ -312,14 +406,15 @@ def fit_model(
         name=model,
         pipeline=best,
         best_params={k.removeprefix("model__"): v for k, v in search.best_params_.items()},
-        cv_auc=float(search.cv_results_["mean_test_score"][best_index]),
-        cv_auc_sd=float(search.cv_results_["std_test_score"][best_index]),
+        cv_auc=cv_auc,
+        cv_auc_sd=cv_auc_sd,
         threshold=youden_threshold(y, oof),
         oof_probability=oof,
         selected_features=selected,
         fit_seconds=time.perf_counter() - started,
         cv_folds=plan.n_splits,
         cv_note=plan.note,
+        nested=spec.validation.nested_cv,
     )
 
 
@@ -347,50 +442,90 @@ def fit_models(
     return fitted
 
 
-_LOWER_IS_BETTER = {"brier"}
-
-
 def select_best_model(
     metrics: Any, fitted: dict[str, FittedModel], spec: StudySpec
 ) -> tuple[str, str]:
-    """The best radiomics model by the study's rule; returns (model name, rule as applied).
+    """The best radiomics model: highest cross-validated training AUC; (name, rule as applied).
 
-    ``metrics`` is the tidy metrics frame (polars) of the radiomics models. With
-    ``internal_validation_fraction: 0`` an ``internal_validation`` rule falls back to the
-    cross-validated training AUC. Ties go to the earlier model in the study's ``models`` list.
+    Training only, by construction (the spec refuses any other ``best_model.cohort``): choosing
+    on a validation cohort and reporting that cohort's AUC is the winner's curse. ``metrics`` is
+    unused (kept for callers). Ties go to the earlier model in the study's ``models`` list.
     """
-    rule = spec.best_model
-    cohort = rule.cohort
-    if cohort == "internal_validation" and spec.split.internal_validation_fraction == 0:
-        cohort = "cv"
-    if cohort == "cv":
-        scores = {name: f.cv_auc for name, f in fitted.items()}
-        described = "highest cross-validated training AUC (GridSearchCV, best parameters)"
-        if cohort != rule.cohort:
-            described += " (internal_validation_fraction is 0, so no internal validation cohort)"
-        metric_sign = 1.0
-    else:
-        import polars as pl
-
-        rows = metrics.filter((pl.col("cohort") == cohort) & (pl.col("metric") == rule.metric))
-        scores = {
-            r["model"]: r["value"] for r in rows.iter_rows(named=True) if r["model"] in fitted
-        }
-        if not scores:
-            raise StudyDataError(
-                f"study {spec.name}: no {rule.metric} on cohort {cohort} to choose the best model "
-                "by (best_model.cohort names a cohort this study does not have)"
-            )
-        metric_sign = -1.0 if rule.metric in _LOWER_IS_BETTER else 1.0
-        direction = "lowest" if metric_sign < 0 else "highest"
-        described = f"{direction} {rule.metric} on the {cohort} cohort"
-    order = [m for m in spec.models if scores.get(m) is not None and np.isfinite(scores[m])]
+    scores = {name: f.cv_auc for name, f in fitted.items()}
+    nested = all(getattr(f, "nested", False) for f in fitted.values())
+    described = (
+        "highest cross-validated training AUC ("
+        + ("nested CV: tuning repeated inside every outer fold" if nested else "not nested")
+        + ")"
+    )
+    order = [m for m in spec.models if m in scores and np.isfinite(scores[m])]
     if not order:
         raise StudyDataError(
-            f"study {spec.name}: every model has an undefined {rule.metric} on the {cohort} cohort "
-            "(e.g. it has patients of one class only), so no best model can be chosen by it: "
-            "choose best_model by another cohort or metric (cohort: cv, the cross-validated "
-            "training AUC, is always defined), or add patients of the missing class"
+            f"study {spec.name}: every model has an undefined cross-validated training AUC (a "
+            "cross-validation fold without patients of both classes), so no best model can be "
+            "chosen: add patients of the rarer class, or lower cv_folds"
         )
-    best = max(order, key=lambda m: (metric_sign * scores[m], -order.index(m)))
+    best = max(order, key=lambda m: (scores[m], -order.index(m)))
     return best, described
+
+
+def optimism_rows(
+    spec: StudySpec,
+    fitted: dict[str, FittedModel],
+    X_train,
+    y_train: np.ndarray,
+    *,
+    study: str,
+    model_version: str,
+) -> Any:
+    """Harrell's bootstrap optimism-corrected training AUC of each model (``model_metrics`` rows).
+
+    For each of ``validation.optimism_bootstrap`` resamples of the training cohort (seeded): the
+    model's pipeline, with its tuned hyperparameters fixed, is refitted on the resample (every
+    harmonization, filter and selection step is refitted, the grid search is not repeated);
+    optimism = its AUC on the resample - its AUC on the original training cohort. The corrected
+    AUC is the apparent AUC minus the mean optimism (Harrell, Lee & Mark 1996; Steyerberg 2019).
+    """
+    import polars as pl
+    from sklearn.base import clone
+    from sklearn.metrics import roc_auc_score
+
+    from assets.studies.metrics import METRICS_SCHEMA, _row, stable_seed
+
+    y = np.asarray(y_train, dtype=int)
+    rows = []
+    for name, model in fitted.items():
+        rng = np.random.default_rng(stable_seed(spec.split.seed, "optimism", name))
+        apparent = float(roc_auc_score(y, model.predict_probability(X_train)))
+        optimism = []
+        for _ in range(spec.validation.optimism_bootstrap):
+            idx = rng.integers(0, len(y), len(y))
+            if len(np.unique(y[idx])) < 2 or np.bincount(y[idx]).min() < 3:
+                continue
+            refit = clone(model.pipeline).fit(X_train.iloc[idx], y[idx])
+            boot = roc_auc_score(y[idx], refit.predict_proba(X_train.iloc[idx])[:, 1])
+            test = roc_auc_score(y, refit.predict_proba(X_train)[:, 1])
+            optimism.append(boot - test)
+        if not optimism:
+            continue
+        corrected = apparent - float(np.mean(optimism))
+        for metric, value in (
+            ("auc_optimism_corrected", corrected),
+            ("auc_optimism", float(np.mean(optimism))),
+        ):
+            rows.append(
+                _row(
+                    study,
+                    model_version,
+                    name,
+                    "train",
+                    metric,
+                    value,
+                    None,
+                    None,
+                    f"harrell_bootstrap_{len(optimism)}",
+                    len(y),
+                    int(y.sum()),
+                )
+            )
+    return pl.DataFrame(rows, schema=METRICS_SCHEMA)

@@ -135,12 +135,19 @@ def discrimination_table(metrics: pl.DataFrame, metric_names: tuple[str, ...]) -
 
 
 METHODS_TEXT = (
+    "Every preprocessing, harmonization and selection step is fitted on the training cohort only. "
+    "Best model: highest cross-validated training AUC (nested CV: tuning repeated inside every "
+    "outer fold); validation cohorts are never used to choose. "
     "AUC 95% CI: stratified bootstrap (positives and negatives resampled separately), percentile "
     "method, seeded; 'auc_delong': DeLong variance (fast midrank algorithm, Sun & Xu 2014), normal "
     "CI clipped to [0, 1]. Threshold metrics at Youden's J of the out-of-fold training "
-    "probabilities (positive when probability >= threshold), bootstrap CIs from the same "
-    "resamples. Calibration slope/intercept: logistic recalibration, Wald CIs. Hosmer-Lemeshow: "
-    "10 quantile groups, df = g - 2. Decision curves: net benefit = TP/n - FP/n * pt/(1 - pt). "
+    "probabilities (positive when probability >= threshold; the combined model's too), bootstrap "
+    "CIs from the same resamples, PPV/NPV from plain (non-stratified) resamples. Calibration "
+    "slope/intercept: logistic recalibration, Wald CIs, slope 'not estimable' under separation. "
+    "Hosmer-Lemeshow: 10 quantile groups, df = g - 2 on training, g on validation cohorts. "
+    "External centers: per-center AUC and calibration-in-the-large; heterogeneity by a "
+    "DerSimonian-Laird random-effects meta-analysis of logit AUCs (I^2, tau^2). Decision curves: "
+    "net benefit = TP/n - FP/n * pt/(1 - pt). "
     "Interval flags (ci_flag, ci_note): an undefined estimate, a missing or zero-width interval, "
     "bootstrap resamples with fewer than 5 distinct values, or an estimate outside its percentile "
     "interval (beyond float precision) is said in the row; marks: "
@@ -309,9 +316,25 @@ def study_sections(result: Any) -> list[Section]:
         )
     )
     sections.append(
-        Section("Methods", [METHODS_TEXT, *result.notes], preformatted=spec.resolved_yaml())
+        Section(
+            "Methods",
+            [METHODS_TEXT, harmonization_text(result), *result.notes],
+            preformatted=spec.resolved_yaml(),
+        )
     )
     return sections
+
+
+def harmonization_text(result: Any) -> str:
+    """Which harmonization was fitted where (``model_metrics.harmonization`` says the same)."""
+    spec = result.spec.harmonization
+    if not spec.enabled:
+        return "Harmonization: none."
+    for model in result.fitted.values():
+        step = getattr(model.pipeline, "named_steps", {}).get("harmonize")
+        if step is not None:
+            return f"Harmonization: {step.describe()}."
+    return f"Harmonization: {spec.method} by {spec.batch} (external: {spec.external})."
 
 
 def survival_section(results: pl.DataFrame, figures: list[Path]) -> Section:

@@ -11,9 +11,15 @@ wrong type is a ``StudySpecError`` whose message names the file, the key (dotted
   (mrmr/univariate: how many to keep, default 10; lasso: optional cap) and ``lasso_c`` (fixed
   inverse penalty; default null = chosen by stratified cross-validation on training)
 - ``split``: ``internal_validation_fraction: 0.3``, ``external_validation_centers: []``, ``seed: 42``
-- ``best_model``: ``{metric: auc, cohort: internal_validation}``; with
-  ``internal_validation_fraction: 0`` the rule falls back to the cross-validated training AUC
-  (``cohort: cv`` asks for that directly)
+- ``best_model``: ``{metric: auc, cohort: cv}``, the only rule allowed: the cross-validated
+  (nested) training AUC. A validation cohort (winner's curse) or the apparent training AUC is
+  refused with a ``StudySpecError`` naming the file and ``best_model.cohort``
+- ``harmonization``: ``{method: none}`` by default; ``combat`` / ``zscore_per_center`` with
+  ``batch`` (``center_id`` or an imaging_series field), ``covariates`` (never the label),
+  ``external: refuse | estimate_unlabeled``, ``compare_raw`` (see ``HarmonizationSpec``)
+- ``validation``: ``{nested_cv: true, optimism_bootstrap: 0, recalibrate_external: false}``
+- ``selection.min_icc``: optional; keep features whose ``feature_robustness`` ICC lower bound
+  reaches it
 - ``case_rule``: ``largest_roi`` (which case represents a patient with several; also ``first``
   or ``phase:<name>``, applied by the shared pivot ``assets.clinical.pivot``)
 - ``grids``: per-model overrides of the default tuning grids, e.g. ``{xgboost: {max_depth: [2, 3]}}``
@@ -54,11 +60,30 @@ import yaml
 MODEL_NAMES = ("logistic_regression", "svm", "random_forest", "decision_tree", "xgboost")
 SELECTION_METHODS = ("lasso", "mrmr", "univariate")
 BEST_MODEL_METRICS = ("auc", "brier", "accuracy", "sensitivity", "specificity", "ppv", "npv")
-BEST_MODEL_COHORTS = ("internal_validation", "cv", "train", "external_validation")
+BEST_MODEL_COHORTS = ("cv",)  # training criteria only: never a validation cohort, never apparent
+HARMONIZATION_METHODS = ("none", "combat", "zscore_per_center")
+HARMONIZATION_EXTERNAL = ("refuse", "estimate_unlabeled")
+# imaging_series fields a harmonization batch may name (besides center_id)
+IMAGING_BATCH_FIELDS = (
+    "manufacturer",
+    "manufacturer_model",
+    "convolution_kernel",
+    "slice_thickness_mm",
+    "magnetic_field_strength",
+    "kvp",
+)
 CUTOFF_METHODS = ("maxstat", "median")
 CASE_RULES = ("largest_roi", "first", "phase:<name>", "reader:<name>", "all_lesions")
 DEFAULT_CV_FOLDS = 5
-CLASSIFICATION_ONLY_KEYS = ("selection", "models", "grids", "best_model", "cv_folds")
+CLASSIFICATION_ONLY_KEYS = (
+    "selection",
+    "models",
+    "grids",
+    "best_model",
+    "cv_folds",
+    "harmonization",
+    "validation",
+)
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -113,6 +138,7 @@ class SelectionSpec:
     method: str = "lasso"
     n_features: int | None = None
     lasso_c: float | None = None
+    min_icc: float | None = None  # keep features whose feature_robustness ICC ci_low reaches it
 
     @property
     def k(self) -> int:
@@ -123,7 +149,49 @@ class SelectionSpec:
 @dataclass(frozen=True)
 class BestModelRule:
     metric: str = "auc"
-    cohort: str = "internal_validation"
+    cohort: str = "cv"
+
+
+@dataclass(frozen=True)
+class HarmonizationSpec:
+    """Batch-effect harmonization, a pipeline step fitted on training only (``harmonize``).
+
+    ``method``: ``none`` | ``combat`` (ComBat with neuroCombat-style covariates, combatlearn) |
+    ``zscore_per_center`` (each batch level standardised by its own training mean and SD).
+    ``batch``: ``center_id`` or an ``imaging_series`` field (e.g. ``manufacturer``).
+    ``covariates``: clinical columns whose effect ComBat protects (never the study's label).
+    ``external``: a batch level never seen in training is ``refuse``d (an error), or its
+    location/scale is estimated from its own features only (``estimate_unlabeled``; no labels).
+    ``compare_raw``: also fit every model without harmonization and report both side by side.
+    """
+
+    method: str = "none"
+    batch: str = "center_id"
+    covariates: tuple[str, ...] = ()
+    external: str = "refuse"
+    compare_raw: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+
+@dataclass(frozen=True)
+class ValidationSpec:
+    """How the training cohort validates the models (all on training only).
+
+    ``nested_cv``: the cross-validated AUC and the out-of-fold probabilities (thresholds, the
+    combined model's score) come from a nested CV (tuning repeated inside every outer fold, on
+    ``inner_cv_folds`` stratified folds, default 3; the outer folds are ``cv_folds``).
+    ``optimism_bootstrap``: B > 0 adds Harrell's bootstrap optimism-corrected AUC of each model.
+    ``recalibrate_external``: refit intercept and slope on each external center (reported beside
+    the untouched model, never replacing it).
+    """
+
+    nested_cv: bool = True
+    inner_cv_folds: int = 3
+    optimism_bootstrap: int = 0
+    recalibrate_external: bool = False
 
 
 @dataclass(frozen=True)
@@ -183,6 +251,8 @@ class StudySpec:
     auc_drop_warning: float | None = None
     survival: tuple[SurvivalSpec, ...] = ()
     cv_folds: int = DEFAULT_CV_FOLDS
+    harmonization: HarmonizationSpec = field(default_factory=HarmonizationSpec)
+    validation: ValidationSpec = field(default_factory=ValidationSpec)
 
     @property
     def is_classification(self) -> bool:
@@ -240,11 +310,13 @@ _TOP_KEYS = {
     "features": "{radiomics: {params_id}, external: {feature_set}, clinical: [...]}",
     "case_rule": "largest_roi | first | phase:<name> | reader:<name> | all_lesions",
     "split": "{development_centers, internal_validation_fraction, external_validation_centers, seed}",
-    "selection": "{variance_min, max_correlation, method, n_features, lasso_c}",
+    "selection": "{variance_min, max_correlation, method, n_features, lasso_c, min_icc}",
     "models": f"list of {', '.join(MODEL_NAMES)}",
     "grids": "{model: {parameter: [values]}}",
     "bootstrap": "number of bootstrap resamples",
-    "best_model": "{metric, cohort}",
+    "best_model": "{metric: auc, cohort: cv} (cross-validated on training only)",
+    "harmonization": "{method, batch, covariates, external, compare_raw}",
+    "validation": "{nested_cv, inner_cv_folds, optimism_bootstrap, recalibrate_external}",
     "auc_drop_warning": "AUC drop that triggers a warning",
     "cv_folds": "folds of the stratified cross-validation on training (integer >= 2)",
     "survival": "list of survival analyses",
@@ -308,6 +380,8 @@ def parse_study(data: Any, source: str = "<study>") -> StudySpec:
         else _float(drop, source, "auc_drop_warning", low=0.0, high=1.0),
         survival=survival,
         cv_folds=cv_folds,
+        harmonization=_harmonization(top.get("harmonization"), source, label),
+        validation=_validation(top.get("validation"), source),
     )
 
 
@@ -393,12 +467,14 @@ def _selection(value: Any, source: str) -> SelectionSpec:
         "method": " | ".join(SELECTION_METHODS),
         "n_features": "integer >= 1",
         "lasso_c": "number > 0, or null for cross-validation",
+        "min_icc": "number in [0, 1]: keep features whose ICC lower 95% bound reaches it",
     }
     raw = _mapping(value, source, "selection", allowed)
     method = _choice(raw.get("method", "lasso"), source, "selection.method", SELECTION_METHODS)
     corr = raw.get("max_correlation", 0.9)
     n_features = raw.get("n_features")
     lasso_c = raw.get("lasso_c")
+    min_icc = raw.get("min_icc")
     return SelectionSpec(
         variance_min=_float(
             raw.get("variance_min", 0.0), source, "selection.variance_min", low=0.0
@@ -413,6 +489,9 @@ def _selection(value: Any, source: str) -> SelectionSpec:
         lasso_c=None
         if lasso_c is None
         else _float(lasso_c, source, "selection.lasso_c", low=0.0, low_open=True),
+        min_icc=None
+        if min_icc is None
+        else _float(min_icc, source, "selection.min_icc", low=0.0, high=1.0),
     )
 
 
@@ -461,15 +540,98 @@ def _grids(value: Any, source: str, models: tuple[str, ...]) -> dict[str, dict[s
 def _best_model(value: Any, source: str) -> BestModelRule:
     if value is None:
         return BestModelRule()
-    allowed = {"metric": " | ".join(BEST_MODEL_METRICS), "cohort": " | ".join(BEST_MODEL_COHORTS)}
+    allowed = {"metric": "auc", "cohort": "cv (the cross-validated training AUC)"}
     raw = _mapping(value, source, "best_model", allowed)
-    metric = _choice(raw.get("metric", "auc"), source, "best_model.metric", BEST_MODEL_METRICS)
-    cohort = _choice(
-        raw.get("cohort", "internal_validation"), source, "best_model.cohort", BEST_MODEL_COHORTS
-    )
-    if cohort == "cv" and metric != "auc":
-        raise StudySpecError(source, "best_model.metric", "cohort cv only has the auc metric")
+    cohort = raw.get("cohort", "cv")
+    if cohort != "cv":
+        raise StudySpecError(
+            source,
+            "best_model.cohort",
+            f"{cohort!r} is not allowed: the best model is chosen on training only, by its "
+            "cross-validated AUC (cohort: cv); choosing on a validation cohort reports that "
+            "cohort's AUC with a winner's-curse bias, and the apparent training AUC rewards "
+            "overfitting. Allowed: ['cv']",
+        )
+    metric = raw.get("metric", "auc")
+    if metric != "auc":
+        raise StudySpecError(
+            source, "best_model.metric", f"{metric!r} is not allowed; cohort cv only has 'auc'"
+        )
     return BestModelRule(metric, cohort)
+
+
+def _harmonization(value: Any, source: str, label: str | None) -> HarmonizationSpec:
+    if value is None:
+        return HarmonizationSpec()
+    allowed = {
+        "method": " | ".join(HARMONIZATION_METHODS),
+        "batch": f"center_id | an imaging_series field ({', '.join(IMAGING_BATCH_FIELDS)})",
+        "covariates": "list of clinical columns to protect (never the label)",
+        "external": " | ".join(HARMONIZATION_EXTERNAL),
+        "compare_raw": "true to report the models without harmonization beside them",
+    }
+    raw = _mapping(value, source, "harmonization", allowed)
+    method = _choice(
+        raw.get("method", "combat"), source, "harmonization.method", HARMONIZATION_METHODS
+    )
+    batch = _choice(
+        raw.get("batch", "center_id"),
+        source,
+        "harmonization.batch",
+        ("center_id", *IMAGING_BATCH_FIELDS),
+    )
+    covariates = tuple(_str_list(raw.get("covariates", []), source, "harmonization.covariates"))
+    if label is not None and label in covariates:
+        raise StudySpecError(
+            source,
+            "harmonization.covariates",
+            f"{label!r} is the study's label: the outcome is never a harmonization covariate "
+            "(it would carry the labels into the features and cannot be known for new patients)",
+        )
+    if covariates and method != "combat":
+        raise StudySpecError(
+            source, "harmonization.covariates", f"covariates need method combat, not {method}"
+        )
+    compare_raw = raw.get("compare_raw", False)
+    if not isinstance(compare_raw, bool):
+        raise StudySpecError(source, "harmonization.compare_raw", "expected true or false")
+    return HarmonizationSpec(
+        method=method,
+        batch=batch,
+        covariates=covariates,
+        external=_choice(
+            raw.get("external", "refuse"),
+            source,
+            "harmonization.external",
+            HARMONIZATION_EXTERNAL,
+        ),
+        compare_raw=compare_raw,
+    )
+
+
+def _validation(value: Any, source: str) -> ValidationSpec:
+    if value is None:
+        return ValidationSpec()
+    allowed = {
+        "nested_cv": "true (default) | false",
+        "inner_cv_folds": "integer >= 2: folds of the tuning inside each outer fold (default 3)",
+        "optimism_bootstrap": "integer >= 0: bootstrap resamples for Harrell's optimism correction",
+        "recalibrate_external": "true | false (default)",
+    }
+    raw = _mapping(value, source, "validation", allowed)
+    for key in ("nested_cv", "recalibrate_external"):
+        if key in raw and not isinstance(raw[key], bool):
+            raise StudySpecError(source, f"validation.{key}", "expected true or false")
+    return ValidationSpec(
+        nested_cv=raw.get("nested_cv", True),
+        inner_cv_folds=_int(
+            raw.get("inner_cv_folds", 3), source, "validation.inner_cv_folds", minimum=2
+        ),
+        optimism_bootstrap=_int(
+            raw.get("optimism_bootstrap", 0), source, "validation.optimism_bootstrap", minimum=0
+        ),
+        recalibrate_external=raw.get("recalibrate_external", False),
+    )
 
 
 def _case_rule(value: Any, source: str) -> str:

@@ -13,7 +13,7 @@
   the version folder of ``train`` (pipelines and result tables).
 - ``survival_frame``: one row per patient for ``assets.studies.survival.run_survival`` (clinical
   columns, cohort, and for classification studies the best radiomics model's probability and
-  ``predicted_label`` at its training threshold).
+  ``predicted_label`` at its training threshold; out-of-fold ones for training patients).
 - ``load_study_result``: a ``StudyResult`` rebuilt from a version folder (for the report asset).
 """
 
@@ -114,11 +114,21 @@ def study_inputs(home: Any, spec: StudySpec) -> tuple[pl.DataFrame, pl.DataFrame
         sources += [
             ("external", e.feature_set, f"{e.feature_set}:") for e in spec.features.external
         ]
+        batch = spec.harmonization.batch if spec.harmonization.enabled else "center_id"
         for source, selector, prefix in sources:
             frame, description = pivot_features(con, source, selector, spec.case_rule)
             case_rules[f"{source}:{selector}"] = description
             values = [c for c in frame.columns if c not in ("patient_key", "case_id", "center_id")]
+            batch_values = (
+                _series_field(con, frame, batch)
+                if source == "radiomics" and batch != "center_id"
+                else None
+            )
+            if source == "radiomics" and spec.selection.min_icc is not None:
+                values, info["min_icc"] = _robust_only(home, spec, selector, values)
             frame = frame.select("patient_key", *[pl.col(c).alias(f"{prefix}{c}") for c in values])
+            if batch_values is not None:
+                frame = frame.with_columns(batch_values)
             wide = (
                 frame
                 if wide is None
@@ -134,6 +144,42 @@ def study_inputs(home: Any, spec: StudySpec) -> tuple[pl.DataFrame, pl.DataFrame
         # patients outside the cohort are not in the study at all (counted as not_in_cohort)
         features = features.filter(pl.col("patient_key").is_in(clinical["patient_key"].to_list()))
     return features, clinical, info
+
+
+def _robust_only(
+    home: Any, spec: StudySpec, params_id: str, columns: list[str]
+) -> tuple[list[str], str]:
+    """The radiomics columns whose ICC lower bound reaches ``selection.min_icc`` (and why)."""
+    from assets.radiomics.robustness import robust_features
+
+    table = home.read_table("feature_robustness")
+    if table.is_empty() or table.filter(pl.col("params_id") == params_id).is_empty():
+        raise StudySpecError(
+            spec.source,
+            "selection.min_icc",
+            f"no feature_robustness rows for params_id {params_id}: materialize "
+            "feature_robustness first (cases.csv with a reader column, several masks per lesion)",
+        )
+    keep = robust_features(table, spec.selection.min_icc, params_id)
+    kept = [c for c in columns if c in keep]
+    return kept, (
+        f"{len(kept)} of {len(columns)} radiomics features kept: ICC lower 95% bound >= "
+        f"{spec.selection.min_icc:g} in feature_robustness ({params_id})"
+    )
+
+
+def _series_field(con: Any, frame: pl.DataFrame, field: str) -> pl.Series:
+    """An imaging_series field (e.g. manufacturer) of each row's chosen case, as a string column."""
+    con.register("__batch_cases", frame.select("case_id").with_row_index("row"))
+    try:
+        values = con.sql(
+            f"select b.row, cast(s.{field} as varchar) as value from __batch_cases b "
+            "left join cases c using (case_id) left join imaging_series s using (series_id) "
+            "order by b.row"
+        ).pl()
+    finally:
+        con.unregister("__batch_cases")
+    return values["value"].fill_null("unknown").alias(field)
 
 
 def save_inputs(
@@ -206,20 +252,35 @@ def survival_frame(
         clinical.drop("center_id", strict=False), on="patient_key", how="left"
     )
     if predictions is not None and best_model is not None:
-        best = predictions.filter(pl.col("model") == best_model).select(
-            "patient_key",
-            pl.col("probability").alias("radiomics_probability"),
-            pl.col("predicted_label"),
+        frame = frame.join(
+            _model_outputs(predictions, best_model, "radiomics_probability", "predicted_label"),
+            on="patient_key",
+            how="left",
         )
-        frame = frame.join(best, on="patient_key", how="left")
         if "combined" in set(predictions["model"].unique()):
-            combined = predictions.filter(pl.col("model") == "combined").select(
-                "patient_key",
-                pl.col("probability").alias("combined_probability"),
-                pl.col("predicted_label").alias("combined_predicted_label"),
+            outputs = _model_outputs(
+                predictions, "combined", "combined_probability", "combined_predicted_label"
             )
-            frame = frame.join(combined, on="patient_key", how="left")
+            frame = frame.join(outputs, on="patient_key", how="left")
     return frame.to_pandas()
+
+
+def _model_outputs(
+    predictions: pl.DataFrame, model: str, probability: str, label: str
+) -> pl.DataFrame:
+    """A model's probability and predicted label per patient; out-of-fold ones for training.
+
+    Training patients get their out-of-fold probability and label (the model never saw them
+    when it predicted them), so training-cohort Kaplan-Meier, log-rank and Cox by predicted
+    label are not the apparent fit's; older predictions without OOF columns keep the apparent.
+    """
+    part = predictions.filter(pl.col("model") == model)
+    prob, lab = pl.col("probability"), pl.col("predicted_label")
+    if "oof_predicted_label" in part.columns:
+        train = pl.col("cohort") == "train"
+        prob = pl.when(train).then(pl.col("oof_probability")).otherwise(prob)
+        lab = pl.when(train).then(pl.col("oof_predicted_label")).otherwise(lab)
+    return part.select("patient_key", prob.alias(probability), lab.alias(label))
 
 
 def load_study_result(home: Any, spec: StudySpec, version_dir: Path, splits: pl.DataFrame) -> Any:

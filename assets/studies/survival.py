@@ -58,125 +58,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from assets.studies.results import (  # noqa: F401 - re-exported: survival's tidy rows
+    COHORT_ORDER,
+    RESULT_COLUMNS,
+    _float,
+    cohort_names,
+    level_label,
+    result_row,
+    results_frame,
+)
+
 if TYPE_CHECKING:
     import pandas as pd
 
-RESULT_COLUMNS = [
-    "endpoint",
-    "cohort",
-    "analysis",
-    "term",
-    "estimate",
-    "ci_low",
-    "ci_high",
-    "p_value",
-    "statistic",
-    "df",
-    "n",
-    "events",
-    "note",
-    "coef",
-    "se",
-    "ci_flag",
-    "ci_note",
-]
-COHORT_ORDER = ["train", "internal_validation", "external_validation"]
 LOW, HIGH = "low", "high"
 _TIME, _EVENT = "__time", "__event"
 _MEDIAN_TOLERANCE = math.sqrt(np.finfo(float).eps)  # R quantile.survfit's tolerance
-
-
-# --------------------------------------------------------------------------------------------
-# Tidy rows
-# --------------------------------------------------------------------------------------------
-
-
-def result_row(
-    endpoint: str,
-    cohort: str,
-    analysis: str,
-    term: str,
-    estimate: float = math.nan,
-    ci_low: float = math.nan,
-    ci_high: float = math.nan,
-    p_value: float = math.nan,
-    statistic: float = math.nan,
-    df: float = math.nan,
-    n: int | None = None,
-    events: int | None = None,
-    note: str = "",
-    coef: float = math.nan,
-    se: float = math.nan,
-    ci_flag: str | None = None,
-    ci_note: str | None = None,
-) -> dict[str, Any]:
-    """One estimate as a dict with the keys of `RESULT_COLUMNS` (`ci_flag`/`ci_note` left
-    None are filled in from the numbers by `results_frame`)."""
-    return {
-        "endpoint": endpoint,
-        "cohort": cohort,
-        "analysis": analysis,
-        "term": term,
-        "estimate": _float(estimate),
-        "ci_low": _float(ci_low),
-        "ci_high": _float(ci_high),
-        "p_value": _float(p_value),
-        "statistic": _float(statistic),
-        "df": _float(df),
-        "n": n,
-        "events": events,
-        "note": note,
-        "coef": _float(coef),
-        "se": _float(se),
-        "ci_flag": ci_flag,
-        "ci_note": ci_note,
-    }
-
-
-def results_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Rows -> a DataFrame with exactly `RESULT_COLUMNS` (n and events as nullable ints).
-
-    A row with an estimate and both interval ends but no `ci_flag` gets one from the numbers
-    (`ci_flags.interval_flag`: zero width, estimate outside); rows without an interval keep none.
-    """
-    import pandas as pd
-
-    from assets.studies.ci_flags import interval_flag
-
-    rows = [dict(row) for row in rows]
-    for row in rows:
-        if row.get("ci_flag") is None and all(
-            math.isfinite(_float(row.get(k))) for k in ("estimate", "ci_low", "ci_high")
-        ):
-            row["ci_flag"], row["ci_note"] = interval_flag(
-                row["estimate"], row["ci_low"], row["ci_high"]
-            )
-    table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    for column in ("n", "events"):
-        table[column] = pd.array(table[column].astype("float").round(), dtype="Int64")
-    for column in ("estimate", "ci_low", "ci_high", "p_value", "statistic", "df", "coef", "se"):
-        table[column] = table[column].astype("float64")
-    table["note"] = table["note"].fillna("").astype(str)
-    for column in ("ci_flag", "ci_note"):
-        table[column] = table[column].astype(object).where(table[column].notna(), None)
-    return table
-
-
-def _float(value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return number if math.isfinite(number) else math.nan
-
-
-def level_label(value: Any) -> str:
-    """A group level as text: 1.0 -> '1', 'high' -> 'high'."""
-    if isinstance(value, bool | np.bool_):
-        return str(int(value))
-    if isinstance(value, float | np.floating) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1158,12 +1055,6 @@ def plot_maxstat(cutoff: Cutoff, ax: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def cohort_names(values: pd.Series) -> list[str]:
-    present = [str(v) for v in values.dropna().unique()]
-    known = [c for c in COHORT_ORDER if c in present]
-    return known + sorted(c for c in present if c not in COHORT_ORDER)
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
 
@@ -1231,6 +1122,7 @@ def run_survival(
     if groups and group_order is not None:
         level_orders[groups] = group_order
 
+    chosen = None
     if cutoff:
         basis_name = train_cohort if train_cohort in cohorts else None
         if basis_name is None and cohorts == ["all"]:
@@ -1324,7 +1216,41 @@ def run_survival(
                 alpha=alpha,
             )
             figures.append(_save(figure, out / f"km_{_slug(endpoint)}_{_slug(cohort)}.png"))
+    if cutoff and chosen.method == "maxstat":
+        _adjust_for_cutoff_search(rows, basis_name, cutoff_variable, chosen)
     return results_frame(rows), figures
+
+
+def _adjust_for_cutoff_search(
+    rows: list[dict[str, Any]], basis: str, variable: str, chosen: Cutoff
+) -> None:
+    """p-values of groups made by a maxstat cut-off, on the cohort that chose the cut-off.
+
+    A plain log-rank test of groups whose cut-off was chosen to maximise that very statistic is
+    anti-conservative (about half of null data sets reach p < 0.05). On the cut-off's own
+    cohort the overall log-rank p becomes the Lausen-Schumacher (1992) adjusted p of the
+    maximally selected statistic; the other tests of those groups (pairwise, trend, Cox) have no
+    such adjustment here and their p-values are not reported. Other cohorts are independent of
+    the choice and keep their plain p-values.
+    """
+    for row in rows:
+        tests_groups = row["analysis"].startswith(("logrank", "cox")) and variable in str(
+            row["term"]
+        )
+        if row["cohort"] != basis or not tests_groups or math.isnan(row["p_value"]):
+            continue
+        if row["analysis"] == "logrank":
+            row["p_value"] = _float(chosen.p_value)
+            row["note"] = (
+                f"{row['note']}; p adjusted for the cut-off search: Lausen-Schumacher 1992 "
+                "(maxstat Lau92); the plain log-rank p of these data is not reported"
+            ).lstrip("; ")
+        else:
+            row["p_value"] = math.nan
+            row["note"] = (
+                f"{row['note']}; p not reported: the cut-off was chosen on this cohort "
+                "(see the logrank row's adjusted p)"
+            ).lstrip("; ")
 
 
 def _as_mapping(value: Any) -> dict[str, Any] | None:

@@ -56,6 +56,8 @@ CODE_MODULES = (
     "combined",
     "explain",
     "calibration",
+    "harmonize",
+    "heterogeneity",
     "train",
 )
 MODEL_VERSIONS_SCHEMA = {
@@ -128,14 +130,23 @@ class StudyData:
     excluded: dict[str, int]
     data_hashes: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    # batch and covariate columns the ``harmonize`` step reads (empty without harmonization)
+    harmonization_columns: list[str] = field(default_factory=list)
 
     def X(self, keys: list[str]) -> Any:
+        """Model input: the features plus the harmonization step's batch/covariate columns."""
+        extra = [c for c in self.harmonization_columns if c not in self.feature_columns]
+        return self.frame.loc[keys, [*self.feature_columns, *extra]]
+
+    def X_raw(self, keys: list[str]) -> Any:
+        """The features alone (the models fitted without harmonization)."""
         return self.frame.loc[keys, self.feature_columns]
 
 
 def _referenced_clinical_columns(spec: StudySpec) -> list[str]:
     names = [spec.label] if spec.label else []
     names += list(spec.features.clinical)
+    names += list(spec.harmonization.covariates)
     for entry in spec.survival:
         names += [entry.time, entry.event, *entry.cox_terms]
         names += [entry.groups] if entry.groups else []
@@ -147,11 +158,20 @@ def assemble_study_data(
     spec: StudySpec, features_df: pl.DataFrame, clinical_df: pl.DataFrame
 ) -> StudyData:
     """Join the wide features (``patient_key`` + numeric columns) to the clinical table."""
+    harmonization = spec.harmonization
+    batch_in_features = harmonization.enabled and harmonization.batch != "center_id"
+    if batch_in_features and harmonization.batch not in features_df.columns:
+        raise StudyDataError(
+            f"{spec.source}: harmonization.batch: {harmonization.batch!r} is not known for the "
+            "study's patients (it comes from imaging_series through the case chosen per patient; "
+            "external feature tables have no imaging series): use batch: center_id"
+        )
     for column in (
         "patient_key",
         "center_id",
         *([spec.label] if spec.label else []),
         *spec.features.clinical,
+        *(harmonization.covariates if harmonization.enabled else ()),
     ):
         if column not in clinical_df.columns:
             raise StudyDataError(
@@ -167,15 +187,20 @@ def assemble_study_data(
             f"case_rule ({spec.case_rule}) in the pivot first"
         )
     notes: list[str] = []
+    not_features = (*ID_COLUMNS, *((harmonization.batch,) if batch_in_features else ()))
     feature_columns = [
-        c for c in features_df.columns if c not in ID_COLUMNS and features_df[c].dtype.is_numeric()
+        c
+        for c in features_df.columns
+        if c not in not_features and features_df[c].dtype.is_numeric()
     ]
-    skipped = [c for c in features_df.columns if c not in ID_COLUMNS and c not in feature_columns]
+    skipped = [c for c in features_df.columns if c not in not_features and c not in feature_columns]
     if skipped:
         notes.append(f"{len(skipped)} non-numeric feature columns ignored: {skipped[:10]}")
-    features = features_df.select("patient_key", *feature_columns).with_columns(
-        pl.col(feature_columns).cast(pl.Float64)
-    )
+    features = features_df.select(
+        "patient_key",
+        *feature_columns,
+        *((harmonization.batch,) if batch_in_features else ()),
+    ).with_columns(pl.col(feature_columns).cast(pl.Float64))
 
     clinical_cols = [c for c in _referenced_clinical_columns(spec) if c in clinical_df.columns]
     clinical = clinical_df.select(
@@ -205,8 +230,17 @@ def assemble_study_data(
         frame, list(spec.features.clinical), spec.features.categorical
     )
     hashes = {"features": frame_sha256(features), "clinical": frame_sha256(clinical)}
+    columns = [harmonization.batch, *harmonization.covariates] if harmonization.enabled else []
     return StudyData(
-        frame, feature_columns, numeric, categorical, split_input, excluded, hashes, notes
+        frame,
+        feature_columns,
+        numeric,
+        categorical,
+        split_input,
+        excluded,
+        hashes,
+        notes,
+        list(dict.fromkeys(columns)),
     )
 
 
@@ -221,18 +255,26 @@ PREDICTIONS_SCHEMA = {
     "probability": pl.Float64,
     "predicted_label": pl.Int8,
     "oof_probability": pl.Float64,
+    "oof_predicted_label": pl.Int8,
 }
 
 
 def predict_cohorts(
-    spec: StudySpec, fitted: dict[str, Any], data: StudyData, splits: pl.DataFrame
+    spec: StudySpec,
+    fitted: dict[str, Any],
+    data: StudyData,
+    splits: pl.DataFrame,
+    raw: bool = False,
 ) -> pl.DataFrame:
     """Probability (and label at the model's threshold) of every patient x model.
 
-    ``oof_probability`` is the out-of-fold training probability (train cohort only).
+    ``oof_probability`` is the out-of-fold training probability (train cohort only) and
+    ``oof_predicted_label`` the label it gives at the threshold: training-cohort analyses that
+    group patients by a predicted label (survival) use it, never the apparent label. ``raw``:
+    the models fitted without harmonization (features only).
     """
     keys = splits["patient_key"].to_list()
-    X = data.X(keys)
+    X = data.X(keys) if not raw else data.X_raw(keys)
     train_mask = (splits["cohort"] == "train").to_numpy()
     parts = []
     for name, model in fitted.items():
@@ -262,6 +304,11 @@ def _prediction_part(
             "probability": probability,
             "predicted_label": (probability >= threshold).astype(np.int8),
             "oof_probability": pl.Series(oof).fill_nan(None),
+            "oof_predicted_label": pl.Series(
+                np.where(np.isnan(oof), np.nan, (oof >= threshold).astype(float))
+            )
+            .fill_nan(None)
+            .cast(pl.Int8),
         },
         schema=PREDICTIONS_SCHEMA,
     )
@@ -271,7 +318,7 @@ def _prediction_part(
 def fit_combined_model(
     spec: StudySpec, best: Any, data: StudyData, splits: pl.DataFrame
 ) -> tuple[Any, pl.DataFrame, float]:
-    """(CombinedModel, its predictions, its Youden threshold on training)."""
+    """(CombinedModel, its predictions, its Youden threshold on out-of-fold training data)."""
     from assets.studies.combined import RADIOMICS_SCORE, fit_combined, radiomics_score
     from assets.studies.metrics import youden_threshold
 
@@ -292,8 +339,25 @@ def fit_combined_model(
         best.name,
     )
     combined_probability = combined.predict_probability(frame)
-    threshold = youden_threshold(y[train_mask], combined_probability[train_mask])
+    # its threshold from out-of-fold training probabilities (the same folds as the radiomics
+    # models), never from its apparent training fit
+    from assets.studies.pipeline import training_cv
+
+    train_frame, y_train = frame[train_mask], y[train_mask]
+    oof_train = np.full(len(y_train), np.nan)
+    folds = training_cv(spec, y_train).splitter(spec.split.seed)
+    for fit_idx, held_idx in folds.split(np.zeros(len(y_train)), y_train):
+        part = fit_combined(
+            train_frame.iloc[fit_idx],
+            y_train[fit_idx],
+            data.clinical_numeric,
+            data.clinical_categorical,
+            best.name,
+        )
+        oof_train[held_idx] = part.predict_probability(train_frame.iloc[held_idx])
+    threshold = youden_threshold(y_train, oof_train)
     oof = np.full(len(keys), np.nan)
+    oof[train_mask] = oof_train
     predictions = _prediction_part(spec, "combined", splits, combined_probability, threshold, oof)
     return combined, predictions, threshold
 
@@ -394,7 +458,78 @@ def prepare_study(
         raise StudyDataError(f"{spec.source}: study {spec.name} has no label: it is survival-only")
     data = assemble_study_data(spec, features_df, clinical_df)
     splits, excluded = split_patients(data.split_input, spec)
+    data.notes.extend(harmonization_plan(spec, data, splits))
     return data, splits, {**data.excluded, **excluded}
+
+
+MIN_PER_LEVEL = 5  # training patients per batch level (each CV training part keeps >= 2)
+
+
+def harmonization_plan(spec: StudySpec, data: StudyData, splits: pl.DataFrame) -> list[str]:
+    """Notes on batch levels never seen in training; a StudyDataError when they are refused."""
+    h = spec.harmonization
+    if not h.enabled:
+        return []
+    batch = data.frame[h.batch].astype("string").fillna("missing").astype(str)
+    cohort = dict(zip(splits["patient_key"].to_list(), splits["cohort"].to_list(), strict=True))
+    keys = [k for k in batch.index if k in cohort]
+    trained = {batch[k] for k in keys if cohort[k] == "train"}
+    counts: dict[str, int] = {}
+    for k in keys:
+        if cohort[k] == "train":
+            counts[batch[k]] = counts.get(batch[k], 0) + 1
+    small = sorted(level for level, n in counts.items() if n < MIN_PER_LEVEL)
+    if small:
+        raise StudyDataError(
+            f"{spec.source}: harmonization.batch: {h.batch} level(s) {small} have fewer than "
+            f"{MIN_PER_LEVEL} training patients ({ {lv: counts[lv] for lv in small} }): their "
+            "location and scale cannot be estimated inside every cross-validation fold. To fix: "
+            "use a coarser batch (center_id), or add patients"
+        )
+    unseen: dict[str, int] = {}
+    for k in keys:
+        if cohort[k] != "train" and batch[k] not in trained:
+            unseen[batch[k]] = unseen.get(batch[k], 0) + 1
+    if not unseen:
+        return []
+    if h.external == "refuse":
+        raise StudyDataError(
+            f"{spec.source}: harmonization.external: {h.batch} level(s) {sorted(unseen)} of the "
+            f"validation cohorts were never seen in training ({sorted(trained)}), and "
+            "harmonization.external is 'refuse'. To fix: set harmonization.external: "
+            "estimate_unlabeled (each new level's location/scale from its own features, never "
+            "its labels), or harmonization.method: none"
+        )
+    return [
+        f"harmonization: {h.batch} {level} was not in training: its location and scale were "
+        f"estimated from its own {n} patients' features only (no labels) against the frozen "
+        "training reference (harmonization.external: estimate_unlabeled)"
+        for level, n in sorted(unseen.items())
+    ]
+
+
+def harmonization_label(spec: StudySpec, raw: bool = False) -> str:
+    """What a ``model_metrics`` row's ``harmonization`` column says."""
+    h = spec.harmonization
+    if raw or not h.enabled:
+        return "none"
+    covariates = f", covariates={','.join(h.covariates)}" if h.covariates else ""
+    return f"{h.method}(batch={h.batch}{covariates}, external={h.external})"
+
+
+def with_harmonization(frame: pl.DataFrame, spec: StudySpec) -> pl.DataFrame:
+    """``model_metrics`` rows with their ``harmonization`` column (``:raw`` models: none)."""
+    if "harmonization" in frame.columns:
+        return frame
+    return frame.with_columns(
+        pl.when(pl.col("model").str.ends_with(RAW_SUFFIX))
+        .then(pl.lit("none"))
+        .otherwise(pl.lit(harmonization_label(spec)))
+        .alias("harmonization")
+    )
+
+
+RAW_SUFFIX = ":raw"
 
 
 def train_inputs(data: StudyData, splits: pl.DataFrame) -> tuple[Any, np.ndarray]:
@@ -421,6 +556,7 @@ class TrainedStudy:
     retrained: bool = True
     trained_at: datetime | None = None
     notes: list[str] = field(default_factory=list)
+    raw_fitted: dict[str, Any] = field(default_factory=dict)  # harmonization.compare_raw
 
 
 COMPLETE_MARKER = "complete.json"
@@ -455,6 +591,8 @@ def read_complete(version_dir: Path, spec: StudySpec, version: str) -> dict[str,
     except (ValueError, KeyError, TypeError):
         return None
     needed = {f"{m}.joblib" for m in spec.models} | {"resolved.yaml", "hashes.json"}
+    if spec.harmonization.enabled and spec.harmonization.compare_raw:
+        needed |= {f"raw/{m}.joblib" for m in spec.models}
     if marker.get("model_version") != version or not needed <= set(files):
         return None
     for name, sha in files.items():
@@ -472,7 +610,7 @@ def _write_complete(
     marker = {
         "model_version": version,
         "trained_at": trained_at.isoformat(),
-        "files": {p.name: file_sha256(p) for p in files},
+        "files": {p.relative_to(version_dir).as_posix(): file_sha256(p) for p in files},
     }
     tmp = version_dir / f".{COMPLETE_MARKER}.tmp"
     tmp.write_text(json.dumps(marker, indent=2, sort_keys=True), encoding="utf-8")
@@ -505,7 +643,9 @@ def train_study(
     version_dir = Path(out_dir) / relative
     marker = read_complete(version_dir, spec, version) if reuse else None
 
-    def trained(fitted, at: datetime, fitted_now: bool) -> TrainedStudy:
+    compare_raw = spec.harmonization.enabled and spec.harmonization.compare_raw
+
+    def trained(fitted, at: datetime, fitted_now: bool, raw=None) -> TrainedStudy:
         row = model_versions_row(
             spec, version, code, data.data_hashes, fitted, relative.as_posix(), at
         )
@@ -519,19 +659,32 @@ def train_study(
             fitted_now,
             at,
             training_notes(fitted),
+            raw or {},
         )
 
     if marker is not None:
         fitted, _ = load_fitted(version_dir, spec.models)
-        return trained(fitted, datetime.fromisoformat(marker["trained_at"]), fitted_now=False)
+        raw = load_fitted(version_dir / "raw", spec.models)[0] if compare_raw else {}
+        return trained(fitted, datetime.fromisoformat(marker["trained_at"]), False, raw)
 
     X_train, y_train = train_inputs(data, splits)
+    raw = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)  # joblib cache timing notes
         fitted = fit_models(spec, X_train, y_train, n_jobs=n_jobs)
+        if compare_raw:
+            from dataclasses import replace
+
+            from assets.studies.spec import HarmonizationSpec
+
+            unharmonized = replace(spec, harmonization=HarmonizationSpec())
+            keys = splits.filter(pl.col("cohort") == "train")["patient_key"].to_list()
+            raw = fit_models(unharmonized, data.X_raw(keys), y_train, n_jobs=n_jobs)
     version_dir.mkdir(parents=True, exist_ok=True)
     (version_dir / COMPLETE_MARKER).unlink(missing_ok=True)  # incomplete until written again
     files = save_fitted(fitted, None, version_dir)
+    if raw:
+        files += save_fitted(raw, None, version_dir / "raw")
     (version_dir / "resolved.yaml").write_text(spec.resolved_yaml(), encoding="utf-8")
     hashes = {
         "data": data.data_hashes,
@@ -548,7 +701,7 @@ def train_study(
         trained_at,
         [*files, version_dir / "resolved.yaml", version_dir / "hashes.json"],
     )
-    return trained(fitted, trained_at, fitted_now=True)
+    return trained(fitted, trained_at, True, raw)
 
 
 @dataclass
@@ -565,11 +718,23 @@ class Evaluation:
 
 
 def evaluate_study(
-    spec: StudySpec, data: StudyData, splits: pl.DataFrame, fitted: dict[str, Any], version: str
+    spec: StudySpec,
+    data: StudyData,
+    splits: pl.DataFrame,
+    fitted: dict[str, Any],
+    version: str,
+    raw_fitted: dict[str, Any] | None = None,
 ) -> Evaluation:
-    """Predict every cohort, compute the metrics, pick the best model, fit the combined model."""
+    """Predict every cohort, compute the metrics, pick the best model, fit the combined model.
+
+    Also: the random-effects heterogeneity of the external centers' AUCs, optional per-center
+    recalibration and Harrell's optimism-corrected AUC, and (``raw_fitted``, from
+    ``harmonization.compare_raw``) the same models without harmonization as ``<model>:raw``
+    rows. Every row carries the ``harmonization`` it was computed with.
+    """
+    from assets.studies.heterogeneity import auc_heterogeneity_rows, recalibration_rows
     from assets.studies.metrics import comparison_table, metrics_table
-    from assets.studies.pipeline import select_best_model
+    from assets.studies.pipeline import optimism_rows, select_best_model
 
     predictions = predict_cohorts(spec, fitted, data, splits)
     thresholds = {name: m.threshold for name, m in fitted.items()}
@@ -594,6 +759,21 @@ def evaluate_study(
                 comparison_table(predictions, best, "combined", **common),
             ]
         )
+    extra = [auc_heterogeneity_rows(predictions, **common)]
+    if spec.validation.recalibrate_external:
+        extra.append(recalibration_rows(predictions, **common))
+    if spec.validation.optimism_bootstrap > 0:
+        X_train, y_train = train_inputs(data, splits)
+        extra.append(optimism_rows(spec, fitted, X_train, y_train, **common))
+    if raw_fitted:
+        raw = predict_cohorts(spec, raw_fitted, data, splits, raw=True).with_columns(
+            pl.col("model") + RAW_SUFFIX
+        )
+        raw_thresholds = {f"{n}{RAW_SUFFIX}": m.threshold for n, m in raw_fitted.items()}
+        raw_cv = {f"{n}{RAW_SUFFIX}": (m.cv_auc, m.cv_auc_sd) for n, m in raw_fitted.items()}
+        extra.append(metrics_table(raw, raw_thresholds, cv_auc=raw_cv, **boot, **common))
+        extra.append(auc_heterogeneity_rows(raw, **common))
+    metrics = with_harmonization(pl.concat([metrics, *extra]), spec)
     return Evaluation(
         predictions, metrics, best, rule, combined, nomogram, auc_drop_warnings(spec, metrics, best)
     )
@@ -606,7 +786,7 @@ def calibrate_study(
     from assets.studies.calibration import calibration_tables, dca_table
 
     curves, rows = calibration_tables(predictions, study=spec.name, model_version=version)
-    return curves, rows, dca_table(predictions)
+    return curves, with_harmonization(rows, spec), dca_table(predictions)
 
 
 # the whole study --------------------------------------------------------------------------
@@ -689,7 +869,9 @@ def run_study(
         code_version_override=code_version_override,
         trained_at=trained_at,
     )
-    evaluation = evaluate_study(spec, data, splits, trained.fitted, trained.model_version)
+    evaluation = evaluate_study(
+        spec, data, splits, trained.fitted, trained.model_version, trained.raw_fitted
+    )
     curves, calibration_rows, dca = calibrate_study(
         spec, evaluation.predictions, trained.model_version
     )
@@ -812,7 +994,9 @@ def save_calibration(version_dir: Path, curves: pl.DataFrame, rows: pl.DataFrame
     """Stage 5 files; the calibration rows replace earlier ones in metrics.parquet (returned)."""
     curves.write_parquet(version_dir / "calibration_curves.parquet")
     metrics = pl.read_parquet(version_dir / "metrics.parquet")
-    metrics = pl.concat([metrics.filter(~pl.col("metric").is_in(CALIBRATION_METRICS)), rows])
+    metrics = pl.concat(
+        [metrics.filter(~pl.col("metric").is_in(CALIBRATION_METRICS)), rows], how="diagonal_relaxed"
+    )
     metrics.write_parquet(version_dir / "metrics.parquet")
     return metrics
 
