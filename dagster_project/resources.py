@@ -10,9 +10,13 @@ class LakeResource(dg.ConfigurableResource):
     """Where the lake lives. ``home`` defaults to LAKE_HOME (or ./lakehouse)."""
 
     home: str | None = None
+    audit: bool = True  # write-audit-publish: every write is audited by the tables' suites
 
     def lake(self) -> Lake:
-        return Lake.at(self.home)
+        """The lake whose writes are audited before they are published (``quality.audit``)."""
+        from quality.audit import audit_tables
+
+        return Lake.at(self.home, auditor=audit_tables if self.audit else None)
 
     def pseudonymizer(self) -> Pseudonymizer:
         return Pseudonymizer.for_lake(self.lake().home)
