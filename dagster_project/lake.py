@@ -315,6 +315,7 @@ class Transaction:
         self.results: dict[str, dict] = {}
         self.manifests: dict[str, dict] = {}
         self._lock_tables = lock
+        self._published = False
         self._stack = contextlib.ExitStack()
 
     # context ------------------------------------------------------------------------------------
@@ -365,8 +366,8 @@ class Transaction:
     # audit + publish ----------------------------------------------------------------------------
     def publish(self) -> dict[str, dict]:
         """Audit the staged tables, then publish them (or keep them under rejected/ and raise)."""
-        if not self.staged:
-            return {}
+        if self._published or not self.staged:
+            return self.manifests
         tables = sorted(self.staged)
         with self.lake.lock(*tables):
             auditor = self.lake.auditor if self.audit else None
@@ -378,6 +379,7 @@ class Transaction:
                 journal = self._journal()
                 _apply(journal)
                 (self.dir / JOURNAL).unlink(missing_ok=True)
+        self._published = True
         return self.manifests
 
     def _reject(self) -> dict[str, Path]:

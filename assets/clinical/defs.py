@@ -50,10 +50,17 @@ TABLES = ("clinical", "clinical_history", "external_features")
     ]
 )
 def clinical(context: dg.AssetExecutionContext, lake: LakeResource):
+
+    home = lake.lake()
+    # read-modify-write of clinical_history: one writer at a time, both tables published together
+    with home.transaction(lock=("clinical", "clinical_history")) as tx:
+        yield from _clinical(context, lake, home, tx)
+
+
+def _clinical(context, lake: LakeResource, home, tx):
     from assets.clinical.history import update_history
     from assets.clinical.load import clinical_files, load_centers, load_clinical
 
-    home = lake.lake()
     loaded_at = datetime.now(UTC)
     previous = home.read_table("clinical") if home.has_table("clinical") else None
     history = home.read_table("clinical_history") if home.has_table("clinical_history") else None
@@ -66,11 +73,12 @@ def clinical(context: dg.AssetExecutionContext, lake: LakeResource):
         loaded_at=loaded_at,
     )
     history = update_history(history, table, loaded_at)
-    home.write_table("clinical", table, keep_history=True)
-    home.write_table("clinical_history", history)
-    write_quarantine(home, "clinical", rejects)
+    tx.write_table("clinical", table, keep_history=True)
+    tx.write_table("clinical_history", history)
+    write_quarantine(tx, "clinical", rejects)
     for reject in rejects:
         context.log.warning(str(reject))
+    tx.publish()
     versions = {"versions": history.height, "current": int(history.get_column("is_current").sum())}
     for name, frame, extra in (("clinical", table, stats), ("clinical_history", history, versions)):
         result = table_result(home, name, frame, extra)
@@ -100,8 +108,9 @@ def external_features(
     table, rejects, stats = load_external_features(
         home.landing, lake.pseudonymizer(), cases, clinical_table
     )
-    home.write_table("external_features", table, keep_history=True)
-    write_quarantine(home, "external_features", rejects)
+    with home.transaction() as tx:
+        tx.write_table("external_features", table, keep_history=True)
+        write_quarantine(tx, "external_features", rejects)
     for reject in rejects:
         context.log.warning(str(reject))
     return table_result(home, "external_features", table, stats)

@@ -8,8 +8,6 @@
   so a re-run reads only new or changed files.
 """
 
-import os
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -39,16 +37,6 @@ def _read_private(path: Path):
         return None
 
 
-def _write_private(path: Path, frame) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        frame.write_parquet(tmp)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 @dg.asset(
     group_name="imaging",
     kinds={"python", "parquet"},
@@ -61,10 +49,14 @@ def imaging_series(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.
 
     home = lake.lake()
     index_path = home.state_dir / INDEX_FILE
-    result = scan_imaging(home.landing, lake.pseudonymizer(), previous=_read_private(index_path))
-    home.write_table("imaging_series", result.series, keep_history=True)
-    _write_private(index_path, result.files)
-    write_quarantine(home, "imaging_series", result.rejects)
+    with home.transaction(lock=("imaging_series",)) as tx:  # the scan index is read-modify-write
+        result = scan_imaging(
+            home.landing, lake.pseudonymizer(), previous=_read_private(index_path)
+        )
+        tx.write_table("imaging_series", result.series, keep_history=True)
+        write_quarantine(tx, "imaging_series", result.rejects)
+        tx.publish()
+        home.write_private(index_path, result.files)
     for reject in result.rejects:
         context.log.warning(str(reject))
     stats = result.stats
@@ -85,11 +77,16 @@ def imaging_series(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.
 def cases(
     context: dg.AssetExecutionContext, lake: LakeResource, config: CasesConfig
 ) -> dg.MaterializeResult:
+    home = lake.lake()
+    with home.transaction(lock=("cases",)) as tx:  # hash cache and locators: read-modify-write
+        return _cases(context, lake, config, home, tx)
+
+
+def _cases(context, lake: LakeResource, config: CasesConfig, home, tx) -> dg.MaterializeResult:
     from assets.imaging.cases import LOCATORS_FILE, load_cases, write_locators
     from assets.imaging.dicom_scan import INDEX_FILE
     from dagster_project.lake import HASH_CACHE_FILE, HashCache
 
-    home = lake.lake()
     hashes = HashCache.load(home.state_dir / HASH_CACHE_FILE)
     if hashes.load_error:
         context.log.warning(f"cases: file hash cache ignored ({hashes.load_error})")
@@ -109,9 +106,10 @@ def cases(
         hashes.save(home.state_dir / HASH_CACHE_FILE)
     except OSError as exc:  # only costs hashing again next run
         context.log.warning(f"cases: file hash cache not saved ({exc})")
-    home.write_table("cases", result.cases, keep_history=True)
-    write_locators(home.state_dir / LOCATORS_FILE, result.locators)
-    write_quarantine(home, "cases", result.rejects)
+    write_locators(home.state_dir / LOCATORS_FILE, result.locators)  # before the cases they serve
+    tx.write_table("cases", result.cases, keep_history=True)
+    write_quarantine(tx, "cases", result.rejects)
+    tx.publish()
     for reject in result.rejects:
         context.log.warning(str(reject))
     stats = {**result.stats, "hash_cache_hits": hashes.hits, "hash_cache_misses": hashes.misses}

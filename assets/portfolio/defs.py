@@ -40,8 +40,9 @@ def grants(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Material
     home = lake.lake()
     files = iter_files(home.landing / "portfolio" / "grants")
     table, rejects, stats = load_grants(files, home.landing)
-    home.write_table("grants", table, keep_history=True)
-    write_quarantine(home, "grants", rejects)
+    with home.transaction() as tx:
+        tx.write_table("grants", table, keep_history=True)
+        write_quarantine(tx, "grants", rejects)
     for reject in rejects:
         context.log.warning(str(reject))
     return table_result(home, "grants", table, stats)
@@ -87,7 +88,6 @@ def publications(context: dg.AssetExecutionContext, lake: LakeResource):
     files = iter_files(home.landing / "portfolio" / "publications")
     known = home.read_table("grants") if home.has_table("grants") else None
     pubs, authors, links, rejects, stats = load_publications(files, home.landing, grants=known)
-    write_quarantine(home, "publications", rejects)
     for reject in rejects:
         context.log.warning(str(reject))
     outputs = (
@@ -99,8 +99,11 @@ def publications(context: dg.AssetExecutionContext, lake: LakeResource):
             {"rows": links.height, "linked": int(links["linked"].sum()) if links.height else 0},
         ),
     )
+    with home.transaction() as tx:  # the three tables and the rejects are published together
+        for name, frame, _ in outputs:
+            tx.write_table(name, frame, keep_history=True)
+        write_quarantine(tx, "publications", rejects)
     for name, frame, extra in outputs:
-        home.write_table(name, frame, keep_history=True)
         result = table_result(home, name, frame, extra)
         yield dg.MaterializeResult(
             asset_key=name, metadata=result.metadata, data_version=result.data_version

@@ -67,15 +67,18 @@ def radiomics_features(
             last_log[0] = now
             context.log.info(str(progress))
 
-    stats, rejects = run_extraction(
-        home,
-        tasks,
-        params,
-        backend,
-        progress=log_progress,
-        batch_size=extraction.batch_size,
-        loader=load_case_task,
-    )
+    # one extraction at a time per lake: planning, checkpoints and the failure ledger are
+    # read-modify-write; the kernel drops the lock if this process dies
+    with home.lock("radiomics_features", "radiomics_diagnostics"):
+        stats, rejects = run_extraction(
+            home,
+            tasks,
+            params,
+            backend,
+            progress=log_progress,
+            batch_size=extraction.batch_size,
+            loader=load_case_task,
+        )
     # an invalid parameter file is one landed unit that was quarantined
     rejects = params_rejects + rejects
     stats["landed"] += len(params_rejects)
