@@ -97,10 +97,15 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
-    from dagster_project.instance import ensure_dagster_home
+    from dagster_project.instance import ensure_dagster_home, reap_dead_runs
 
     lake = Lake.at()
     ensure_dagster_home(lake)
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        for run_id in reap_dead_runs(instance, lake):
+            print(f"run {run_id} had died (killed?): marked failed, its pool slots freed")
     env = {**os.environ, "LAKE_HOME": str(lake.home), "GX_ANALYTICS_ENABLED": "false"}
     # INFO on the console: progress, warnings and check results, not every engine event
     log_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
@@ -115,6 +120,37 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     ]
     # dg finds the code location from the project's pyproject.toml
     return subprocess.call(command, env=env, cwd=Path(__file__).resolve().parents[1])
+
+
+def cmd_provenance(args: argparse.Namespace) -> int:
+    """The lake snapshot a model version was trained on (manifests of every input table)."""
+    lake = Lake.at(create=False)
+    path = lake.models_dir / args.study / args.version / "provenance.json"
+    if not path.is_file():
+        versions = sorted(p.name for p in (lake.models_dir / args.study).glob("*/provenance.json"))
+        known = ", ".join(Path(v).parent.name for v in versions) if versions else "none"
+        return _fail(
+            f"no provenance for {args.study} version {args.version} ({path}); known: {known}"
+        )
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    if args.export:
+        Path(args.export).write_text(json.dumps(payload, indent=1, sort_keys=True), "utf-8")
+        print(f"wrote {args.export}")
+        return 0
+    print(f"study {payload['study']}  model version {payload['model_version']}")
+    print(f"{'table':24} {'version':40} {'rows':>10}  content sha256")
+    for table, manifest in sorted(payload["inputs"].items()):
+        print(
+            f"{table:24} {manifest['version']:40} {manifest['rows']:>10}  "
+            f"{manifest['content_sha256']}"
+        )
+    libraries = {}
+    for manifest in payload["inputs"].values():
+        libraries.update(manifest.get("libraries", {}))
+    code = sorted({m.get("code_version", "") for m in payload["inputs"].values()})
+    print("code: " + ", ".join(code))
+    print("libraries: " + ", ".join(f"{k} {v}" for k, v in sorted(libraries.items())))
+    return 0
 
 
 def cmd_paths(args: argparse.Namespace) -> int:
@@ -169,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     mat.add_argument("--select", default="*", help="Dagster asset selection (default: everything)")
     mat.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     mat.set_defaults(func=cmd_materialize)
+
+    prov = sub.add_parser(
+        "provenance", help="the lake table versions a model version was trained on"
+    )
+    prov.add_argument("study")
+    prov.add_argument(
+        "version", help="model_version (see: radlake sql 'select * from model_versions')"
+    )
+    prov.add_argument("--export", type=Path, help="write the whole snapshot (JSON) to this file")
+    prov.set_defaults(func=cmd_provenance)
 
     paths = sub.add_parser("paths", help="where the lake, catalog, reports and Dagster home are")
     paths.set_defaults(func=cmd_paths)

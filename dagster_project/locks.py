@@ -103,12 +103,12 @@ def locks(paths: list[Path], timeout: float | None = None) -> Iterator[None]:
 
 
 def is_locked(path: Path) -> bool:
-    """True when another process holds ``path`` exclusively (used by tests and the CLI)."""
+    """True when another process holds ``path`` (shared or exclusive)."""
     if not path.exists():
         return False
     fd = os.open(path, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return False
     except BlockingIOError:
         return True

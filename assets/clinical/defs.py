@@ -15,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 
 from dagster_project.core_assets import INGEST_TAG
+from dagster_project.instance import LAKE_POOL
 from dagster_project.materialize import table_result
 from dagster_project.quarantine import write_quarantine
 from dagster_project.resources import LakeResource
@@ -27,6 +28,7 @@ TABLES = ("clinical", "clinical_history", "external_features")
 
 
 @dg.multi_asset(
+    pool=LAKE_POOL,
     specs=[
         dg.AssetSpec(
             "clinical",
@@ -47,7 +49,7 @@ TABLES = ("clinical", "clinical_history", "external_features")
                 "is_current): ask for clinical as of any earlier time."
             ),
         ),
-    ]
+    ],
 )
 def clinical(context: dg.AssetExecutionContext, lake: LakeResource):
 
@@ -91,6 +93,7 @@ def _clinical(context, lake: LakeResource, home, tx):
     group_name="clinical",
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
+    pool=LAKE_POOL,
     deps=["clinical", "cases"],
     description=(
         "Feature tables computed elsewhere (pyradiomics batch output, deep or pathology features) "

@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 from dagster_project.core_assets import INGEST_TAG
+from dagster_project.instance import LAKE_POOL
 from dagster_project.materialize import table_result
 from dagster_project.quarantine import write_quarantine
 from dagster_project.resources import LakeResource
@@ -41,6 +42,7 @@ def _read_private(path: Path):
     group_name="imaging",
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
+    pool=LAKE_POOL,
     description="One row per DICOM series or NIfTI/NRRD volume under landing/imaging/<center_id>/, "
     "with the acquisition protocol; headers only, re-reading only new or changed files.",
 )
@@ -71,6 +73,7 @@ def imaging_series(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.
     group_name="imaging",
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
+    pool=LAKE_POOL,
     deps=["imaging_series"],
     description="One row per image/mask pair (cases.csv or the naming convention) that passed mask QC.",
 )

@@ -53,6 +53,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import polars as pl
@@ -155,6 +156,7 @@ _TODO = {
     "not_dicom": "remove it from landing/imaging or land it elsewhere",
     "corrupt_dicom": "re-export the file from the PACS",
     "unreadable_file": "check the file's permissions",
+    "not_a_regular_file": "land a copy of the data as a regular file",
     "unreadable_image": "re-export the volume",
     "non_image_dicom": "it is not used; remove it from landing/imaging",
     "missing_patient_id": "add a patient_id for this series folder in cases.csv",
@@ -373,6 +375,19 @@ def _scan(
         except OSError:
             events.append(
                 ("reject", (landed.center_id, landed.rel, "unreadable_file", "cannot be opened"))
+            )
+            continue
+        if not S_ISREG(stat.st_mode):  # a FIFO would block the reader for ever, a device worse
+            events.append(
+                (
+                    "reject",
+                    (
+                        landed.center_id,
+                        landed.rel,
+                        "not_a_regular_file",
+                        "is not a regular file (a FIFO, socket or device); it is not read",
+                    ),
+                )
             )
             continue
         # with no index to look in (a first scan) a DICOM file's key is made where it is read

@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 
 from dagster_project.core_assets import INGEST_TAG
+from dagster_project.instance import LAKE_POOL
 from dagster_project.materialize import table_result
 from dagster_project.quarantine import write_quarantine
 from dagster_project.resources import LakeResource
@@ -28,6 +29,7 @@ TABLES = ("grants", "publications", "publication_authors", "publication_grants")
     group_name="portfolio",
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
+    pool=LAKE_POOL,
     description=(
         "One row per grant from landing/portfolio/grants/*.csv (NSFC exports, NIH ExPORTER and "
         "project_io files); duplicates merged by grant id, amount in whole currency units."
@@ -49,6 +51,7 @@ def grants(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Material
 
 
 @dg.multi_asset(
+    pool=LAKE_POOL,
     specs=[
         dg.AssetSpec(
             "publications",
@@ -78,7 +81,7 @@ def grants(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Material
                 "grant numbers in the text), resolved to grants.grant_id where possible."
             ),
         ),
-    ]
+    ],
 )
 def publications(context: dg.AssetExecutionContext, lake: LakeResource):
     from assets.portfolio.publications import load_publications

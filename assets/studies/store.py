@@ -97,9 +97,7 @@ def study_inputs(home: Any, spec: StudySpec) -> tuple[pl.DataFrame, pl.DataFrame
     con = lake_connection(home)
     try:
         if spec.features.radiomics is not None and home.has_table("radiomics_features"):
-            info["extractor_version"] = check_one_extractor(
-                con, spec.features.radiomics.params_id
-            )
+            info["extractor_version"] = check_one_extractor(con, spec.features.radiomics.params_id)
         sql = cohort_sql_text(spec, home)
         if sql is not None:
             keys = (
