@@ -6,8 +6,8 @@ holding process exits, however it exits (kill -9 included): a crashed run cannot
 - ``publish.lock``: exclusive while a transaction renames its files into ``lake/``; shared while
   ``Lake.read_table`` lists and reads a table's parts, so a reader never sees half a publish.
 
-Locks are re-entrant within one process (a second ``flock`` on a new descriptor of the same file
-would wait for the process itself). Pure module (no Dagster import).
+Locks are re-entrant within one thread (a second ``flock`` on a new descriptor of the same file
+would wait for the thread itself); other threads of the process wait like other processes. Pure module (no Dagster import).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-_HELD: dict[str, tuple[int, int, int]] = {}  # path -> (fd, mode, depth) held by this process
+_HELD: dict[tuple[int, str], tuple[int, int, int]] = {}  # (thread, path) -> (fd, mode, depth)
 _GUARD = threading.RLock()
 
 
@@ -38,7 +38,7 @@ def _holder(path: Path) -> str:
 @contextlib.contextmanager
 def file_lock(path: Path, shared: bool = False, timeout: float | None = None) -> Iterator[None]:
     """Hold ``flock`` on ``path`` (created if missing). ``timeout`` None waits for ever."""
-    key = str(path)
+    key = (threading.get_ident(), str(path))  # flock conflicts between descriptors: per thread
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     with _GUARD:
         held = _HELD.get(key)
