@@ -46,6 +46,7 @@ from dagster_project.manifest import (
     build_manifest,
     file_sha256,
     read_manifest,
+    require_regular,
     write_json_atomic,
 )
 
@@ -602,7 +603,7 @@ class HashCache:
 
     def sha256(self, path: str | os.PathLike) -> str:
         """``file_sha256(path)``, without reading the file when its identity is known."""
-        key = _file_key(os.stat(path))
+        key = _file_key(require_regular(path))
         digest = self._used.get(key) or self._known.get(key)
         if digest is not None:
             self.hits += 1

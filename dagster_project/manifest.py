@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import os
+import stat
 import subprocess
 from datetime import UTC, datetime
 from importlib import metadata
@@ -38,12 +39,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """The sha256 of a file's bytes (read in chunks, never whole into memory)."""
+    """The sha256 of a file's bytes (read in chunks, never whole into memory). A FIFO, socket or
+    device raises OSError instead of blocking or reading for ever."""
+    require_regular(path)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def require_regular(path: str | os.PathLike) -> os.stat_result:
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(f"{Path(path).name} is not a regular file (a FIFO, socket or device)")
+    return info
 
 
 @functools.cache
