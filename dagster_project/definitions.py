@@ -60,7 +60,8 @@ def build_definitions() -> dg.Definitions:
         schedules=[build_nightly_schedule()],
         sensors=[build_landing_sensor(set(_asset_keys(domains)))],
         resources={
-            "lake": LakeResource(),
+            # RADLAKE_WAP=0: write first, check after (the old order; bench/bench_publish.py)
+            "lake": LakeResource(audit=os.environ.get("RADLAKE_WAP", "1") != "0"),
             # RADLAKE_EXTRACTION=dask and RADLAKE_DASK_ADDRESS=tcp://scheduler:8786 run extraction on a cluster
             "extraction": ExtractionBackend(
                 kind=os.environ.get("RADLAKE_EXTRACTION", "local"),

@@ -299,3 +299,45 @@ def test_two_concurrent_runs_and_a_killed_run(tmp_path):
     assert features["case_id"].n_unique() == 3
     assert lake.manifest("clinical")["content_sha256"] == before["clinical"]
     assert lake.manifest("grants")["content_sha256"] == before["grants"]
+
+
+# --- the mixed landing zone: file-level faults in one real run --------------------------------------
+LANDED_ANYWAY = {"csv_gbk", "csv_utf16", "csv_bom", "excel_merged_header", "csv_header_only"}
+
+
+@pytest.mark.slow
+def test_faulty_landing_zone(tmp_path):
+    from tests.faults_landing import build_faulty_landing
+
+    home = tmp_path / "lakehouse"
+    lake = Lake.at(home)
+    faults = build_faulty_landing(lake.landing)
+    run = subprocess.run(
+        [
+            str(BIN / "radlake"),
+            "materialize",
+            "--select",
+            SELECT + ",publications",
+            "--log-level",
+            "WARNING",
+        ],
+        env=_env(home),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    quarantine = lake.read_table("quarantine")
+    assert quarantine.height and quarantine["reason"].str.len_chars().min() > 10
+    names = " ".join(quarantine["source_path"].to_list())
+    missing = []
+    for fault, relative in faults.items():
+        if fault in LANDED_ANYWAY or fault in ("mask_empty",):
+            continue
+        if Path(relative).name not in names:
+            missing.append(fault)
+    assert not missing, (missing, run.stdout[-2000:], run.stderr[-2000:])
+    clinical = lake.read_table("clinical")
+    assert clinical.height >= 40  # the good UTF-8 file landed whatever the others did
+    for table in ("imaging_series", "clinical", "grants", "quarantine"):
+        assert lake.manifest(table) is not None
