@@ -75,6 +75,7 @@ def build_faulty_landing(landing: Path) -> dict[str, str]:
         (prostate / "seg_empty.nii.gz").read_bytes(),
     )
     shutil.copy(prostate / "img.nii.gz", imaging / "empty_case.nii.gz")
+    os.mkfifo(put("fifo", "imaging/C1/bad/pipe.dcm"))
     os.symlink("/nonexistent/target.dcm", put("dangling_symlink", "imaging/C1/bad/dangling.dcm"))
     put("directory_named_like_file", "imaging/C1/bad/folder.dcm/inner.txt", b"x")
     faults["directory_named_like_file"] = "imaging/C1/bad/folder.dcm"

@@ -317,7 +317,7 @@ def test_faulty_landing_zone(tmp_path):
             str(BIN / "radlake"),
             "materialize",
             "--select",
-            SELECT + ",publications",
+            SELECT + ",publications,publication_authors,publication_grants",
             "--log-level",
             "WARNING",
         ],
@@ -327,8 +327,9 @@ def test_faulty_landing_zone(tmp_path):
         text=True,
         timeout=900,
     )
+    log = run.stdout[-3000:] + run.stderr[-3000:]
     quarantine = lake.read_table("quarantine")
-    assert quarantine.height and quarantine["reason"].str.len_chars().min() > 10
+    assert quarantine.height and quarantine["reason"].str.len_chars().min() > 10, log
     names = " ".join(quarantine["source_path"].to_list())
     missing = []
     for fault, relative in faults.items():

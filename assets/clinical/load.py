@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -144,6 +145,7 @@ def load_centers(home: Path) -> set[str] | None:
 class _Sheet:
     header: list[str]
     rows: list[tuple[int, list[str | None]]]  # (spreadsheet row number, cell texts)
+    ragged: dict[int, int] = field(default_factory=dict)  # CSV row number -> its field count
 
 
 class _FileProblem(Exception):
@@ -174,12 +176,43 @@ def _cell_text(value: object) -> str | None:
     return str(value)
 
 
-def _read_csv(path: Path) -> list[tuple[int, list[str | None]]]:
-    data = path.read_bytes()
+MAX_CSV_BYTES = int(os.environ.get("RADLAKE_MAX_CSV_BYTES", str(256 << 20)))
+NO_NEWLINE_BYTES = 1 << 20  # a header line longer than this is not a clinical table
+
+
+def _decode(data: bytes) -> str:
+    """UTF-16 (by its BOM), UTF-8 (BOM or not), GB18030/GBK when the text is Chinese, else
+    cp1252 (spreadsheets on Windows export this)."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        text = data.decode("cp1252", errors="replace")  # spreadsheets on Windows export this
+        pass
+    try:
+        text = data.decode("gb18030")
+        wide = [c for c in text if ord(c) > 127]
+        if sum("\u4e00" <= c <= "\u9fff" for c in wide) >= 0.8 * len(wide):
+            return text
+    except UnicodeDecodeError:
+        pass
+    return data.decode("cp1252", errors="replace")
+
+
+def _read_csv(path: Path) -> list[tuple[int, list[str | None]]]:
+    size = path.stat().st_size
+    if size > MAX_CSV_BYTES:  # never read a huge file into memory
+        raise ValueError(
+            f"{size:,} bytes is over the {MAX_CSV_BYTES:,}-byte limit for a clinical CSV "
+            "(RADLAKE_MAX_CSV_BYTES)"
+        )
+    with open(path, "rb") as handle:
+        head = handle.read(NO_NEWLINE_BYTES)
+    if size > NO_NEWLINE_BYTES and b"\n" not in head and b"\r" not in head:
+        raise ValueError(f"no line break in the first {NO_NEWLINE_BYTES:,} bytes")
+    text = _decode(path.read_bytes())
+    if "\x00" in text:
+        raise ValueError("binary content (NUL bytes), not text")
     sample = text[:65536]
     try:
         dialect = csv.Sniffer().sniff(sample.split("\n", 1)[0], delimiters=",;\t")
@@ -203,6 +236,14 @@ def _read_xlsx(path: Path) -> list[tuple[int, list[str | None]]]:
         book.close()
 
 
+def _fields(cells: list[str | None]) -> int:
+    """Fields of a CSV row, trailing empty ones beyond the header's width not counted."""
+    n = len(cells)
+    while n and not cells[n - 1]:
+        n -= 1
+    return n
+
+
 def _read_sheet(path: Path, shown: str) -> _Sheet:
     """Header + rows of a clinical file; a file-level problem raises ``_FileProblem``."""
     kind = "XLSX workbook" if path.suffix.lower() == ".xlsx" else "CSV"
@@ -222,6 +263,14 @@ def _read_sheet(path: Path, shown: str) -> _Sheet:
             "empty_file", f"empty_file: {shown} has no header and no rows; land a file with data"
         )
     (_, header_cells), body = nonblank[0], nonblank[1:]
+    ragged = {}
+    if kind == "CSV":  # a row with more or fewer fields than the header is not guessed at
+        ragged = {
+            n: len(c)
+            for n, c in body
+            if len(c) < len(header_cells) or _fields(c) > len(header_cells)
+        }
+        body = [(n, c) for n, c in body if n not in ragged]
     width = max(len(header_cells), *(len(c) for _, c in body)) if body else len(header_cells)
     header = [(c or "") for c in header_cells] + [""] * (width - len(header_cells))
     # Unnamed columns: kept as column_<n> when they hold data, dropped when empty (Excel leftovers).
@@ -241,12 +290,12 @@ def _read_sheet(path: Path, shown: str) -> _Sheet:
     for number, cells in body:
         padded = cells + [None] * (width - len(cells))
         rows.append((number, [padded[i] or None for i in keep]))
-    if not rows:
+    if not rows and not ragged:
         raise _FileProblem(
             "empty_file",
             f"empty_file: {shown} has a header but no data rows; land a file with data",
         )
-    return _Sheet(names, rows)
+    return _Sheet(names, rows, ragged)
 
 
 # --- typing -------------------------------------------------------------------------------------
@@ -493,6 +542,16 @@ def load_clinical(
                 if name not in columns:
                     columns.append(name)
         index = {name: i for i, name in enumerate(sheet.header)}
+        for number, fields in sheet.ragged.items():
+            stats["landed"] += 1
+            reason = (
+                f"ragged_row: {shown} row {number} has {fields} fields but the header has "
+                f"{len(sheet.header)} (a missing or extra separator); fix the row and land the "
+                "file again"
+            )
+            rejects.append(
+                Reject(shown, TARGET_TABLE, "ragged_row", reason, record=f"row {number}")
+            )
         for number, cells in sheet.rows:
             stats["landed"] += 1
             row = _Row(order, shown, number, {name: cells[index[name]] for name in kept})

@@ -62,7 +62,7 @@ from assets.imaging.mask_qc import (
     CaseRejected,
     prepare_case,
 )
-from dagster_project.lake import HashCache, file_sha256, write_file_atomic
+from dagster_project.lake import HashCache, file_sha256, require_regular, write_file_atomic
 from dagster_project.quarantine import Reject
 
 TARGET = "cases"
@@ -358,6 +358,7 @@ def _mask_like_files(landing: Path, center_dir: Path, kinds: _Kinds) -> list[tup
 
 def _dicom_kind(path: Path) -> str | None:
     try:
+        require_regular(path)  # a FIFO would block the read (the scan rejected it already)
         return sop_kind(read_header(path, ["SOPClassUID", "Rows", "Columns"]))
     except Exception:
         return None
