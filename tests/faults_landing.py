@@ -62,7 +62,10 @@ def build_faulty_landing(landing: Path) -> dict[str, str]:
     corrupt = bytearray(ct)
     corrupt[132:1200] = os.urandom(1068)  # keep the DICM preamble, garble the elements
     put("dicom_corrupt", "imaging/C1/bad/corrupt.dcm", bytes(corrupt))
-    put("dicom_truncated", "imaging/C1/bad/truncated.dcm", ct[: len(ct) // 3])
+    put("dicom_truncated", "imaging/C1/bad/truncated.dcm", ct[:300])  # cut inside its header
+    mr = shared_path("dicom", "pydicom", "MR_small.dcm").read_bytes()
+    # cut inside its pixel data: the header-only scan lists it; a case reading it would reject it
+    put("dicom_truncated_pixels", "imaging/C1/mr/truncated_pixels.dcm", mr[: len(mr) * 2 // 3])
     put("dicom_empty_file", "imaging/C1/bad/empty.dcm", b"")
     put("nifti_not_nifti", "imaging/C1/bad/notes.nii.gz", b"this is a text file, not NIfTI\n")
     put("nifti_plain_text", "imaging/C1/bad/plain.nii", b"# not an image\n" * 20)

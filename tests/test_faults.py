@@ -302,7 +302,7 @@ def test_two_concurrent_runs_and_a_killed_run(tmp_path):
 
 
 # --- the mixed landing zone: file-level faults in one real run --------------------------------------
-LANDED_ANYWAY = {"csv_gbk", "csv_utf16", "csv_bom", "excel_merged_header", "csv_header_only"}
+LANDED_ANYWAY = {"csv_gbk", "csv_utf16", "csv_bom", "excel_merged_header", "dicom_truncated_pixels"}
 
 
 @pytest.mark.slow
@@ -339,6 +339,24 @@ def test_faulty_landing_zone(tmp_path):
             missing.append(fault)
     assert not missing, (missing, run.stdout[-2000:], run.stderr[-2000:])
     clinical = lake.read_table("clinical")
-    assert clinical.height >= 40  # the good UTF-8 file landed whatever the others did
+    # every rossi row of the readable files landed: UTF-8, GBK, UTF-16, BOM, merged-header Excel
+    assert clinical.height == 120 + 1, clinical.height  # + the one well-formed row of ragged.csv
+    gbk = clinical.filter(pl.col("source_file") == "clinical/rossi_gbk.csv")
+    assert gbk.height == 20 and set(gbk["备注"].to_list()) == {
+        "随访",
+        "复发",
+    }  # decoded, not mojibake
+    assert clinical.filter(pl.col("source_file") == "clinical/rossi_utf16.csv").height == 20
+    by_file = dict(quarantine.group_by("source_path").agg(pl.col("rule").first()).iter_rows())
+    assert by_file["clinical/huge.csv"] == "unreadable_file"  # refused unread, by its size
+    assert by_file["imaging/C1/bad/cut.nii.gz"] == "truncated_image"
+    assert by_file["imaging/C1/bad/pipe.dcm"] == "not_a_regular_file"
+    assert by_file["clinical/ragged.csv"] == "ragged_row"
+    # the good files landed: the real MR volume with its mask, the CT slice, grants, MEDLINE
+    assert lake.read_table("cases").height == 1
+    assert lake.read_table("grants").height == 200
+    assert lake.read_table("publications").height >= 1
+    series = lake.read_table("imaging_series")
+    assert series.filter(pl.col("source_path").str.contains("C1/mr")).height == 1  # its series
     for table in ("imaging_series", "clinical", "grants", "quarantine"):
         assert lake.manifest(table) is not None
