@@ -97,13 +97,15 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
-    from dagster_project.instance import ensure_dagster_home, reap_dead_runs
-
-    lake = Lake.at()
-    ensure_dagster_home(lake)
     import dagster as dg
 
-    with dg.DagsterInstance.get() as instance:
+    from dagster_project.instance import ensure_dagster_home, reap_dead_runs
+    from dagster_project.locks import file_lock
+
+    lake = Lake.at()
+    home = ensure_dagster_home(lake)
+    # one process at a time creates a fresh instance's storage (two at once race on its tables)
+    with file_lock(home / ".radlake-init.lock"), dg.DagsterInstance.get() as instance:
         for run_id in reap_dead_runs(instance, lake):
             print(f"run {run_id} had died (killed?): marked failed, its pool slots freed")
     env = {**os.environ, "LAKE_HOME": str(lake.home), "GX_ANALYTICS_ENABLED": "false"}
