@@ -108,6 +108,8 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     with file_lock(home / ".radlake-init.lock"), dg.DagsterInstance.get() as instance:
         for run_id in reap_dead_runs(instance, lake):
             print(f"run {run_id} had died (killed?): marked failed, its pool slots freed")
+    for transaction in lake.recover():
+        print(f"finished publish {transaction} that a killed run left half done")
     env = {**os.environ, "LAKE_HOME": str(lake.home), "GX_ANALYTICS_ENABLED": "false"}
     # INFO on the console: progress, warnings and check results, not every engine event
     log_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}

@@ -214,11 +214,30 @@ class Lake:
     def read_table(self, table: str) -> pl.DataFrame:
         """The current table (union of its parts); an empty frame when nothing was written.
         Holds the shared publish lock while reading, so a publish is seen whole or not at all."""
-        with file_lock(self.lock_path("publish"), shared=True):
+        with self._reading():
             files = self.table_files(table)
             if not files:
                 return pl.DataFrame()
             return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+
+    @contextlib.contextmanager
+    def _reading(self):
+        """The shared publish lock, or none on a lake this process cannot write (read-only)."""
+        lock = file_lock(self.lock_path("publish"), shared=True)
+        try:
+            lock.__enter__()
+        except OSError:
+            yield
+            return
+        try:
+            yield
+        finally:
+            lock.__exit__(None, None, None)
+
+    def recover(self) -> list[str]:
+        """Finish publishes a killed process left half done (see ``Transaction``)."""
+        with file_lock(self.lock_path("publish")):
+            return recover(self)
 
     def scan_table(self, table: str) -> pl.LazyFrame:
         """``read_table`` as a lazy frame (nothing read until collected)."""
