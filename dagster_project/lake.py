@@ -29,7 +29,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -47,6 +46,7 @@ from dagster_project.manifest import (
     file_sha256,
     read_manifest,
     require_regular,
+    write_file_atomic,
     write_json_atomic,
 )
 
@@ -518,24 +518,6 @@ def _fsync_dirs(folders: set[Path]) -> None:
 def _check_name(table: str) -> None:
     if not _NAME.match(table):
         raise ValueError(f"table name {table!r} must be lowercase snake_case")
-
-
-def write_file_atomic(path: Path, write: Callable, mode: int = 0o600) -> Path:
-    """The one way to replace a private file: ``write(handle)`` into a temp file beside ``path``
-    (``mode``), fsync, rename. A killed writer leaves the previous file, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 def _write_atomic(frame: pl.DataFrame, target: Path, tmp_dir: Path) -> None:

@@ -16,6 +16,8 @@ import json
 import os
 import stat
 import subprocess
+import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -164,15 +166,28 @@ def manifest_history(table_dir: Path) -> list[dict]:
     return out
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON through a temp file in the same folder + fsync + rename."""
+def write_file_atomic(path: Path, write: Callable, mode: int = 0o600) -> Path:
+    """The one way to replace a private file: ``write(handle)`` into a temp file beside ``path``
+    (``mode``), fsync, rename. A killed writer leaves the previous file, never a torn one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=1, sort_keys=True, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """JSON through ``write_file_atomic`` (readable by all: manifests are not secret)."""
+    data = json.dumps(payload, indent=1, sort_keys=True, default=str).encode("utf-8")
+    write_file_atomic(path, lambda handle: handle.write(data), 0o644)
 
 
 def files_match(manifest: dict | None, files: list[Path]) -> bool:
