@@ -239,6 +239,7 @@ def _materialize(home: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group: radlake, dg launch, extraction workers
     )
 
 
@@ -287,7 +288,8 @@ def test_two_concurrent_runs_and_a_killed_run(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and not is_locked(lake.lock_path("table-radiomics_features")):
         time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
+    assert is_locked(lake.lock_path("table-radiomics_features"))
+    os.killpg(victim.pid, signal.SIGKILL)  # kill -9 the whole run: CLI, dg launch and workers
     victim.wait()
     rerun = _materialize(home)
     out, _ = rerun.communicate(timeout=900)
