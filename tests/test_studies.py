@@ -1138,7 +1138,10 @@ def test_dagster_study_families_materialize_into_the_lake(lake, hn1_tables):
     )
     lake.write_table("external_features", long)
     rossi = pl.from_pandas(load_rossi()).with_columns(
-        pl.format("rossi{}", pl.int_range(pl.len())).alias("patient_key"),
+        # keyed like real patient keys: study_splits is audited before it is published
+        pl.format("rossi{}", pl.int_range(pl.len()))
+        .map_elements(lambda k: hashlib.md5(k.encode()).hexdigest(), return_dtype=pl.String)
+        .alias("patient_key"),
         pl.lit("R1").alias("center_id"),
     )
     lake.write_table("clinical", pl.concat([clinical, rossi], how="diagonal_relaxed"))
