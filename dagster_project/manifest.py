@@ -32,6 +32,7 @@ LIBRARIES = (
     "numpy",
     "great_expectations",
     "pyradiomics",
+    "pyradiomics-bhklab",  # the distribution this project installs
     "SimpleITK",
     "pydicom",
     "scikit-learn",
