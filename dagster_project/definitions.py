@@ -11,6 +11,7 @@ import os
 import dagster as dg
 
 from dagster_project.core_assets import INGEST_TAG, build_core_assets
+from dagster_project.instance import WRITES_LAKE_TAG
 from dagster_project.resources import ExtractionBackend, LakeResource
 from dagster_project.schedules import build_nightly_schedule
 from dagster_project.sensors import build_landing_sensor
@@ -52,6 +53,7 @@ def build_definitions() -> dg.Definitions:
         "materialize_everything",
         selection=dg.AssetSelection.all(),
         description="Every asset: ingest, quality gate, features, studies, catalog.",
+        tags={WRITES_LAKE_TAG: "true"},  # queued runs that write the lake: one at a time
     )
     base = dg.Definitions(
         assets=[a for a in core if not isinstance(a, dg.AssetChecksDefinition)],
