@@ -97,15 +97,24 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
-    from dagster_project.instance import ensure_dagster_home
+    import dagster as dg
+
+    from dagster_project.instance import ensure_dagster_home, reap_dead_runs
+    from dagster_project.locks import file_lock
     from dagster_project.pseudonym import PseudonymKeyMismatch, load_secret
 
     lake = Lake.at()
-    ensure_dagster_home(lake)
+    home = ensure_dagster_home(lake)
     try:  # one clear message before any asset runs, not one failure per ingest asset
         load_secret(lake.home)
     except PseudonymKeyMismatch as exc:
         return _fail(f"materialize: {exc}")
+    # one process at a time creates a fresh instance's storage (two at once race on its tables)
+    with file_lock(home / ".radlake-init.lock"), dg.DagsterInstance.get() as instance:
+        for run_id in reap_dead_runs(instance, lake):
+            print(f"run {run_id} had died (killed?): marked failed, its pool slots freed")
+    for transaction in lake.recover():
+        print(f"finished publish {transaction} that a killed run left half done")
     env = {**os.environ, "LAKE_HOME": str(lake.home), "GX_ANALYTICS_ENABLED": "false"}
     # INFO on the console: progress, warnings and check results, not every engine event
     log_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
@@ -218,6 +227,37 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_provenance(args: argparse.Namespace) -> int:
+    """The lake snapshot a model version was trained on (manifests of every input table)."""
+    lake = Lake.at(create=False)
+    path = lake.models_dir / args.study / args.version / "provenance.json"
+    if not path.is_file():
+        versions = sorted(p.name for p in (lake.models_dir / args.study).glob("*/provenance.json"))
+        known = ", ".join(Path(v).parent.name for v in versions) if versions else "none"
+        return _fail(
+            f"no provenance for {args.study} version {args.version} ({path}); known: {known}"
+        )
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    if args.export:
+        Path(args.export).write_text(json.dumps(payload, indent=1, sort_keys=True), "utf-8")
+        print(f"wrote {args.export}")
+        return 0
+    print(f"study {payload['study']}  model version {payload['model_version']}")
+    print(f"{'table':24} {'version':40} {'rows':>10}  content sha256")
+    for table, manifest in sorted(payload["inputs"].items()):
+        print(
+            f"{table:24} {manifest['version']:40} {manifest['rows']:>10}  "
+            f"{manifest['content_sha256']}"
+        )
+    libraries = {}
+    for manifest in payload["inputs"].values():
+        libraries.update(manifest.get("libraries", {}))
+    code = sorted({m.get("code_version", "") for m in payload["inputs"].values()})
+    print("code: " + ", ".join(code))
+    print("libraries: " + ", ".join(f"{k} {v}" for k, v in sorted(libraries.items())))
+    return 0
+
+
 def cmd_paths(args: argparse.Namespace) -> int:
     from dagster_project.instance import dagster_home
 
@@ -306,6 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
         "while landing/ still holds them)",
     )
     forget.set_defaults(func=cmd_forget)
+
+    prov = sub.add_parser(
+        "provenance", help="the lake table versions a model version was trained on"
+    )
+    prov.add_argument("study")
+    prov.add_argument(
+        "version", help="model_version (see: radlake sql 'select * from model_versions')"
+    )
+    prov.add_argument("--export", type=Path, help="write the whole snapshot (JSON) to this file")
+    prov.set_defaults(func=cmd_provenance)
 
     paths = sub.add_parser("paths", help="where the lake, catalog, reports and Dagster home are")
     paths.set_defaults(func=cmd_paths)

@@ -11,6 +11,7 @@ import os
 import dagster as dg
 
 from dagster_project.core_assets import INGEST_TAG, build_core_assets
+from dagster_project.instance import WRITES_LAKE_TAG
 from dagster_project.resources import ExtractionBackend, LakeResource
 from dagster_project.schedules import build_nightly_schedule
 from dagster_project.sensors import build_landing_sensor, failed_run_reporter
@@ -64,6 +65,7 @@ def build_definitions() -> dg.Definitions:
         "materialize_everything",
         selection=dg.AssetSelection.all(),
         description="Every asset: ingest, quality gate, features, studies, catalog.",
+        tags={WRITES_LAKE_TAG: "true"},  # queued runs that write the lake: one at a time
     )
     base = dg.Definitions(
         assets=[a for a in core if not isinstance(a, dg.AssetChecksDefinition)],
@@ -71,7 +73,8 @@ def build_definitions() -> dg.Definitions:
         jobs=[everything],
         schedules=[build_nightly_schedule()],
         resources={
-            "lake": LakeResource(),
+            # RADLAKE_WAP=0: write first, check after (the old order; bench/bench_publish.py)
+            "lake": LakeResource(audit=os.environ.get("RADLAKE_WAP", "1") != "0"),
             # RADLAKE_EXTRACTION=dask and RADLAKE_DASK_ADDRESS=tcp://scheduler:8786 run extraction on a cluster
             "extraction": ExtractionBackend(
                 kind=os.environ.get("RADLAKE_EXTRACTION", "local"),

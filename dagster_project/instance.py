@@ -22,8 +22,16 @@ nux:
 run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator
-  config:
+# one writer at a time: queued runs that write the lake never overlap, and every lake-writing
+# asset (pool radlake_lake) runs one at a time across runs; the lake's flock locks back this up
+concurrency:
+  runs:
     max_concurrent_runs: 2
+    tag_concurrency_limits:
+      - key: radlake/writes-lake
+        limit: 1
+  pools:
+    default_limit: 1
 """
 POSTGRES_STORAGE = """\
 # Runs, event logs, schedules and sensor cursors in PostgreSQL, read from the environment variable
@@ -57,6 +65,36 @@ def pg_url_problem(url: str) -> str | None:
     if not scheme.startswith("postgresql"):
         return "DAGSTER_PG_URL must look like postgresql+psycopg2://user:password@host:5432/dagster"
     return None
+
+
+LAKE_POOL = "radlake_lake"
+WRITES_LAKE_TAG = "radlake/writes-lake"
+
+
+def run_lock_path(lake: Lake, run_id: str) -> Path:
+    """Held (flock) by a run's process from its first step on: free means the process is gone."""
+    return lake.home / ".locks" / "runs" / f"{run_id}.lock"
+
+
+def reap_dead_runs(instance, lake: Lake) -> list[str]:
+    """Runs still marked started whose process died (kill -9, power loss): their run lock is free.
+    Mark them failed and free their concurrency-pool slots, so the next run does not wait for
+    them for ever. Returns the run ids reaped."""
+    import dagster as dg
+
+    from dagster_project.locks import is_locked
+
+    reaped = []
+    statuses = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING]
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=statuses)):
+        path = run_lock_path(lake, run.run_id)
+        if not path.exists() or is_locked(path):
+            continue
+        instance.report_run_failed(run, "its process died (the lake's run lock was released)")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        path.unlink(missing_ok=True)
+        reaped.append(run.run_id)
+    return reaped
 
 
 def dagster_home(lake: Lake) -> Path:

@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -312,6 +313,9 @@ def _json_records(data: bytes) -> list[dict]:
         return records
 
 
+MAX_RECORD_FILE_BYTES = int(os.environ.get("RADLAKE_MAX_CSV_BYTES", str(256 << 20)))
+
+
 def read_sheets(
     path: Path, known: frozenset[str] | set[str] = frozenset(), header_row: int | None = None
 ) -> list[Sheet]:
@@ -319,6 +323,13 @@ def read_sheets(
     the workbook has several), one per record file inside a ZIP archive (``part`` = the member),
     else one. Raises :class:`SheetError` (rule + message)."""
     path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_RECORD_FILE_BYTES:  # never read a huge file into memory
+        raise SheetError(
+            "file_too_large",
+            f"is {size:,} bytes, over the {MAX_RECORD_FILE_BYTES:,}-byte limit for a record file "
+            "(RADLAKE_MAX_CSV_BYTES); split it or raise the limit",
+        )
     try:
         if path.name.lower().endswith(ZIP_SUFFIXES):
             return _zip_sheets(path, known, header_row)

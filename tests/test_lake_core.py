@@ -44,6 +44,7 @@ def test_write_table_replaces_and_keeps_history(lake):
     # history is outside the table's glob: readers of the table never see old rows
     assert [p.name for p in lake.table_files("clinical")] == ["clinical.parquet"]
     assert not list(lake.tmp_dir.iterdir())
+    assert not [p for p in (lake.home / "staging").iterdir() if p.name != "checkpoints"]
 
 
 def test_write_part_union_and_bad_names(lake):
@@ -79,9 +80,10 @@ def test_killed_writer_leaves_previous_version_readable(lake):
     )
     assert proc.stdout.readline().strip() == "writing"
     deadline = time.time() + 60
-    while not list(lake.tmp_dir.glob("*.tmp")) and time.time() < deadline:
+    staged = lake.home / "staging"
+    while not list(staged.glob("*/big/*")) and time.time() < deadline:
         time.sleep(0.005)
-    assert list(lake.tmp_dir.glob("*.tmp")), "the writer never started its temporary file"
+    assert list(staged.glob("*/big/*")), "the writer never started its staged file"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL

@@ -414,3 +414,49 @@ def test_a_version_folder_is_complete_only_with_its_marker_and_intact_files(tmp_
     assert read_complete(folder, other, "v1") is None  # resolved.yaml of another study text
     (folder / COMPLETE_MARKER).write_text("{not json")
     assert read_complete(folder, spec, "v1") is None
+
+
+def test_each_version_records_the_table_versions_it_was_trained_on(history, monkeypatch):
+    """Provenance: a model version keeps the manifests of the lake tables it read, and
+    ``radlake provenance`` prints and exports that snapshot."""
+    import subprocess
+    import sys
+
+    from dagster_project.manifest import file_sha256
+
+    lake = history["lake"]
+    first, last = _version(history["runs"][0]), _version(history["runs"][2])
+    snapshots = {}
+    for version in (first, last):
+        payload = json.loads((lake.models_dir / STUDY / version / "provenance.json").read_text())
+        inputs = payload["inputs"]
+        assert {"clinical", "external_features"} <= set(inputs)
+        for table, manifest in inputs.items():
+            # the manifest is the one the lake kept for that version, and names real files
+            kept = lake.table_dir(table) / "_manifests" / f"{manifest['version']}.json"
+            assert json.loads(kept.read_text()) == manifest
+            assert manifest["code_version"] and manifest["libraries"]["polars"] == pl.__version__
+        snapshots[version] = inputs
+    # the relabelled clinical file made a new clinical version; the features did not change
+    assert (
+        snapshots[first]["clinical"]["content_sha256"]
+        != snapshots[last]["clinical"]["content_sha256"]
+    )
+    assert (
+        snapshots[first]["external_features"]["content_sha256"]
+        == snapshots[last]["external_features"]["content_sha256"]
+    )
+    # the live clinical file is the last version's, byte for byte
+    (live,) = lake.table_files("clinical")
+    assert file_sha256(live) == snapshots[last]["clinical"]["files"][0]["sha256"]
+
+    monkeypatch.setenv("LAKE_HOME", str(lake.home))
+    radlake = [sys.executable, "-m", "dagster_project.cli", "provenance", STUDY]
+    shown = subprocess.run([*radlake, first], capture_output=True, text=True, check=True).stdout
+    assert snapshots[first]["clinical"]["version"] in shown
+    assert f"{snapshots[first]['clinical']['rows']:>10}" in shown
+    out = lake.home / "snapshot.json"
+    subprocess.run([*radlake, last, "--export", str(out)], check=True, capture_output=True)
+    assert json.loads(out.read_text())["inputs"] == snapshots[last]
+    missing = subprocess.run([*radlake, "0000"], capture_output=True, text=True)
+    assert missing.returncode == 1 and "no provenance" in missing.stderr + missing.stdout

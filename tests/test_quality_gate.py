@@ -40,10 +40,26 @@ def _definitions(reason: str | None):
     return [upstream, downstream], [suite_check("quarantine")]
 
 
+GOOD = "missing_id: row 4 of clinical/outcomes.csv has no patient_id"
+
+
 @pytest.mark.parametrize("reason", [None, "short"])
-def test_failing_suite_blocks_downstream(lake_home, reason):
-    assets, checks = _definitions(reason)
+def test_failing_version_is_never_published(lake_home, reason):
+    """Write-audit-publish: a version that breaks its suite fails its asset naming the failed
+    expectation, stays out of the lake (kept under rejected/ with its results) and the previous
+    version stays live; nothing downstream runs."""
+    import json
+
+    from dagster_project.lake import Lake
+
     with dg.instance_for_test() as instance:
+        assets, checks = _definitions(GOOD)
+        first = dg.materialize(
+            [*assets, *checks], instance=instance, resources={"lake": LakeResource()}
+        )
+        assert first.success
+        live = Lake.at().read_table("quarantine")
+        assets, checks = _definitions(reason)
         result = dg.materialize(
             [*assets, *checks],
             instance=instance,
@@ -51,35 +67,42 @@ def test_failing_suite_blocks_downstream(lake_home, reason):
             raise_on_error=False,
         )
         assert not result.success
-        (evaluation,) = result.get_asset_check_evaluations()
-        assert evaluation.check_name == "gx_suite" and not evaluation.passed
-        failed = evaluation.metadata["failed_expectations"].value
         key = (
             "expect_column_values_to_not_be_null(column=reason)"
             if reason is None
             else ("expect_column_value_lengths_to_be_between(column=reason, min_value=10)")
         )
-        assert key in failed, failed
-        assert failed[key]["unexpected_count"] == 1
+        (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        message = str(failure.step_failure_data.error)
+        assert key in message and "previous version stays live" in message
+        assert result.get_asset_materialization_events() == []
+        lake = Lake.at()
+        assert lake.read_table("quarantine").equals(live)  # the previous version, untouched
+        (kept,) = list(lake.rejected_dir("quarantine").iterdir())
+        results = json.loads((kept / "results.json").read_text())["results"]["quarantine"]
+        assert not results["passed"]
+        assert results["suite"]["failed"][key]["unexpected_count"] == 1
         if reason:
-            assert failed[key]["sample_values"] == ["short"]  # the UI shows the offending values
-        assert "FAILED" in evaluation.metadata["report"].value
-        materialized = {
-            e.asset_key.to_user_string() for e in result.get_asset_materialization_events()
-        }
-        assert materialized == {"quarantine"}
-        assert instance.get_latest_materialization_event(dg.AssetKey("downstream")) is None
+            assert results["suite"]["failed"][key]["sample_values"] == ["short"]
+        rejected = pl.read_parquet(kept / "clinical.parquet")
+        assert rejected["reason"].to_list() == [reason]
+        assert instance.get_latest_materialization_event(dg.AssetKey("downstream")) is not None
+        runs = instance.get_runs()
+        assert runs[0].status == dg.DagsterRunStatus.FAILURE
 
 
 def test_passing_suite_lets_downstream_run(lake_home):
-    assets, checks = _definitions("missing_id: row 4 of clinical/outcomes.csv has no patient_id")
+    assets, checks = _definitions(GOOD)
     with dg.instance_for_test() as instance:
         result = dg.materialize(
             [*assets, *checks], instance=instance, resources={"lake": LakeResource()}
         )
         assert result.success
-        (evaluation,) = result.get_asset_check_evaluations()
+        evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        evaluation = evaluations["gx_suite"]
         assert evaluation.passed
+        assert evaluation.metadata["audited"].value.startswith("staging audit of version")
+        assert evaluations["gx_suite_freshness"].passed
         assert instance.get_latest_materialization_event(dg.AssetKey("downstream")) is not None
 
 

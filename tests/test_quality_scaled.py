@@ -7,6 +7,8 @@ round, duplicated keys; a clean table must pass both ways.
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -159,11 +161,15 @@ def test_check_on_a_large_table_uses_distinct_values(lake_home, monkeypatch):
             resources={"lake": LakeResource()},
             raise_on_error=False,
         )
-    (evaluation,) = result.get_asset_check_evaluations()
-    assert not evaluation.passed
-    assert evaluation.metadata["evaluated_on"].value.startswith("distinct values")
-    assert evaluation.metadata["rows"].value == frame.height
-    failed = evaluation.metadata["failed_expectations"].value
+    # write-audit-publish: the staged version failed, so the asset failed and nothing went live
+    assert not result.success and result.get_asset_check_evaluations() == []
+    home = LakeResource().lake()
+    assert not home.has_table("radiomics_features")
+    (kept,) = list(home.rejected_dir("radiomics_features").iterdir())
+    audit = json.loads((kept / "results.json").read_text())["results"]["radiomics_features"]
+    assert audit["suite"]["evaluated_on"].startswith("distinct values")
+    assert audit["suite"]["rows"] == frame.height
+    failed = audit["suite"]["failed"]
     regex = "expect_column_values_to_match_regex(column=case_id, regex=^[0-9a-f]{32}$)"
     assert failed[regex]["sample_values"] == ["NOT-A-KEY"]
     assert (

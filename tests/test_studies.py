@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -927,6 +928,11 @@ def test_models_asset_fails_with_the_study_data_error(lake):
     from dagster_project.resources import LakeResource
 
     features, clinical = _pilot_cohort(2)
+    # keyed like real patient keys (32 hex digits): study_splits is audited before it is published
+    keyed = pl.col("patient_key").map_elements(
+        lambda k: hashlib.md5(k.encode()).hexdigest(), return_dtype=pl.String
+    )
+    features, clinical = features.with_columns(keyed), clinical.with_columns(keyed)
     long = (
         features.unpivot(index="patient_key", variable_name="feature", value_name="value")
         .join(clinical.select("patient_key", "center_id"), on="patient_key")
@@ -1165,7 +1171,10 @@ def test_dagster_study_families_materialize_into_the_lake(lake, hn1_tables):
     )
     lake.write_table("external_features", long)
     rossi = pl.from_pandas(load_rossi()).with_columns(
-        pl.format("rossi{}", pl.int_range(pl.len())).alias("patient_key"),
+        # keyed like real patient keys: study_splits is audited before it is published
+        pl.format("rossi{}", pl.int_range(pl.len()))
+        .map_elements(lambda k: hashlib.md5(k.encode()).hexdigest(), return_dtype=pl.String)
+        .alias("patient_key"),
         pl.lit("R1").alias("center_id"),
     )
     lake.write_table("clinical", pl.concat([clinical, rossi], how="diagonal_relaxed"))

@@ -18,6 +18,7 @@ import dagster as dg
 
 from dagster_project.catalog import sql_files, sql_roots
 from dagster_project.core_assets import INGEST_TAG, reads
+from dagster_project.instance import LAKE_POOL
 from dagster_project.lake import Lake
 from dagster_project.materialize import removed_since_last_version, table_result
 from dagster_project.quarantine import write_quarantine
@@ -31,6 +32,7 @@ TABLES = ("clinical", "clinical_history", "external_features")
 
 
 @dg.multi_asset(
+    pool=LAKE_POOL,
     specs=[
         dg.AssetSpec(
             "clinical",
@@ -52,14 +54,21 @@ TABLES = ("clinical", "clinical_history", "external_features")
                 "is_current): ask for clinical as of any earlier time."
             ),
         ),
-    ]
+    ],
 )
 def clinical(context: dg.AssetExecutionContext, lake: LakeResource):
+
+    home = lake.lake()
+    # read-modify-write of clinical_history: one writer at a time, both tables published together
+    with home.transaction(lock=("clinical", "clinical_history")) as tx:
+        yield from _clinical(context, lake, home, tx)
+
+
+def _clinical(context, lake: LakeResource, home, tx):
     from assets.clinical.history import update_history
     from assets.clinical.load import clinical_files, load_centers, load_clinical
     from dagster_project.mappings import load_mappings
 
-    home = lake.lake()
     loaded_at = datetime.now(UTC)
     previous = home.read_table("clinical") if home.has_table("clinical") else None
     history = home.read_table("clinical_history") if home.has_table("clinical_history") else None
@@ -87,11 +96,12 @@ def clinical(context: dg.AssetExecutionContext, lake: LakeResource):
         context.log.info(
             f"clinical: {stats['patients_removed']} patients removed (not in landing/)"
         )
-    home.write_table("clinical", table, keep_history=True)
-    home.write_table("clinical_history", history)
-    write_quarantine(home, "clinical", rejects)
+    tx.write_table("clinical", table, keep_history=True)
+    tx.write_table("clinical_history", history)
+    write_quarantine(tx, "clinical", rejects)
     for reject in rejects:
         context.log.warning(str(reject))
+    tx.publish()
     versions = {"versions": history.height, "current": int(history.get_column("is_current").sum())}
     for name, frame, extra in (("clinical", table, stats), ("clinical_history", history, versions)):
         result = table_result(home, name, frame, extra)
@@ -105,6 +115,7 @@ def clinical(context: dg.AssetExecutionContext, lake: LakeResource):
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
     metadata=reads("landing/features", "mappings"),
+    pool=LAKE_POOL,
     deps=["clinical", "cases"],
     description=(
         "Feature tables computed elsewhere (pyradiomics batch output, deep or pathology features) "
@@ -124,8 +135,9 @@ def external_features(
     table, rejects, stats = load_external_features(
         home.landing, lake.pseudonymizer(), cases, clinical_table, mappings=mappings
     )
-    home.write_table("external_features", table, keep_history=True)
-    write_quarantine(home, "external_features", rejects)
+    with home.transaction() as tx:
+        tx.write_table("external_features", table, keep_history=True)
+        write_quarantine(tx, "external_features", rejects)
     for reject in rejects:
         context.log.warning(str(reject))
     return table_result(home, "external_features", table, stats)

@@ -51,7 +51,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,7 +80,7 @@ from assets.imaging.mask_qc import (
     CaseRejected,
     prepare_case,
 )
-from dagster_project.lake import HashCache, file_sha256
+from dagster_project.lake import HashCache, file_sha256, require_regular, write_file_atomic
 from dagster_project.phi import screen_columns
 from dagster_project.quarantine import Reject
 
@@ -443,6 +442,7 @@ def _mask_like_files(landing: Path, center_dir: Path, kinds: _Kinds) -> list[tup
 
 def _dicom_kind(path: Path) -> str | None:
     try:
+        require_regular(path)  # a FIFO would block the read (the scan rejected it already)
         return sop_kind(read_header(path, ["SOPClassUID", "Rows", "Columns"]))
     except Exception:
         return None
@@ -956,18 +956,8 @@ def _reject(
 # --- hand-over to the extractor --------------------------------------------------------------
 def write_locators(path: Path, locators: dict[str, CaseLocator]) -> Path:
     """Save locators as JSON (0600, atomic). They hold real landing paths: private state only."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = json.dumps({k: v.to_dict() for k, v in sorted(locators.items())}, indent=1)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return write_file_atomic(Path(path), lambda handle: handle.write(payload.encode("utf-8")))
 
 
 def read_locators(path: Path) -> dict[str, CaseLocator]:

@@ -8,13 +8,12 @@
   so a re-run reads only new or changed files.
 """
 
-import os
-import uuid
 from pathlib import Path
 
 import dagster as dg
 
 from dagster_project.core_assets import INGEST_TAG, reads
+from dagster_project.instance import LAKE_POOL
 from dagster_project.materialize import removed_since_last_version, table_result
 from dagster_project.quarantine import write_quarantine
 from dagster_project.resources import LakeResource
@@ -50,21 +49,12 @@ def _read_private(path: Path):
         return None
 
 
-def _write_private(path: Path, frame) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        frame.write_parquet(tmp)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 @dg.asset(
     group_name="imaging",
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
     metadata=reads("landing/imaging"),
+    pool=LAKE_POOL,
     description="One row per DICOM series or NIfTI/NRRD volume under landing/imaging/<center_id>/, "
     "with the acquisition protocol; headers only, re-reading only new or changed files.",
 )
@@ -73,13 +63,17 @@ def imaging_series(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.
 
     home = lake.lake()
     index_path = home.state_dir / INDEX_FILE
-    result = scan_imaging(home.landing, lake.pseudonymizer(), previous=_read_private(index_path))
-    removed = removed_since_last_version(home, "imaging_series", result.series, "series_id")
-    if removed:
-        context.log.info(f"imaging_series: {removed} series removed (no longer in landing/)")
-    home.write_table("imaging_series", result.series, keep_history=True)
-    _write_private(index_path, result.files)
-    write_quarantine(home, "imaging_series", result.rejects)
+    with home.transaction(lock=("imaging_series",)) as tx:  # the scan index is read-modify-write
+        result = scan_imaging(
+            home.landing, lake.pseudonymizer(), previous=_read_private(index_path)
+        )
+        removed = removed_since_last_version(home, "imaging_series", result.series, "series_id")
+        if removed:
+            context.log.info(f"imaging_series: {removed} series removed (no longer in landing/)")
+        tx.write_table("imaging_series", result.series, keep_history=True)
+        write_quarantine(tx, "imaging_series", result.rejects)
+        tx.publish()
+        home.write_private(index_path, result.files)
     for reject in result.rejects:
         context.log.warning(str(reject))
     stats = result.stats
@@ -95,17 +89,23 @@ def imaging_series(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
     metadata=reads("landing/imaging"),
+    pool=LAKE_POOL,
     deps=["imaging_series"],
     description="One row per image/mask pair (cases.csv or the naming convention) that passed mask QC.",
 )
 def cases(
     context: dg.AssetExecutionContext, lake: LakeResource, config: CasesConfig
 ) -> dg.MaterializeResult:
+    home = lake.lake()
+    with home.transaction(lock=("cases",)) as tx:  # hash cache and locators: read-modify-write
+        return _cases(context, lake, config, home, tx)
+
+
+def _cases(context, lake: LakeResource, config: CasesConfig, home, tx) -> dg.MaterializeResult:
     from assets.imaging.cases import LOCATORS_FILE, load_cases, write_locators
     from assets.imaging.dicom_scan import INDEX_FILE
     from dagster_project.lake import HASH_CACHE_FILE, HashCache
 
-    home = lake.lake()
     hashes = HashCache.load(home.state_dir / HASH_CACHE_FILE)
     if hashes.load_error:
         context.log.warning(f"cases: file hash cache ignored ({hashes.load_error})")
@@ -129,9 +129,10 @@ def cases(
     removed = removed_since_last_version(home, "cases", result.cases, "case_id")
     if removed:
         context.log.info(f"cases: {removed} cases removed (no longer in landing/)")
-    home.write_table("cases", result.cases, keep_history=True)
-    write_locators(home.state_dir / LOCATORS_FILE, result.locators)
-    write_quarantine(home, "cases", result.rejects)
+    write_locators(home.state_dir / LOCATORS_FILE, result.locators)  # before the cases they serve
+    tx.write_table("cases", result.cases, keep_history=True)
+    write_quarantine(tx, "cases", result.rejects)
+    tx.publish()
     for reject in result.rejects:
         context.log.warning(str(reject))
     stats = {

@@ -53,6 +53,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import polars as pl
@@ -155,7 +156,9 @@ _TODO = {
     "not_dicom": "remove it from landing/imaging or land it elsewhere",
     "corrupt_dicom": "re-export the file from the PACS",
     "unreadable_file": "check the file's permissions",
+    "not_a_regular_file": "land a copy of the data as a regular file",
     "unreadable_image": "re-export the volume",
+    "truncated_image": "copy the whole file again",
     "non_image_dicom": "it is not used; remove it from landing/imaging",
     "missing_patient_id": "add a patient_id for this series folder in cases.csv",
     "inconsistent_patient": "split the series or fix the PatientID",
@@ -231,6 +234,51 @@ def _cases_hints(listing: list[layout.LandedFile], resolver: layout.Resolver) ->
 
 
 # --- header extraction (DICOM: header_worker) ----------------------------------------------
+def nifti_shortfall(path: Path) -> str | None:
+    """Why a NIfTI-1 file holds fewer voxel bytes than its header promises (None when it does
+    not, or cannot tell): the header's vox_offset + voxels x bitpix / 8 against the file size,
+    or, for .nii.gz, the gzip trailer's uncompressed size (ISIZE, mod 2^32): no voxel is read."""
+    import gzip
+    import struct
+
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        with (gzip.open if name.endswith(".gz") else open)(path, "rb") as handle:
+            header = handle.read(348)
+        if len(header) < 348:
+            return None
+        for order in "<>":
+            if struct.unpack(f"{order}i", header[:4])[0] == 348:
+                break
+        else:
+            return None
+        dims = struct.unpack(f"{order}8h", header[40:56])
+        bitpix = struct.unpack(f"{order}h", header[72:74])[0]
+        offset = int(struct.unpack(f"{order}f", header[108:112])[0]) or 352
+        voxels = 1
+        for d in dims[1 : max(1, min(dims[0], 7)) + 1]:
+            voxels *= max(int(d), 1)
+        expected = offset + voxels * bitpix // 8
+        if name.endswith(".gz"):
+            if expected >= 1 << 32:
+                return None
+            with open(path, "rb") as raw:
+                raw.seek(-4, os.SEEK_END)
+                actual = struct.unpack("<I", raw.read(4))[0]
+        else:
+            actual = path.stat().st_size
+    except (OSError, EOFError, struct.error, ValueError):
+        return None
+    if actual >= expected:
+        return None
+    return (
+        f"holds {actual:,} bytes but its header promises {expected:,} "
+        f"({voxels:,} voxels of {bitpix} bits from byte {offset}): the file was cut short"
+    )
+
+
 def _volume_row(path: Path) -> dict[str, Any]:
     import SimpleITK as sitk
 
@@ -242,6 +290,9 @@ def _volume_row(path: Path) -> dict[str, Any]:
         raise ImagingError(
             "unreadable_image", "is named like a NIfTI/NRRD volume but its header cannot be read"
         ) from exc
+    short = nifti_shortfall(path)
+    if short:
+        raise ImagingError("truncated_image", short)
     size = list(reader.GetSize())
     spacing = [float(s) for s in reader.GetSpacing()]
     size3 = size + [1] * (3 - len(size))
@@ -373,6 +424,19 @@ def _scan(
         except OSError:
             events.append(
                 ("reject", (landed.center_id, landed.rel, "unreadable_file", "cannot be opened"))
+            )
+            continue
+        if not S_ISREG(stat.st_mode):  # a FIFO would block the reader for ever, a device worse
+            events.append(
+                (
+                    "reject",
+                    (
+                        landed.center_id,
+                        landed.rel,
+                        "not_a_regular_file",
+                        "is not a regular file (a FIFO, socket or device); it is not read",
+                    ),
+                )
             )
             continue
         # with no index to look in (a first scan) a DICOM file's key is made where it is read

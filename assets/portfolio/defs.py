@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 
 from dagster_project.core_assets import INGEST_TAG, reads
+from dagster_project.instance import LAKE_POOL
 from dagster_project.materialize import table_result
 from dagster_project.quarantine import write_quarantine
 from dagster_project.resources import LakeResource
@@ -29,6 +30,7 @@ TABLES = ("grants", "publications", "publication_authors", "publication_grants")
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
     metadata=reads("landing/portfolio/grants", "mappings"),
+    pool=LAKE_POOL,
     description=(
         "One row per grant from landing/portfolio/grants/** (NSFC exports in their real shapes, "
         "NIH RePORTER API JSON, ExPORTER and project_io CSV, any format with a mapping in "
@@ -44,8 +46,9 @@ def grants(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Material
     files = iter_files(home.landing / "portfolio" / "grants")
     mappings, mapping_errors = load_mappings(home.home, "grants")
     table, rejects, stats = load_grants(files, home.landing, mappings, mapping_errors)
-    home.write_table("grants", table, keep_history=True)
-    write_quarantine(home, "grants", rejects)
+    with home.transaction() as tx:
+        tx.write_table("grants", table, keep_history=True)
+        write_quarantine(tx, "grants", rejects)
     for reject in rejects:
         context.log.warning(str(reject))
     for path, why in stats["skipped_files"].items():
@@ -57,6 +60,7 @@ def grants(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Material
 
 
 @dg.multi_asset(
+    pool=LAKE_POOL,
     specs=[
         dg.AssetSpec(
             "publications",
@@ -87,7 +91,7 @@ def grants(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Material
                 "grant numbers in the text), resolved to grants.grant_id where possible."
             ),
         ),
-    ]
+    ],
 )
 def publications(context: dg.AssetExecutionContext, lake: LakeResource):
     from assets.portfolio.publications import load_publications
@@ -97,7 +101,6 @@ def publications(context: dg.AssetExecutionContext, lake: LakeResource):
     files = iter_files(home.landing / "portfolio" / "publications")
     known = home.read_table("grants") if home.has_table("grants") else None
     pubs, authors, links, rejects, stats = load_publications(files, home.landing, grants=known)
-    write_quarantine(home, "publications", rejects)
     for reject in rejects:
         context.log.warning(str(reject))
     outputs = (
@@ -109,8 +112,11 @@ def publications(context: dg.AssetExecutionContext, lake: LakeResource):
             {"rows": links.height, "linked": int(links["linked"].sum()) if links.height else 0},
         ),
     )
+    with home.transaction() as tx:  # the three tables and the rejects are published together
+        for name, frame, _ in outputs:
+            tx.write_table(name, frame, keep_history=True)
+        write_quarantine(tx, "publications", rejects)
     for name, frame, extra in outputs:
-        home.write_table(name, frame, keep_history=True)
         result = table_result(home, name, frame, extra)
         yield dg.MaterializeResult(
             asset_key=name, metadata=result.metadata, data_version=result.data_version

@@ -9,9 +9,10 @@ processes and loads nothing when the code location starts. Pure module (no Dagst
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Any
+
+from dagster_project.lake import write_file_atomic
 
 FIGURE_NAME = "funding_trends.png"
 
@@ -95,11 +96,4 @@ def save_funding_trends_figure(
     """Draw the figure and write it to ``<reports_dir>/portfolio/<name>`` atomically; the path."""
     ax = funding_trends_figure(per_year_df)
     target = Path(reports_dir) / "portfolio" / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex}.png")
-    try:
-        ax.figure.savefig(tmp, format="png")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+    return write_file_atomic(target, lambda handle: ax.figure.savefig(handle, format="png"), 0o644)

@@ -12,6 +12,7 @@ import time
 import dagster as dg
 
 from dagster_project.core_assets import INGEST_TAG, reads
+from dagster_project.instance import LAKE_POOL
 from dagster_project.materialize import table_result
 from dagster_project.quarantine import write_quarantine
 from dagster_project.resources import ExtractionBackend, LakeResource
@@ -25,6 +26,7 @@ PROGRESS_EVERY_S = 10.0  # one progress line per 10 s keeps the run log readable
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
     metadata=reads("params"),
+    pool=LAKE_POOL,
     deps=["cases"],
     description="pyradiomics features, one row per case x feature x params_id (long); extracted "
     "again only when the image, mask, label or parameter file changed.",
@@ -68,15 +70,18 @@ def radiomics_features(
             last_log[0] = now
             context.log.info(str(progress))
 
-    stats, rejects = run_extraction(
-        home,
-        tasks,
-        params,
-        backend,
-        progress=log_progress,
-        batch_size=extraction.batch_size,
-        loader=load_case_task,
-    )
+    # one extraction at a time per lake: planning, checkpoints and the failure ledger are
+    # read-modify-write; the kernel drops the lock if this process dies
+    with home.lock("radiomics_features", "radiomics_diagnostics"):
+        stats, rejects = run_extraction(
+            home,
+            tasks,
+            params,
+            backend,
+            progress=log_progress,
+            batch_size=extraction.batch_size,
+            loader=load_case_task,
+        )
     # an invalid parameter file is one landed unit that was quarantined
     rejects = params_rejects + rejects
     stats["landed"] += len(params_rejects)

@@ -17,6 +17,7 @@ raises, it returns a ``CaseResult`` carrying either the features or the error.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -78,11 +79,19 @@ def _extractor(params_path: str, stamp: tuple[int, int]):
     return featureextractor.RadiomicsFeatureExtractor(params_path)
 
 
+@functools.cache
 def extractor_version() -> str:
-    """The pyradiomics version every feature row carries (``radiomics.__version__``)."""
+    """What every feature row carries in ``extractor_version``: the versions of the libraries
+    that compute features, e.g. ``pyradiomics v3.1.4; SimpleITK 2.5.7; numpy 2.4.6``. A change of
+    any of them re-extracts every case (``incremental.plan_extraction``)."""
+    import numpy
     import radiomics
+    import SimpleITK
 
-    return str(radiomics.__version__)
+    return (
+        f"pyradiomics {radiomics.__version__}; SimpleITK {SimpleITK.Version_VersionString()}; "
+        f"numpy {numpy.__version__}"
+    )
 
 
 def extract_case(

@@ -10,12 +10,12 @@ Storage is the lake table ``radiomics_features`` (long: one row per case x featu
 and ``radiomics_diagnostics`` (pyradiomics' ``diagnostics_*``, as strings), each made of parts:
 
 1. **During a run** the parent process (never a worker) writes every finished batch of cases as a
-   new part ``batch-<uuid>.parquet`` of both tables, diagnostics first, then features. Each part is
-   written atomically (temp file + rename, ``Lake.write_part``), so a part is either complete or
-   absent. Killing the run loses only the cases in flight and those not yet flushed (at most one
+   checkpoint ``batch-<uuid>.parquet`` of both tables (``Lake.write_checkpoint``, under
+   ``staging/checkpoints/``: not in lake/, so unaudited rows are never visible), diagnostics first,
+   then features. Each is written atomically, so a checkpoint is either complete or absent. Killing the run loses only the cases in flight and those not yet flushed (at most one
    batch, or ~30 s of work).
 2. **At the end of a run** ``compact`` rewrites each table as a single file ``<table>.parquet``
-   (atomic replace) holding, per (case_id, params_id, feature), only the latest row, and only
+   (one write-audit-publish transaction for both tables) holding, per (case_id, params_id, feature), only the latest row, and only
    rows whose hashes match the current tasks and parameter files (cases that left ``cases``,
    removed parameter files and stale extractions are dropped); then it deletes the batch parts it
    merged. After compaction a reader sees exactly one row per key.
@@ -31,13 +31,12 @@ and ``radiomics_diagnostics`` (pyradiomics' ``diagnostics_*``, as strings), each
 Failures (pyradiomics raised, or the loader refused the case) are remembered in
 ``LAKE_HOME/state/radiomics_failures.parquet`` with the same hashes, so a re-run does not retry a
 case that will fail again; it re-reports it in quarantine instead. A changed image, mask, label or
-parameter file makes the case eligible again. One extraction run at a time per lake is assumed
-(the Dagster asset is the only writer).
+parameter file, or other pyradiomics/SimpleITK/numpy versions (``extractor_version``), make the case
+eligible again. One extraction run at a time per lake: the asset holds both tables' lake locks.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -129,7 +128,9 @@ class Plan:
 
 # --- reading --------------------------------------------------------------------------------------
 def _scan(lake: Lake, table: str, schema: dict) -> pl.LazyFrame:
-    files = lake.table_files(table)
+    """The published table plus this lake's unpublished checkpoints (batches of a run that has
+    not reached its publish, or was killed before it)."""
+    files = lake.table_files(table) + lake.checkpoint_files(table)
     if not files:
         return pl.LazyFrame(schema=schema)
     # parts written before a column was added read it as null
@@ -156,10 +157,10 @@ def read_diagnostics(lake: Lake) -> pl.DataFrame:
 
 
 def stored_pairs(lake: Lake) -> pl.DataFrame:
-    """The distinct (case, params, hashes) the feature table holds (column projection only)."""
+    """The distinct (case, params, hashes, extractor_version) the feature table holds."""
     return (
         _scan(lake, FEATURES_TABLE, FEATURES_SCHEMA)
-        .select(*PAIR_KEY, *HASH_COLUMNS)
+        .select(*PAIR_KEY, *HASH_COLUMNS, "extractor_version")
         .unique()
         .collect()
     )
@@ -174,13 +175,7 @@ def read_failures(lake: Lake) -> pl.DataFrame:
 
 def write_failures(lake: Lake, failures: pl.DataFrame) -> None:
     """Replace the failure ledger atomically (private state, not a lake table)."""
-    lake.tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = lake.tmp_dir / f"{FAILURES_FILE}.{uuid.uuid4().hex}.tmp"
-    try:
-        failures.write_parquet(tmp)
-        os.replace(tmp, lake.state_dir / FAILURES_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
+    lake.write_private(lake.state_dir / FAILURES_FILE, failures)
 
 
 # --- planning -------------------------------------------------------------------------------------
@@ -207,8 +202,16 @@ def make_pairs(tasks: Iterable[Mapping[str, Any]], params: Iterable[Any]) -> lis
     return pairs
 
 
-def plan_extraction(pairs: Sequence[Pair], stored: pl.DataFrame, failures: pl.DataFrame) -> Plan:
-    """Split pairs into to-extract, up to date (stored with the same hashes) and known failures."""
+def plan_extraction(
+    pairs: Sequence[Pair],
+    stored: pl.DataFrame,
+    failures: pl.DataFrame,
+    extractor: str | None = None,
+) -> Plan:
+    """Split pairs into to-extract, up to date (stored with the same hashes and, when
+    ``extractor`` is given, by the same pyradiomics/SimpleITK/numpy versions) and known failures."""
+    if extractor is not None and "extractor_version" in stored.columns:
+        stored = stored.filter(pl.col("extractor_version") == extractor)
     done = {tuple(row) for row in stored.select(*PAIR_KEY, *HASH_COLUMNS).iter_rows()}
     failed = {
         (
@@ -243,10 +246,11 @@ def diagnostics_frame(rows: list[dict]) -> pl.DataFrame:
 
 
 def write_batch(lake: Lake, features: pl.DataFrame, diagnostics: pl.DataFrame) -> str:
-    """One finished batch as new parts of both tables; diagnostics first, so features mark done."""
+    """One finished batch as checkpoints of both tables (outside lake/: unaudited work in
+    progress); diagnostics first, so features mark done."""
     part = f"batch-{uuid.uuid4().hex}"
-    lake.write_part(DIAGNOSTICS_TABLE, part, diagnostics)
-    lake.write_part(FEATURES_TABLE, part, features)
+    lake.write_checkpoint(DIAGNOSTICS_TABLE, part, diagnostics)
+    lake.write_checkpoint(FEATURES_TABLE, part, features)
     return part
 
 
@@ -272,7 +276,7 @@ def needs_compaction(lake: Lake, pairs: Sequence[Pair], stored: pl.DataFrame) ->
     batch parts, or holds rows no current pair accounts for."""
     for table in (FEATURES_TABLE, DIAGNOSTICS_TABLE):
         files = lake.table_files(table)
-        if not files or any(f.stem != table for f in files):
+        if not files or lake.checkpoint_files(table) or any(f.stem != table for f in files):
             return True
     current = {p.identity() for p in pairs}
     return any(
@@ -288,26 +292,32 @@ def compact(lake: Lake, pairs: Sequence[Pair]) -> dict[str, int]:
     run's dedupe-on-read and compaction remove.
     """
     keep = current_identities(pairs).lazy()
-    counts = {}
-    for table, schema, key in (
-        (FEATURES_TABLE, FEATURES_SCHEMA, (*PAIR_KEY, "feature")),
-        (DIAGNOSTICS_TABLE, DIAGNOSTICS_SCHEMA, (*PAIR_KEY, "key")),
-    ):
-        merged = lake.table_files(table)
-        frame = (
-            # current pairs first, then the latest per key: a newer but stale row (a run that
-            # crashed with parameters since reverted) must not shadow the current one
-            latest_per_key(
-                _scan(lake, table, schema).join(keep, on=[*PAIR_KEY, *HASH_COLUMNS], how="semi"),
-                key,
+    counts, merged = {}, []
+    # features and diagnostics: one write-audit-publish transaction, published together
+    with lake.transaction() as tx:
+        for table, schema, key in (
+            (FEATURES_TABLE, FEATURES_SCHEMA, (*PAIR_KEY, "feature")),
+            (DIAGNOSTICS_TABLE, DIAGNOSTICS_SCHEMA, (*PAIR_KEY, "key")),
+        ):
+            merged += lake.checkpoint_files(table)
+            frame = (
+                # current pairs first, then the latest per key: a newer but stale row (a run
+                # that crashed with parameters since reverted) must not shadow the current one
+                latest_per_key(
+                    _scan(lake, table, schema).join(
+                        keep, on=[*PAIR_KEY, *HASH_COLUMNS], how="semi"
+                    ),
+                    key,
+                )
+                .select(list(schema))
+                .sort(*key)
+                .collect()
             )
-            .select(list(schema))
-            .sort(*key)
-            .collect()
-        )
-        target = lake.write_table(table, frame)
-        for path in merged:
-            if path != target:
-                path.unlink(missing_ok=True)
-        counts[table] = frame.height
+            tx.write_table(table, frame)
+            for path in lake.table_files(table):  # batch parts of lakes from before checkpoints
+                if path.stem != table:
+                    tx.delete_part(table, path.stem)
+            counts[table] = frame.height
+    for path in merged:  # published: the checkpoints are now in the tables
+        path.unlink(missing_ok=True)
     return counts

@@ -17,6 +17,7 @@ The unit of the returned stats is a pair (case x params_id):
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +28,14 @@ from typing import Any
 import polars as pl
 
 from assets.radiomics.backends import Backend, run_parallel
-from assets.radiomics.extract import EXTRACTION_FAILED, TASK_KEYS, CaseResult, Loader, run_task
+from assets.radiomics.extract import (
+    EXTRACTION_FAILED,
+    TASK_KEYS,
+    CaseResult,
+    Loader,
+    extractor_version,
+    run_task,
+)
 from assets.radiomics.incremental import (
     FAILURES_SCHEMA,
     FEATURES_TABLE,
@@ -135,6 +143,16 @@ def _reject(pair: Pair, rule: str, error: str) -> Reject:
     )
 
 
+NONFINITE_KEY = "diagnostics_radlake_nonfinite:"  # + feature name, in radiomics_diagnostics
+
+
+def _nonfinite(value: float) -> str:
+    """Why a feature has no row: pyradiomics gave NaN (undefined for this ROI, or a truly complex
+    result) or an infinite value; the suite's ``finite`` rule keeps such values out of the table."""
+    kind = "NaN" if math.isnan(value) else "infinite"
+    return f"{kind}: pyradiomics returned {value!r}; the feature is undefined for this ROI"
+
+
 class _BatchWriter:
     """Buffers finished pairs in the parent and writes them as one batch part at a time."""
 
@@ -159,6 +177,11 @@ class _BatchWriter:
             "extracted_at": now,
         }
         for feature, value in result.features:
+            if not math.isfinite(value):  # kept out of the table, with its reason beside it
+                self.diagnostics.append(
+                    {**common, "key": f"{NONFINITE_KEY}{feature}", "value": _nonfinite(value)}
+                )
+                continue
             self.features.append(
                 {
                     **common,
@@ -229,7 +252,7 @@ def run_extraction(
     pairs = make_pairs(_tasks(tasks), params)
     stored = stored_pairs(lake)
     failures = read_failures(lake)
-    plan = plan_extraction(pairs, stored, failures)
+    plan = plan_extraction(pairs, stored, failures, extractor_version())
 
     rejects = [_reject(pair, row["rule"], row["error"]) for pair, row in plan.known_failures]
     ledger = [row for _, row in plan.known_failures]  # known failures of current pairs stay

@@ -193,7 +193,7 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
     def models(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         import polars as pl
 
-        from assets.studies.store import write_current
+        from assets.studies.store import write_current, write_provenance
         from assets.studies.train import train_study
 
         home = lake.lake()
@@ -202,6 +202,7 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
             trained = train_study(spec, data, _splits(home, name), home.home, n_jobs=_n_jobs())
         for note in trained.notes:
             context.log.warning(note)
+        write_provenance(home, spec, trained.model_version)
         write_current(home, spec, trained.model_version)
         home.write_part(
             "model_versions", f"{name}-{trained.model_version}", trained.model_versions_row

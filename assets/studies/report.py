@@ -16,6 +16,8 @@ from typing import Any
 
 import polars as pl
 
+from dagster_project.lake import write_file_atomic
+
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2rem auto;max-width:1200px;color:#222}
 h1{font-size:1.6rem}h2{font-size:1.25rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
@@ -89,12 +91,8 @@ def render_report(title: str, sections: list[Section], subtitle: str = "") -> st
 
 
 def write_report(path: str | Path, title: str, sections: list[Section], subtitle: str = "") -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(render_report(title, sections, subtitle), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    data = render_report(title, sections, subtitle).encode("utf-8")
+    return write_file_atomic(Path(path), lambda handle: handle.write(data), 0o644)
 
 
 # the mark a flagged estimate carries in the report's tables (assets.studies.ci_flags)

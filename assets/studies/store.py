@@ -26,6 +26,7 @@ from typing import Any
 import polars as pl
 
 from assets.studies.spec import StudySpec, StudySpecError, load_study
+from dagster_project.lake import write_file_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -94,8 +95,11 @@ def study_inputs(home: Any, spec: StudySpec) -> tuple[pl.DataFrame, pl.DataFrame
             "landing/clinical/ (or materialize `clinical`) before this study can run"
         )
     info: dict[str, Any] = {"clinical_patients": clinical.height}
+    info["manifests"] = input_manifests(home)
     con = lake_connection(home)
     try:
+        if spec.features.radiomics is not None and home.has_table("radiomics_features"):
+            info["extractor_version"] = check_one_extractor(con, spec.features.radiomics.params_id)
         sql = cohort_sql_text(spec, home)
         if sql is not None:
             try:
@@ -214,11 +218,63 @@ def load_inputs(home: Any, spec: StudySpec) -> tuple[pl.DataFrame, pl.DataFrame,
 
 
 def write_current(home: Any, spec: StudySpec, version: str) -> None:
+    payload = json.dumps({"model_version": version}).encode("utf-8")
     path = study_dir(home, spec) / "current.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"model_version": version}), encoding="utf-8")
-    tmp.replace(path)
+    write_file_atomic(path, lambda handle: handle.write(payload), 0o644)
+
+
+# the lake tables a study can read (cohort SQL, clinical, the feature pivot)
+STUDY_INPUT_TABLES = (
+    "clinical",
+    "cases",
+    "imaging_series",
+    "radiomics_features",
+    "radiomics_diagnostics",
+    "external_features",
+)
+
+
+def input_manifests(home: Any) -> dict[str, dict]:
+    """The manifest of every input table's live version (what a study reads now)."""
+    return {t: m for t in STUDY_INPUT_TABLES if (m := home.manifest(t)) is not None}
+
+
+def write_provenance(home: Any, spec: StudySpec, version: str) -> Path:
+    """``models/<study>/<version>/provenance.json``: the manifests of every lake table version the
+    model's inputs were read from (recorded by ``study_inputs``), kept with the model version so a
+    paper can cite its data exactly (``radlake provenance <study> <version>``). Written once: a
+    version re-used on a later night keeps the snapshot it was trained on."""
+    path = study_dir(home, spec) / version / "provenance.json"
+    if path.exists():
+        return path
+    prepared = json.loads((study_dir(home, spec) / "inputs" / "prepared.json").read_text("utf-8"))
+    payload = {
+        "study": spec.name,
+        "model_version": version,
+        "inputs": prepared.get("manifests", {}),
+    }
+    data = json.dumps(payload, indent=1, sort_keys=True, default=str).encode("utf-8")
+    return write_file_atomic(path, lambda handle: handle.write(data), 0o644)
+
+
+def check_one_extractor(con: Any, params_id: str) -> str | None:
+    """The single ``extractor_version`` of a parameter set's features; a study refuses features
+    computed by different pyradiomics/SimpleITK/numpy versions."""
+    versions = [
+        row[0]
+        for row in con.execute(
+            "select distinct extractor_version from radiomics_features where params_id = ?",
+            [params_id],
+        ).fetchall()
+    ]
+    if len(versions) > 1:
+        raise ValueError(
+            f"radiomics_features for params_id {params_id!r} come from {len(versions)} extractor "
+            f"versions ({'; '.join(f'[{v}]' for v in sorted(map(str, versions)))}): a study "
+            "must not mix them. Re-materialize radiomics_features to re-extract every case with "
+            "the installed versions."
+        )
+    return versions[0] if versions else None
 
 
 def read_current(home: Any, spec: StudySpec) -> tuple[str, Path]:

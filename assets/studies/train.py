@@ -44,6 +44,7 @@ import polars as pl
 
 from assets.studies.spec import StudySpec
 from assets.studies.split import EXCLUSION_REASONS, StudyDataError, split_patients
+from dagster_project.lake import file_sha256, write_file_atomic
 
 ID_COLUMNS = ("patient_key", "center_id", "case_id", "study", "cohort", "label")
 CODE_MODULES = (
@@ -562,14 +563,6 @@ class TrainedStudy:
 COMPLETE_MARKER = "complete.json"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_complete(version_dir: Path, spec: StudySpec, version: str) -> dict[str, Any] | None:
     """The ``complete.json`` marker when ``version_dir`` holds a complete training run, else None.
 
@@ -612,9 +605,8 @@ def _write_complete(
         "trained_at": trained_at.isoformat(),
         "files": {p.relative_to(version_dir).as_posix(): file_sha256(p) for p in files},
     }
-    tmp = version_dir / f".{COMPLETE_MARKER}.tmp"
-    tmp.write_text(json.dumps(marker, indent=2, sort_keys=True), encoding="utf-8")
-    tmp.replace(version_dir / COMPLETE_MARKER)
+    payload = json.dumps(marker, indent=2, sort_keys=True).encode("utf-8")
+    write_file_atomic(version_dir / COMPLETE_MARKER, lambda handle: handle.write(payload), 0o644)
 
 
 def train_study(
