@@ -22,6 +22,7 @@ h1{font-size:1.6rem}h2{font-size:1.25rem;border-bottom:1px solid #ddd;padding-bo
 table{border-collapse:collapse;font-size:.82rem;margin:.6rem 0}th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:.5rem 0}
 .note{color:#555;font-size:.85rem}.warn{color:#a33}pre{background:#f7f7f7;padding:.6rem;font-size:.8rem;overflow:auto}
+@media print{body{margin:0;max-width:none;font-size:9pt}h2{break-after:avoid}table,figure,img{break-inside:avoid}pre{white-space:pre-wrap}a{color:inherit}}
 """
 
 
@@ -288,7 +289,11 @@ def write_study_report(
 
 
 def write_survival_report(
-    spec: Any, splits: pl.DataFrame, excluded: dict[str, int], section: Section, path: str | Path
+    spec: Any,
+    splits: pl.DataFrame,
+    excluded: dict[str, int],
+    sections: list[Section],
+    path: str | Path,
 ) -> Path:
     """The report of a survival-only study."""
     from assets.studies.split import cohort_counts
@@ -304,4 +309,4 @@ def write_survival_report(
         ],
     )
     methods = Section("Study", preformatted=spec.resolved_yaml())
-    return write_report(path, f"Study {spec.name}", [counts, section, methods])
+    return write_report(path, f"Study {spec.name}", [counts, *sections, methods])
