@@ -617,7 +617,7 @@ def _table_schemas() -> dict:
     import polars as pl
 
     from assets.studies.metrics import METRICS_SCHEMA
-    from assets.studies.paper import checklists, flow, table_one
+    from assets.studies.paper import checklists, flow, references, table_one
     from assets.studies.split import SPLITS_SCHEMA
     from assets.studies.train import MODEL_VERSIONS_SCHEMA
 
@@ -626,6 +626,7 @@ def _table_schemas() -> dict:
         "table_one": table_one.SCHEMA,
         "patient_flow": flow.SCHEMA,
         "reporting_checklist": checklists.SCHEMA,
+        "study_references": references.SCHEMA,
         "study_splits": SPLITS_SCHEMA,
         "model_versions": MODEL_VERSIONS_SCHEMA,
         "model_metrics": METRICS_SCHEMA,
@@ -694,11 +695,12 @@ def _paper_assets(spec, key, upstream: list[dg.AssetKey]) -> tuple[list, list]:
     def patient_flow(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         from assets.studies.paper.flow import build_flow, check_flow, save_flow_figure
         from assets.studies.paper.inputs import paper_inputs
+        from dagster_project.quarantine import read_quarantine
 
         home = lake.lake()
         splits, _, prepared = paper_inputs(home, spec)
         flow = build_flow(
-            spec, home.read_table("clinical"), home.read_table("quarantine"), prepared, splits
+            spec, home.read_table("clinical"), read_quarantine(home), prepared, splits
         )
         home.write_part("patient_flow", name, flow)
         png = save_flow_figure(flow, home.reports_dir / name, title=f"Patient flow: {name}")
@@ -751,11 +753,50 @@ def _paper_assets(spec, key, upstream: list[dg.AssetKey]) -> tuple[list, list]:
             extra={"by_status": dg.MetadataValue.md(_table(checklist_summary(table)))},
         )
 
-    assets = [table_one, patient_flow, reporting_checklist]
+    @dg.asset(
+        key=key("study_references"),
+        group_name=GROUP,
+        kinds=KINDS,
+        deps=[
+            dg.AssetKey(t)
+            for t, refs in (("grants", spec.funding), ("publications", spec.publications))
+            if refs
+        ],
+        description=f"{name}: the grants that fund the study and the papers that report it "
+        "(study YAML funding: / publications:) -> lake study_references; views grant_outputs, "
+        "paper_provenance, study_funding.",
+        metadata=paper_meta,
+    )
+    def study_references(
+        context: dg.AssetExecutionContext, lake: LakeResource
+    ) -> dg.MaterializeResult:
+        from assets.studies.paper.references import reference_rows, resolve_references
+
+        home = lake.lake()
+        table = reference_rows(spec)
+        home.write_part("study_references", name, table)
+        resolved = resolve_references(
+            table, home.read_table("grants"), home.read_table("publications")
+        )
+        for row in resolved.filter(~resolved["found"]).iter_rows(named=True):
+            context.log.warning(
+                f"{name}: {row['kind']} {row['reference']} (study YAML) is not in the lake's "
+                f"{'grants' if row['kind'] == 'grant' else 'publications'} table"
+            )
+        return table_result(
+            home,
+            "study_references",
+            table,
+            {"unresolved": int((~resolved["found"]).sum())},
+            extra={"links": dg.MetadataValue.md(_table(resolved))},
+        )
+
+    assets = [table_one, patient_flow, reporting_checklist, study_references]
     checks = (
         _checks("table_one", table_one.key)
         + _checks("patient_flow", patient_flow.key)
         + _checks("reporting_checklist", reporting_checklist.key)
+        + _checks("study_references", study_references.key)
     )
     if spec.is_classification:
         assets.append(_model_card_asset(spec, key, [reporting_checklist.key, *upstream]))

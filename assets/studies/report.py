@@ -21,7 +21,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;mar
 h1{font-size:1.6rem}h2{font-size:1.25rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 table{border-collapse:collapse;font-size:.82rem;margin:.6rem 0}th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:.5rem 0}
-.note{color:#555;font-size:.85rem}.warn{color:#a33}pre{background:#f7f7f7;padding:.6rem;font-size:.8rem;overflow:auto}
+.note{color:#555;font-size:.85rem}td.text{text-align:left}.warn{color:#a33}pre{background:#f7f7f7;padding:.6rem;font-size:.8rem;overflow:auto}
 @media print{body{margin:0;max-width:none;font-size:9pt}h2{break-after:avoid}table,figure,img{break-inside:avoid}pre{white-space:pre-wrap}a{color:inherit}}
 """
 
@@ -52,7 +52,8 @@ def html_table(frame: pl.DataFrame, digits: int = 3) -> str:
                 )
             else:
                 text = str(value)
-            cells.append(f"<td>{html.escape(text)}</td>")
+            css = " class='text'" if isinstance(value, str) and len(value) > 24 else ""
+            cells.append(f"<td{css}>{html.escape(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 

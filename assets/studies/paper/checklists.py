@@ -238,7 +238,9 @@ def lake_facts(
         f"{splits.height})",
         "patient_flow; quarantine",
     )
-    rejected = home.read_table("quarantine")
+    from dagster_project.quarantine import read_quarantine
+
+    rejected = read_quarantine(home)
     rejected = rejected.filter(pl.col("target_table").is_in(list(STUDY_SOURCES)))
     if rejected.height:
         by = rejected.group_by("target_table", "rule").len().sort("target_table", "rule")
@@ -265,12 +267,19 @@ def lake_facts(
     con = lake_connection(home, with_sql_views=False)
     try:
         con.register("study_keys", pl.DataFrame({"patient_key": keys}))
-        series = con.sql(
-            "select s.* from imaging_series s join study_keys using (patient_key)"
-        ).pl()
-        cases = con.sql("select c.* from cases c join study_keys using (patient_key)").pl()
+        empty = pl.DataFrame()
+        series = (
+            con.sql("select s.* from imaging_series s join study_keys using (patient_key)").pl()
+            if home.has_table("imaging_series")
+            else empty
+        )
+        cases = (
+            con.sql("select c.* from cases c join study_keys using (patient_key)").pl()
+            if home.has_table("cases")
+            else empty
+        )
         radiomics = None
-        if spec.features.radiomics is not None:
+        if spec.features.radiomics is not None and home.has_table("radiomics_features"):
             radiomics = con.sql(
                 "select feature, any_value(extractor_version) as extractor_version, "
                 "any_value(params_sha256) as params_sha256, count(distinct case_id) as cases "
@@ -312,6 +321,20 @@ def lake_facts(
             )
     if radiomics is not None and radiomics.height:
         _radiomics_facts(facts, home, spec, radiomics)
+    elif spec.features.external and home.has_table("external_features"):
+        external = home.read_table("external_features")
+        sets = [e.feature_set for e in spec.features.external]
+        external = external.filter(
+            pl.col("feature_set").is_in(sets) & pl.col("patient_key").is_in(keys)
+        )
+        per_set = (
+            external.group_by("feature_set").agg(pl.col("feature").n_unique()).sort("feature_set")
+        )
+        facts["features"] = Fact(
+            "features computed outside the lake (landing/features/): "
+            + "; ".join(f"{s}: {n} features per case" for s, n in per_set.iter_rows()),
+            "external_features",
+        )
     facts["selection"] = Fact(
         f"inside each model's pipeline, fitted on train only: median imputation, variance "
         f"filter (min {spec.selection.variance_min:g}), standardisation, correlation "
@@ -424,6 +447,8 @@ def _model_facts(
     facts: dict, home: Any, spec: Any, model_version: str, version_dir: Path | None
 ) -> None:
     versions = home.read_table("model_versions")
+    if not versions.height:
+        return
     row = versions.filter(
         (pl.col("study") == spec.name) & (pl.col("model_version") == model_version)
     )
@@ -455,7 +480,10 @@ def _model_facts(
         f"{spec.split.seed}",
         "study YAML (resolved)",
     )
-    metrics = home.read_table("model_metrics").filter(
+    metrics = home.read_table("model_metrics")
+    if not metrics.height:
+        return
+    metrics = metrics.filter(
         (pl.col("study") == spec.name) & (pl.col("model_version") == model_version)
     )
     if not metrics.height:
