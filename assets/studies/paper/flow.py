@@ -57,7 +57,7 @@ def build_flow(
     ``clinical``: the whole clinical table; ``quarantine``: the lake's quarantine table;
     ``prepared``: the split's ``prepared.json`` (``not_in_cohort``, ``excluded``, ``case_rules``).
     """
-    from assets.studies.paper.table_one import table_one_cohorts
+    from assets.studies.paper.table_one import cohort_order, table_one_cohorts
 
     rows: list[dict] = []
     remaining = 0
@@ -124,9 +124,9 @@ def build_flow(
     imaging = quarantine.filter(pl.col("target_table").is_in(list(IMAGING_TABLES)))
     for rule, count in imaging.group_by("rule").len().sort("rule").iter_rows():
         add("note", f"image/feature records quarantined: {rule}", count, "note")
-    counts = table_one_cohorts(splits).group_by("cohort", maintain_order=True).len()
-    for cohort_name, count in counts.iter_rows():
-        add("cohort_assignment", cohort_name, count, "cohort")
+    counts = dict(table_one_cohorts(splits).group_by("cohort").len().iter_rows())
+    for cohort_name in cohort_order(list(counts)):
+        add("cohort_assignment", cohort_name, counts[cohort_name], "cohort")
     return pl.DataFrame(rows, schema=SCHEMA)
 
 

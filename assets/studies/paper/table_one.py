@@ -5,7 +5,8 @@ Cohorts are the split's: ``train``, ``internal_validation`` and one ``external_v
 per external center. Variables are the study's clinical columns (``inputs/clinical.parquet``: the
 clinical table restricted to the cohort) except identifiers and bookkeeping; a string, boolean or
 integer column with at most ``MAX_LEVELS`` distinct values is categorical, any other numeric
-column continuous; strings with more levels and dates are left out (listed in ``skipped``).
+column continuous; strings with more levels, dates and columns without any value in the study
+are left out (listed in ``skipped``).
 
 Rules (stated in the report, ``RULES_TEXT``):
 - Normality: a continuous variable is non-normal when the Shapiro-Wilk test rejects normality
@@ -61,6 +62,12 @@ def table_one_cohorts(splits: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def cohort_order(names: list[str]) -> list[str]:
+    """train, internal_validation, then each external center in name order."""
+    rank = {"train": 0, "internal_validation": 1}
+    return sorted(names, key=lambda n: (rank.get(n, 2), n))
+
+
 def classify_columns(frame: pl.DataFrame) -> tuple[list[str], list[str], list[str]]:
     """(continuous, categorical, skipped) clinical columns of ``frame``."""
     continuous, categorical, skipped = [], [], []
@@ -68,7 +75,9 @@ def classify_columns(frame: pl.DataFrame) -> tuple[list[str], list[str], list[st
         if name in NOT_VARIABLES:
             continue
         levels = frame[name].drop_nulls().n_unique()
-        if dtype == pl.Boolean or (
+        if levels == 0:  # a column of other patients' files (no value in this study)
+            skipped.append(name)
+        elif dtype == pl.Boolean or (
             (dtype == pl.String or dtype == pl.Categorical or dtype.is_integer())
             and levels <= MAX_LEVELS
         ):
@@ -124,7 +133,7 @@ def build_table_one(
     for name in categorical:  # tableone keys levels by their text; nulls stay missing
         data[name] = data[name].map(lambda v: None if v is None or v != v else str(v))
     variables = continuous + categorical
-    order = [c for c in cohorts["cohort"].unique(maintain_order=True).to_list()]
+    order = cohort_order(cohorts["cohort"].unique().to_list())
     rows: list[dict] = []
     sizes = data.groupby("cohort").size()
     for cohort in order:
