@@ -384,3 +384,28 @@ def test_study_yaml_paper_keys_do_not_change_the_model_version():
     assert plain.resolved_yaml() == linked.resolved_yaml()
     with pytest.raises(StudySpecError, match=r"publications\[0\].*neither a DOI"):
         parse_study({**base, "publications": ["my paper"]})
+
+
+def test_funding_landscape_report_from_real_nih_grants(real_lake):
+    """The landscape report's headline numbers against the landed NCI projects (no start years in
+    project_io files: the per-year section says so)."""
+    grants = real_lake["grants"]
+    report = (real_lake["home"] / "reports" / "portfolio" / "funding_landscape.html").read_text()
+    (n, amount) = (
+        real_lake["con"]
+        .sql("select n_projects, amount from grants_summary where source = 'nih'")
+        .fetchall()[0]
+    )
+    assert n == grants["project_num"].nunique()
+    assert amount == pytest.approx(grants.groupby("project_num")["total_cost"].first().sum())
+    for heading in (
+        "Summary",
+        "Projects and amount per year",
+        "Fund types",
+        "Regions",
+        "Institutions",
+        "Disciplines",
+        "Share of imaging",
+    ):
+        assert f"<h2>{heading}" in report
+    assert "carry no start year" in report

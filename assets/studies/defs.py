@@ -633,6 +633,12 @@ def _table_schemas() -> dict:
         "survival_results": {
             **dict.fromkeys(survival, pl.String),
             **dict.fromkeys(("estimate", "ci_low", "ci_high", "p_value"), pl.Float64),
+            # every column a study writes (survival.RESULT_COLUMNS): a catalog view made over
+            # the placeholder keeps its types when the study's part lands (DuckDB 1.x checks)
+            **dict.fromkeys(("statistic", "df"), pl.Float64),
+            **dict.fromkeys(("n", "events"), pl.Int64),
+            "note": pl.String,
+            **dict.fromkeys(("coef", "se"), pl.Float64),
         },
     }
 
