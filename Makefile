@@ -11,7 +11,7 @@ export GX_ANALYTICS_ENABLED := false
 export DAGSTER_DISABLE_TELEMETRY := 1
 export MPLBACKEND := Agg
 
-.PHONY: install browser demo test ui lint format bench clean-lake
+.PHONY: install browser postgres demo test ui serve lint format bench clean-lake
 
 install: $(STAMP)
 
@@ -44,13 +44,27 @@ browser:
 		echo "installing Debian's chromium for the UI test"; \
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: install browser
+# The daemon test starts a throwaway PostgreSQL server (Debian's postgresql; initdb/pg_ctl in
+# /usr/lib/postgresql/<version>/bin); installed here when missing (needs root or sudo).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || { \
+		echo "installing Debian's postgresql for the daemon test"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+test: install browser postgres
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 ui: install
 	$(BIN)/radlake init
 	$(BIN)/dagster dev -w workspace.yaml
+
+# A lab server: the webserver and the daemon (landing sensor, nightly schedule, run queue) on one
+# instance; with DAGSTER_PG_URL set, runs and events live in PostgreSQL (README: a lab server).
+SERVE_HOST ?= 127.0.0.1
+SERVE_PORT ?= 3000
+serve: install
+	$(BIN)/radlake serve --host $(SERVE_HOST) --port $(SERVE_PORT)
 
 lint: install
 	$(BIN)/ruff check .

@@ -178,6 +178,46 @@ def _rotate_key(lake: Lake) -> int:
     return 0
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Withdrawal of consent: purge patients from every table, history, state, model and report."""
+    import csv
+
+    from dagster_project.erasure import LandingStillHolds, forget
+    from dagster_project.pseudonym import Pseudonymizer, PseudonymKeyMismatch
+
+    lake = Lake.at()
+    if args.file:
+        with open(args.file, newline="", encoding="utf-8-sig") as handle:
+            people = [(r["center_id"], r["patient_id"]) for r in csv.DictReader(handle)]
+    elif args.center and args.patient_id:
+        people = [(args.center, args.patient_id)]
+    else:
+        return _fail("forget: give --center and --patient-id, or --file with those two columns")
+    try:
+        pseudonymize = Pseudonymizer.for_lake(lake.home)
+    except PseudonymKeyMismatch as exc:
+        return _fail(f"forget: {exc}")
+    print(
+        "radlake forget never deletes from landing/ unless you pass --also-landing: that is yours"
+    )
+    for n, (center, patient_id) in enumerate(people, start=1):
+        try:
+            report = forget(
+                lake, pseudonymize, center, patient_id, args.reason, also_landing=args.also_landing
+            )
+        except LandingStillHolds as exc:
+            return _fail(f"forget: patient {n} of {len(people)} (center {center}): {exc}")
+        removed = ", ".join(f"{t} {k}" for t, k in sorted(report.rows_removed.items())) or "none"
+        print(
+            f"patient {n} (center {center}): erasure {report.key_sha256[:16]}; rows removed: "
+            f"{removed}; files rewritten {len(report.files_rewritten)}, deleted "
+            f"{len(report.files_deleted)}; landing files removed {len(report.landing_removed)}; "
+            f"model versions marked for retraining: {', '.join(report.model_versions) or 'none'}"
+        )
+    print("recorded in the `erasures` table; run `radlake materialize` to rebuild the catalog")
+    return 0
+
+
 def cmd_paths(args: argparse.Namespace) -> int:
     from dagster_project.instance import dagster_home
 
@@ -194,6 +234,15 @@ def cmd_paths(args: argparse.Namespace) -> int:
     print(f'try            radlake sql "{EXAMPLE_QUERY}"')
     print("browse lineage make ui   (Dagster UI on workspace.yaml)")
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dagster_project.serve import ServeError, serve
+
+    try:
+        return serve(args.host, args.port)
+    except ServeError as error:
+        return _fail(str(error), 2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,10 +280,32 @@ def build_parser() -> argparse.ArgumentParser:
     mat.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     mat.set_defaults(func=cmd_materialize)
 
+    srv = sub.add_parser(
+        "serve", help="the Dagster webserver and daemon (sensors, schedule) on one instance"
+    )
+    srv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (0.0.0.0: the lab)")
+    srv.add_argument("--port", type=int, default=3000)
+    srv.set_defaults(func=cmd_serve)
+
     key = sub.add_parser("key", help="the pseudonymization key: where it is, or rotate it")
     key.add_argument("action", choices=["show", "rotate"])
     key.add_argument("--yes", action="store_true", help="rotate: yes, give every patient a new key")
     key.set_defaults(func=cmd_key)
+
+    forget = sub.add_parser(
+        "forget", help="withdrawal of consent: purge a patient from every table and copy"
+    )
+    forget.add_argument("--center", help="the patient's center_id")
+    forget.add_argument("--patient-id", help="the hospital's patient id (as landed)")
+    forget.add_argument("--file", type=Path, help="a CSV of center_id,patient_id to forget")
+    forget.add_argument("--reason", default="withdrawal of consent", help="recorded in erasures")
+    forget.add_argument(
+        "--also-landing",
+        action="store_true",
+        help="also delete the patient's files and CSV rows from landing/ (otherwise refused "
+        "while landing/ still holds them)",
+    )
+    forget.set_defaults(func=cmd_forget)
 
     paths = sub.add_parser("paths", help="where the lake, catalog, reports and Dagster home are")
     paths.set_defaults(func=cmd_paths)

@@ -9,6 +9,16 @@ from dagster_project.sql_assets import markdown_table
 from quality.checks import suite_check
 
 INGEST_TAG = "radlake/layer"
+READS_METADATA = "radlake/reads"  # the folders under LAKE_HOME an ingest asset reads
+
+
+def reads(*folders: str) -> dict[str, dg.MetadataValue]:
+    """An ingest asset's metadata naming the folders (relative to LAKE_HOME) it reads.
+
+    The landing sensor watches exactly these folders: a change in one materializes the assets that
+    declare it (whole multi-assets) and everything downstream of them but the studies.
+    """
+    return {READS_METADATA: dg.MetadataValue.json(list(folders))}
 
 
 def build_core_assets(ingest: Sequence[dg.AssetKey], table_schemas: dict | None = None) -> list:

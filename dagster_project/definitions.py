@@ -13,7 +13,7 @@ import dagster as dg
 from dagster_project.core_assets import INGEST_TAG, build_core_assets
 from dagster_project.resources import ExtractionBackend, LakeResource
 from dagster_project.schedules import build_nightly_schedule
-from dagster_project.sensors import build_landing_sensor
+from dagster_project.sensors import build_landing_sensor, failed_run_reporter
 
 DOMAINS = ("imaging", "radiomics", "clinical", "portfolio", "studies")
 
@@ -70,7 +70,6 @@ def build_definitions() -> dg.Definitions:
         asset_checks=[a for a in core if isinstance(a, dg.AssetChecksDefinition)],
         jobs=[everything],
         schedules=[build_nightly_schedule()],
-        sensors=[build_landing_sensor(set(_asset_keys(domains)))],
         resources={
             "lake": LakeResource(),
             # RADLAKE_EXTRACTION=dask and RADLAKE_DASK_ADDRESS=tcp://scheduler:8786 run extraction on a cluster
@@ -81,7 +80,10 @@ def build_definitions() -> dg.Definitions:
         },
         executor=_executor(),
     )
-    return dg.Definitions.merge(*domains, base)
+    merged = dg.Definitions.merge(*domains, base)
+    # the landing sensor's selections are read from the finished asset graph (see sensors.py)
+    sensors = [build_landing_sensor(merged.resolve_asset_graph()), failed_run_reporter]
+    return dg.Definitions.merge(merged, dg.Definitions(sensors=sensors))
 
 
 defs = build_definitions()

@@ -30,8 +30,12 @@ def _schema(frame: pl.DataFrame, table: str) -> dg.TableSchema:
     )
 
 
+# pseudonyms stay out of Dagster's event log (which `radlake forget` does not rewrite)
+KEY_COLUMNS = ("patient_key",)
+
+
 def _preview(frame: pl.DataFrame) -> str:
-    head = frame.head(PREVIEW_ROWS)
+    head = frame.head(PREVIEW_ROWS).drop(KEY_COLUMNS, strict=False)
     cols = head.columns[:12]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in head.select(cols).iter_rows():
@@ -62,3 +66,14 @@ def table_result(
     return dg.MaterializeResult(
         metadata=metadata, data_version=dg.DataVersion(frame_version(frame))
     )
+
+
+def removed_since_last_version(lake: Lake, table: str, frame: pl.DataFrame, key: str) -> int:
+    """How many ``key`` values the table's live version has that ``frame`` (the next version)
+    no longer has: what left the lake because it left landing/. Call before writing ``frame``."""
+    if not lake.has_table(table) or key not in frame.columns:
+        return 0
+    previous = lake.read_table(table)
+    if key not in previous.columns:
+        return 0
+    return previous.select(pl.col(key).is_in(frame.get_column(key).implode()).not_().sum()).item()

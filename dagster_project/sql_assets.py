@@ -8,7 +8,7 @@ import dagster as dg
 import polars as pl
 
 from dagster_project.catalog import referenced
-from dagster_project.materialize import frame_version
+from dagster_project.materialize import KEY_COLUMNS, frame_version
 from dagster_project.resources import LakeResource
 
 PREVIEW_ROWS = 20
@@ -18,7 +18,7 @@ def markdown_table(frame: pl.DataFrame, rows: int = PREVIEW_ROWS, width: int = 6
     """The first rows of a frame as a markdown table (floats to 4 significant digits)."""
     if frame.height == 0:
         return "no rows"
-    head = frame.head(rows)
+    head = frame.head(rows).drop(KEY_COLUMNS, strict=False)  # no pseudonyms in the event log
     lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
     for row in head.iter_rows():
         cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]

@@ -375,10 +375,13 @@ def test_file_level_rules(tmp_path):
     table, rejects, stats = _load(landing)
     reasons = {r.rule: r.reason for r in rejects}
     assert all(r.record == "" for r in rejects)
-    assert reasons["missing_id_column"] == (
+    assert reasons["missing_id_column"].startswith(
         "missing_id_column: clinical/a_no_center.csv has no center_id column (found: patient_id, age); "
-        "every clinical file needs patient_id and center_id columns"
+        "every clinical file needs patient_id and center_id columns. To land it as it is, "
     )
+    skeleton = yaml.safe_load(reasons["missing_id_column"].split("LAKE_HOME/mappings:\n", 1)[1])
+    assert skeleton["target"] == "clinical"
+    assert skeleton["columns"] == {"patient_id": "patient_id", "age": "age"}
     assert (
         reasons["empty_file"]
         == "empty_file: clinical/b_empty.csv has no header and no rows; land a file with data"

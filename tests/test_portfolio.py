@@ -19,6 +19,7 @@ import duckdb
 import pandas as pd
 import polars as pl
 import pytest
+import yaml
 
 from assets.portfolio.grant_numbers import grants_in_text, parse_grant, parse_nih_grant
 from assets.portfolio.grants import clean_title, load_grants
@@ -867,19 +868,22 @@ def test_grant_quarantine_rules_exact_reasons(tmp_path):
         "(quote cells that contain the delimiter and land the file again)",
         (
             "",
-            "unknown_format",
-        ): "unknown_format: portfolio/grants/other.csv is neither an NSFC export (needs a grant "
-        "id column such as 批准号 / Approval Number) nor an NIH ExPORTER (CORE_PROJECT_NUM, FY) "
-        "or project_io (project_num, total_cost) file; header starts with: id, name. Rename "
-        "the columns and land it again",
-        (
-            "",
             "empty_file",
-        ): "empty_file: portfolio/grants/empty.csv has no header row and no data; land a CSV "
-        "export with its header",
+        ): "empty_file: portfolio/grants/empty.csv has no header row and no data; land an "
+        "export with its header and records",
     }
     got = {(r.record, r.rule): r.reason for r in rejects}
+    unknown = got.pop(("", "unknown_format"))
     assert got == expected
+    # the header and a ready-to-edit mapping (valid YAML) are in the reason
+    assert unknown.startswith("unknown_format: portfolio/grants/other.csv matches no known grant")
+    assert "header (row 1): id, name." in unknown
+    mapping = yaml.safe_load(unknown.split("materialize again:\n", 1)[1])
+    assert mapping == {
+        "target": "grants",
+        "files": ["portfolio/grants/other.csv"],
+        "columns": {"id": None, "name": "title"},
+    }
     assert all(r.target_table == "grants" and not r.source_path.startswith("/") for r in rejects)
     assert stats["landed"] == 11 and stats["quarantined"] == 10 and stats["ingested"] == 1
     assert stats["landed"] == stats["ingested"] + stats["quarantined"] + stats["merged"]

@@ -17,9 +17,9 @@ from pathlib import Path
 import dagster as dg
 
 from dagster_project.catalog import sql_files, sql_roots
-from dagster_project.core_assets import INGEST_TAG
+from dagster_project.core_assets import INGEST_TAG, reads
 from dagster_project.lake import Lake
-from dagster_project.materialize import table_result
+from dagster_project.materialize import removed_since_last_version, table_result
 from dagster_project.quarantine import write_quarantine
 from dagster_project.resources import LakeResource
 from dagster_project.sql_assets import sql_file_asset
@@ -37,6 +37,7 @@ TABLES = ("clinical", "clinical_history", "external_features")
             group_name="clinical",
             kinds={"python", "parquet"},
             tags={INGEST_TAG: "ingest"},
+            metadata=reads("landing/clinical", "mappings"),
             description=(
                 "One row per patient from landing/clinical/*.csv|*.xlsx, typed (schema file or "
                 "inference), pseudonymized; a newer file's values replace older ones."
@@ -56,11 +57,13 @@ TABLES = ("clinical", "clinical_history", "external_features")
 def clinical(context: dg.AssetExecutionContext, lake: LakeResource):
     from assets.clinical.history import update_history
     from assets.clinical.load import clinical_files, load_centers, load_clinical
+    from dagster_project.mappings import load_mappings
 
     home = lake.lake()
     loaded_at = datetime.now(UTC)
     previous = home.read_table("clinical") if home.has_table("clinical") else None
     history = home.read_table("clinical_history") if home.has_table("clinical_history") else None
+    mappings, mapping_errors = load_mappings(home.home, "clinical")
     table, rejects, stats = load_clinical(
         clinical_files(home.landing),
         home.landing,
@@ -68,8 +71,22 @@ def clinical(context: dg.AssetExecutionContext, lake: LakeResource):
         centers=load_centers(home.home),
         previous=previous,
         loaded_at=loaded_at,
+        mappings=mappings,
     )
+    for error in mapping_errors.values():
+        context.log.warning(f"mapping not used: {error}")
+    for path, names in stats["other_sheets"].items():
+        context.log.warning(
+            f"{path}: only the first worksheet with data is read; not read: {', '.join(names)} "
+            "(one table per file, or one file per sheet)"
+        )
+    stats["mapping_errors"] = mapping_errors
     history = update_history(history, table, loaded_at)
+    stats["patients_removed"] = removed_since_last_version(home, "clinical", table, "patient_key")
+    if stats["patients_removed"]:
+        context.log.info(
+            f"clinical: {stats['patients_removed']} patients removed (not in landing/)"
+        )
     home.write_table("clinical", table, keep_history=True)
     home.write_table("clinical_history", history)
     write_quarantine(home, "clinical", rejects)
@@ -87,6 +104,7 @@ def clinical(context: dg.AssetExecutionContext, lake: LakeResource):
     group_name="clinical",
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
+    metadata=reads("landing/features", "mappings"),
     deps=["clinical", "cases"],
     description=(
         "Feature tables computed elsewhere (pyradiomics batch output, deep or pathology features) "
@@ -97,12 +115,14 @@ def external_features(
     context: dg.AssetExecutionContext, lake: LakeResource
 ) -> dg.MaterializeResult:
     from assets.clinical.external import load_external_features
+    from dagster_project.mappings import load_mappings
 
     home = lake.lake()
     cases = home.read_table("cases") if home.has_table("cases") else None
     clinical_table = home.read_table("clinical") if home.has_table("clinical") else None
+    mappings, _errors = load_mappings(home.home, "external_features")
     table, rejects, stats = load_external_features(
-        home.landing, lake.pseudonymizer(), cases, clinical_table
+        home.landing, lake.pseudonymizer(), cases, clinical_table, mappings=mappings
     )
     home.write_table("external_features", table, keep_history=True)
     write_quarantine(home, "external_features", rejects)

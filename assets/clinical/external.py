@@ -47,6 +47,7 @@ from pathlib import Path
 import polars as pl
 
 from assets.clinical.load import IDENTIFIER_COLUMNS, MISSING_TOKENS
+from dagster_project.mappings import Mapping, convert_number, mapping_for
 from dagster_project.pseudonym import normalize_patient_id
 from dagster_project.quarantine import Reject
 
@@ -111,6 +112,34 @@ def _read(path: Path) -> pl.DataFrame:
     return pl.read_csv(path, infer_schema=False, separator=separator, encoding="utf8-lossy")
 
 
+def apply_mapping(frame: pl.DataFrame, mapping: Mapping) -> pl.DataFrame:
+    """A feature table with a mapping's names, value codes and unit factors (the file unchanged)."""
+    rules = mapping.rules_by_column(frame.columns)
+    columns = []
+    for index, name in enumerate(frame.columns):
+        rule = rules.get(index)
+        if rule is None:
+            columns.append(frame.get_column(name))
+            continue
+        if rule.field is None:
+            continue
+        series = frame.get_column(name)
+        if rule.values or rule.factor is not None:
+            texts = [None if v is None else str(v) for v in series.to_list()]
+            values = [convert_number(_coded(rule, t), rule.factor) for t in texts]
+            series = pl.Series(name, values, dtype=pl.String)
+        columns.append(series.alias(rule.field))
+    for name, value in mapping.constants.items():
+        if name not in [c.name for c in columns]:
+            columns.append(pl.Series(name, [str(value)] * frame.height, dtype=pl.String))
+    return pl.DataFrame(columns)
+
+
+def _coded(rule, text: str | None) -> str | None:
+    value = rule.code(text)
+    return None if value is None else str(value)
+
+
 def _numeric(series: pl.Series) -> pl.Series | None:
     """The column as Float64 (missing -> null), or None when some non-missing value is not a number."""
     if series.dtype == pl.Boolean:
@@ -133,8 +162,12 @@ def load_external_features(
     pseudonymize: Pseudonymize,
     cases_df: pl.DataFrame | None = None,
     clinical_df: pl.DataFrame | None = None,
+    mappings: list[Mapping] | None = None,
 ) -> tuple[pl.DataFrame, list[Reject], dict]:
-    """Every feature table under ``landing/features/`` as one long table; see the module docstring."""
+    """Every feature table under ``landing/features/`` as one long table; see the module docstring.
+
+    ``mappings``: external_features mappings of ``LAKE_HOME/mappings`` (rename, drop, convert
+    columns of a matching file before it is read as a feature table)."""
     from dagster_project.lake import iter_files
 
     root = Path(landing) / "features"
@@ -199,6 +232,10 @@ def load_external_features(
                 "or Parquet and land it again",
             )
             continue
+        mapping = mapping_for(mappings or [], shown, frame.columns)
+        if mapping is not None:
+            frame = apply_mapping(frame, mapping)
+            stats.setdefault("mappings", {})[shown] = mapping.path
         part = _load_file(
             frame,
             path,

@@ -1,10 +1,16 @@
 """The ``clinical`` table: one typed row per patient from ``landing/clinical/*.csv|*.xlsx``.
 
 Input files
-    CSV (UTF-8 with or without BOM, else Windows-1252; separator ``,``, ``;`` or tab, sniffed) and
-    XLSX (first worksheet, read with openpyxl; the header is the first non-empty row). One row per
-    patient; ``patient_id`` and ``center_id`` are required (header matched case-insensitively, spaces
-    and hyphens read as ``_``); every other column is kept under its own name.
+    CSV/TSV (UTF-8 with or without BOM, GB18030, else Windows-1252; separator ``,``, ``;`` or tab)
+    and XLSX/XLS (the first worksheet whose columns give patient_id and center_id, else the first
+    with data; the other worksheets with data are listed in ``stats['other_sheets']``), read by ``dagster_project.sheets``: title rows above the header are
+    skipped (``stats['header_rows']``), a header repeated inside the data is dropped. Columns are
+    named by ``columns.py``: a mapping file (``LAKE_HOME/mappings``), then the built-in Chinese and
+    English names (患者编号 -> patient_id, 中心 -> center_id, 随访时间(月) -> follow_up_months,
+    是否复发 是/否 -> rfs_event 1/0 ...; ``stats['renamed_columns']``). One row per patient;
+    ``patient_id`` and ``center_id`` are required (header matched case-insensitively, spaces and
+    hyphens read as ``_``); every other column is kept under its own name. Full-width digits are
+    read as numbers. A file without the id columns is quarantined with a mapping skeleton.
 
 Row numbers
     A reject's ``record`` is ``row N`` where N is the row number a spreadsheet program shows: the
@@ -54,9 +60,8 @@ Identifiers
 
 from __future__ import annotations
 
-import csv
-import io
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -65,6 +70,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
+from assets.clinical.columns import known_header_names, plan_columns
 from assets.clinical.schema import (
     DEFAULT_DATE_FORMAT,
     ClinicalSchema,
@@ -72,10 +78,12 @@ from assets.clinical.schema import (
     SchemaError,
     schema_for,
 )
+from dagster_project.mappings import Mapping, mapping_for, skeleton
 from dagster_project.quarantine import Reject
+from dagster_project.sheets import XLSX_SUFFIXES, SheetError, read_sheets
 
 TARGET_TABLE = "clinical"
-CLINICAL_SUFFIXES = (".csv", ".xlsx")
+CLINICAL_SUFFIXES = (".csv", ".tsv", ".xlsx", ".xlsm", ".xls")
 CENTERS_FILE = "centers.yaml"
 
 # Columns that name or identify a person: never land (normalized names).
@@ -144,6 +152,11 @@ def load_centers(home: Path) -> set[str] | None:
 class _Sheet:
     header: list[str]
     rows: list[tuple[int, list[str | None]]]  # (spreadsheet row number, cell texts)
+    header_row: int = 1
+    renamed: dict[str, str] = field(default_factory=dict)  # landed column -> lake column
+    mapping: str | None = None
+    landed: list[str] = field(default_factory=list)  # the columns as the file names them
+    other_sheets: list[str] = field(default_factory=list)  # worksheets with data not read
 
 
 class _FileProblem(Exception):
@@ -157,96 +170,106 @@ def _normalize(name: str) -> str:
     return re.sub(r"[\s\-]+", "_", name.strip().lower())
 
 
-def _cell_text(value: object) -> str | None:
-    """An XLSX cell as the text a CSV would hold (ISO dates, ``repr`` floats, true/false)."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime):
-        if (value.hour, value.minute, value.second, value.microsecond) == (0, 0, 0, 0):
-            return value.date().isoformat()
-        return value.isoformat(sep=" ")
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-def _read_csv(path: Path) -> list[tuple[int, list[str | None]]]:
-    data = path.read_bytes()
+def _read_sheet(path: Path, shown: str, mappings: list[Mapping] | None = None) -> _Sheet:
+    """Header + rows of a clinical file, columns named for the lake (``columns.py``: a mapping
+    file, then the built-in Chinese/English names); a file-level problem raises ``_FileProblem``."""
+    kind = "XLSX workbook" if path.suffix.lower() in XLSX_SUFFIXES + (".xls",) else "CSV"
+    mappings = mappings or []
+    by_glob = [m for m in mappings if m.files and m.match(shown, list(m.header)) == 2]
+    first = by_glob[0] if by_glob else None
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = data.decode("cp1252", errors="replace")  # spreadsheets on Windows export this
-    sample = text[:65536]
-    try:
-        dialect = csv.Sniffer().sniff(sample.split("\n", 1)[0], delimiters=",;\t")
-        delimiter = dialect.delimiter
-    except csv.Error:
-        delimiter = ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    return [(number, list(record)) for number, record in enumerate(reader, start=1)]
-
-
-def _read_xlsx(path: Path) -> list[tuple[int, list[str | None]]]:
-    from openpyxl import load_workbook
-
-    book = load_workbook(path, read_only=True, data_only=True)
-    try:
-        sheet = book.worksheets[0]
-        # From row 1, so the numbers are the ones Excel shows.
-        rows = sheet.iter_rows(min_row=1, values_only=True)
-        return [(n, [_cell_text(v) for v in values]) for n, values in enumerate(rows, start=1)]
-    finally:
-        book.close()
-
-
-def _read_sheet(path: Path, shown: str) -> _Sheet:
-    """Header + rows of a clinical file; a file-level problem raises ``_FileProblem``."""
-    kind = "XLSX workbook" if path.suffix.lower() == ".xlsx" else "CSV"
-    try:
-        records = _read_xlsx(path) if path.suffix.lower() == ".xlsx" else _read_csv(path)
-    except Exception as exc:  # any parser error is a quarantined file, never a crashed run
-        detail = (str(exc).splitlines() or [type(exc).__name__])[0].replace(str(path), shown)
+        sheets = read_sheets(path, known_header_names(first), first.header_row if first else None)
+    except SheetError as exc:
+        if exc.rule == "empty_file":
+            raise _FileProblem(
+                "empty_file",
+                f"empty_file: {shown} has no header and no rows; land a file with data",
+            ) from exc
+        detail = exc.message.removeprefix("could not be read ")
         raise _FileProblem(
             "unreadable_file",
-            f"unreadable_file: {shown} could not be read as a {kind} ({detail}); "
-            "save it as UTF-8 CSV or .xlsx and land it again",
+            f"unreadable_file: {shown} could not be read as a {kind} {detail}; save it as UTF-8 "
+            "CSV or .xlsx and land it again",
         ) from exc
-    records = [(n, [None if c is None else c.strip() for c in cells]) for n, cells in records]
-    nonblank = [(n, cells) for n, cells in records if any(c for c in cells)]
-    if not nonblank:
-        raise _FileProblem(
-            "empty_file", f"empty_file: {shown} has no header and no rows; land a file with data"
-        )
-    (_, header_cells), body = nonblank[0], nonblank[1:]
-    width = max(len(header_cells), *(len(c) for _, c in body)) if body else len(header_cells)
-    header = [(c or "") for c in header_cells] + [""] * (width - len(header_cells))
+    sheet = _patient_sheet(sheets, shown, mappings)
+    mapping = mapping_for(mappings, shown, sheet.header)
+    body = sheet.rows
+    width = max([len(sheet.header)] + [len(cells) for _p, _l, cells in body])
+    header = sheet.header + [""] * (width - len(sheet.header))
     # Unnamed columns: kept as column_<n> when they hold data, dropped when empty (Excel leftovers).
-    used = {i for _, cells in body for i, c in enumerate(cells) if c}
+    used = {i for _p, _l, cells in body for i, c in enumerate(cells) if c}
     keep = [i for i, name in enumerate(header) if name or i in used]
-    names = [header[i] or f"column_{i + 1}" for i in keep]
-    seen: set[str] = set()
-    for name in names:
+    landed_names = [header[i] or f"column_{i + 1}" for i in keep]
+    plan = plan_columns(landed_names, mapping)
+    names = plan.header
+    seen: dict[str, str] = {}
+    for landed, name in zip(
+        [n for n, lake in zip(landed_names, plan.names, strict=True) if lake]
+        + list(plan.constants),
+        names,
+        strict=True,
+    ):
         if name in seen:
+            both = f" ('{seen[name]}' and '{landed}')" if seen[name] != landed else ""
             raise _FileProblem(
                 "duplicate_column",
-                f"duplicate_column: {shown} has the column '{name}' more than once; "
+                f"duplicate_column: {shown} has the column '{name}' more than once{both}; "
                 "rename or remove the copy and land the file again",
             )
-        seen.add(name)
+        seen[name] = landed
     rows = []
-    for number, cells in body:
+    for number, _line, cells in body:
         padded = cells + [None] * (width - len(cells))
-        rows.append((number, [padded[i] or None for i in keep]))
+        rows.append((number, plan.apply([_numeric_text(padded[i]) for i in keep])))
     if not rows:
         raise _FileProblem(
             "empty_file",
             f"empty_file: {shown} has a header but no data rows; land a file with data",
         )
-    return _Sheet(names, rows)
+    return _Sheet(
+        names,
+        rows,
+        header_row=sheet.header_row,
+        renamed=plan.renamed,
+        mapping=mapping.path if mapping else None,
+        landed=landed_names,
+        other_sheets=sheet.other_parts,
+    )
+
+
+def _patient_sheet(sheets: list, shown: str, mappings: list[Mapping]):
+    """The worksheet that holds the patients: the first whose columns give patient_id and
+    center_id (a notes sheet may come first), else the first; the others are named."""
+    chosen = sheets[0]
+    for candidate in sheets:
+        plan = plan_columns(candidate.header, mapping_for(mappings, shown, candidate.header))
+        names = {_normalize(n) for n in plan.header}
+        if {"patient_id", "center_id"} <= names:
+            chosen = candidate
+            break
+    chosen.other_parts = [s.part for s in sheets if s is not chosen and s.part]
+    return chosen
+
+
+def _mapping_hint(shown: str, sheet: _Sheet) -> str:
+    """A ready-to-edit mapping for a file whose id columns were not recognized."""
+    guesses = {}
+    for name in sheet.landed:
+        lake = sheet.renamed.get(name, name)
+        guesses[name] = lake if lake.isidentifier() else None
+    text = skeleton("clinical", shown, sheet.landed, guesses, header_row=sheet.header_row)
+    return (
+        ". To land it as it is, name the id columns (or give center_id under constants:) in "
+        f"this mapping and save it in LAKE_HOME/mappings:\n{text}"
+    )
+
+
+def _numeric_text(text: str | None) -> str | None:
+    """Full-width digits read as numbers (１２.５ -> 12.5); other text unchanged."""
+    if text is None or text.isascii():
+        return text
+    folded = unicodedata.normalize("NFKC", text).strip()
+    return folded if _FLOAT.match(folded) else text
 
 
 # --- typing -------------------------------------------------------------------------------------
@@ -421,6 +444,7 @@ def load_clinical(
     previous: pl.DataFrame | None = None,
     *,
     loaded_at: datetime | None = None,
+    mappings: list[Mapping] | None = None,
 ) -> tuple[pl.DataFrame, list[Reject], dict]:
     """Load every clinical file into one row per patient; see the module docstring for the rules.
 
@@ -440,6 +464,10 @@ def load_clinical(
         "files_quarantined": 0,
         "dropped_identifier_columns": [],
         "dropped_reserved_columns": [],
+        "header_rows": {},
+        "renamed_columns": {},
+        "mappings": {},
+        "other_sheets": {},
     }
     rows: list[_Row] = []
     columns: list[str] = []  # landed columns in first-seen order
@@ -451,7 +479,7 @@ def load_clinical(
         shown = _relative(path, landing)
         try:
             schema = schema_for(path, landing)
-            sheet = _read_sheet(path, shown)
+            sheet = _read_sheet(path, shown, mappings)
         except SchemaError as exc:
             _file_reject(
                 rejects,
@@ -464,6 +492,14 @@ def load_clinical(
         except _FileProblem as problem:
             _file_reject(rejects, stats, shown, problem.rule, problem.message)
             continue
+        if sheet.header_row > 1:
+            stats["header_rows"][shown] = sheet.header_row
+        if sheet.renamed:
+            stats["renamed_columns"][shown] = sheet.renamed
+        if sheet.mapping:
+            stats["mappings"][shown] = sheet.mapping
+        if sheet.other_sheets:
+            stats["other_sheets"][shown] = sheet.other_sheets
         normalized = {_normalize(n): n for n in sheet.header}
         missing = [c for c in ("patient_id", "center_id") if c not in normalized]
         if missing:
@@ -474,7 +510,8 @@ def load_clinical(
                 "missing_id_column",
                 f"missing_id_column: {shown} has no {' and no '.join(missing)} column (found: "
                 f"{', '.join(sheet.header[:12])}{', ...' if len(sheet.header) > 12 else ''}); every "
-                "clinical file needs patient_id and center_id columns",
+                "clinical file needs patient_id and center_id columns"
+                + _mapping_hint(shown, sheet),
             )
             continue
         pid_col, center_col = normalized["patient_id"], normalized["center_id"]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from dagster_project.core_assets import INGEST_TAG
-from dagster_project.materialize import table_result
+from dagster_project.core_assets import INGEST_TAG, reads
+from dagster_project.materialize import removed_since_last_version, table_result
 from dagster_project.quarantine import write_quarantine
 from dagster_project.resources import LakeResource
 from quality.checks import accounting_check, suite_check
@@ -53,6 +53,7 @@ def _write_private(path: Path, frame) -> None:
     group_name="imaging",
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
+    metadata=reads("landing/imaging"),
     description="One row per DICOM series or NIfTI/NRRD volume under landing/imaging/<center_id>/, "
     "with the acquisition protocol; headers only, re-reading only new or changed files.",
 )
@@ -62,6 +63,9 @@ def imaging_series(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.
     home = lake.lake()
     index_path = home.state_dir / INDEX_FILE
     result = scan_imaging(home.landing, lake.pseudonymizer(), previous=_read_private(index_path))
+    removed = removed_since_last_version(home, "imaging_series", result.series, "series_id")
+    if removed:
+        context.log.info(f"imaging_series: {removed} series removed (no longer in landing/)")
     home.write_table("imaging_series", result.series, keep_history=True)
     _write_private(index_path, result.files)
     write_quarantine(home, "imaging_series", result.rejects)
@@ -72,13 +76,14 @@ def imaging_series(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.
         f"imaging_series: {stats['series']} series from {stats['ingested']} files; "
         f"headers read {stats['read']}, unchanged {stats['reused']}, quarantined {stats['quarantined']}"
     )
-    return table_result(home, "imaging_series", result.series, stats)
+    return table_result(home, "imaging_series", result.series, {**stats, "series_removed": removed})
 
 
 @dg.asset(
     group_name="imaging",
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
+    metadata=reads("landing/imaging"),
     deps=["imaging_series"],
     description="One row per image/mask pair (cases.csv or the naming convention) that passed mask QC.",
 )
@@ -109,12 +114,20 @@ def cases(
         hashes.save(home.state_dir / HASH_CACHE_FILE)
     except OSError as exc:  # only costs hashing again next run
         context.log.warning(f"cases: file hash cache not saved ({exc})")
+    removed = removed_since_last_version(home, "cases", result.cases, "case_id")
+    if removed:
+        context.log.info(f"cases: {removed} cases removed (no longer in landing/)")
     home.write_table("cases", result.cases, keep_history=True)
     write_locators(home.state_dir / LOCATORS_FILE, result.locators)
     write_quarantine(home, "cases", result.rejects)
     for reject in result.rejects:
         context.log.warning(str(reject))
-    stats = {**result.stats, "hash_cache_hits": hashes.hits, "hash_cache_misses": hashes.misses}
+    stats = {
+        **result.stats,
+        "hash_cache_hits": hashes.hits,
+        "hash_cache_misses": hashes.misses,
+        "cases_removed": removed,
+    }
     context.log.info(
         f"cases: {stats['ingested']} cases ({stats['checked']} QC'd, {stats['reused']} unchanged), "
         f"quarantined {stats['quarantined']}; files hashed {hashes.misses}, "

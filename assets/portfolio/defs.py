@@ -13,7 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from dagster_project.core_assets import INGEST_TAG
+from dagster_project.core_assets import INGEST_TAG, reads
 from dagster_project.materialize import table_result
 from dagster_project.quarantine import write_quarantine
 from dagster_project.resources import LakeResource
@@ -28,22 +28,31 @@ TABLES = ("grants", "publications", "publication_authors", "publication_grants")
     group_name="portfolio",
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
+    metadata=reads("landing/portfolio/grants", "mappings"),
     description=(
-        "One row per grant from landing/portfolio/grants/*.csv (NSFC exports, NIH ExPORTER and "
-        "project_io files); duplicates merged by grant id, amount in whole currency units."
+        "One row per grant from landing/portfolio/grants/** (NSFC exports in their real shapes, "
+        "NIH RePORTER API JSON, ExPORTER and project_io CSV, any format with a mapping in "
+        "LAKE_HOME/mappings); duplicates merged by grant id, amount in whole currency units."
     ),
 )
 def grants(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     from assets.portfolio.grants import load_grants
     from dagster_project.lake import iter_files
+    from dagster_project.mappings import load_mappings
 
     home = lake.lake()
     files = iter_files(home.landing / "portfolio" / "grants")
-    table, rejects, stats = load_grants(files, home.landing)
+    mappings, mapping_errors = load_mappings(home.home, "grants")
+    table, rejects, stats = load_grants(files, home.landing, mappings, mapping_errors)
     home.write_table("grants", table, keep_history=True)
     write_quarantine(home, "grants", rejects)
     for reject in rejects:
         context.log.warning(str(reject))
+    for path, why in stats["skipped_files"].items():
+        context.log.info(f"{path} skipped: {why}")
+    for error in mapping_errors.values():
+        context.log.warning(f"mapping not used: {error}")
+    stats["mapping_errors"] = mapping_errors
     return table_result(home, "grants", table, stats)
 
 
@@ -55,6 +64,7 @@ def grants(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Material
             group_name="portfolio",
             kinds={"python", "parquet"},
             tags={INGEST_TAG: "ingest"},
+            metadata=reads("landing/portfolio/publications"),
             description=(
                 "One row per publication from landing/portfolio/publications/* (the group's "
                 "export, MEDLINE, PubMed XML); duplicates merged by DOI, PMID, title + year."

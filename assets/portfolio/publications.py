@@ -42,9 +42,10 @@ from pathlib import Path
 import polars as pl
 
 from assets.portfolio.grant_numbers import GrantKey, grants_in_text, parse_grant
-from assets.portfolio.grants import frame_from_rows, read_text, relative_path
+from assets.portfolio.grants import frame_from_rows, relative_path
 from assets.portfolio.lookups import normalize_text
 from dagster_project.quarantine import Reject
+from dagster_project.sheets import read_text
 
 TARGET = "publications"
 FORMAT_PRIORITY = {"pubmed_xml": 0, "medline": 1, "export": 2}  # which source's fields win a merge

@@ -11,7 +11,7 @@ import time
 
 import dagster as dg
 
-from dagster_project.core_assets import INGEST_TAG
+from dagster_project.core_assets import INGEST_TAG, reads
 from dagster_project.materialize import table_result
 from dagster_project.quarantine import write_quarantine
 from dagster_project.resources import ExtractionBackend, LakeResource
@@ -24,6 +24,7 @@ PROGRESS_EVERY_S = 10.0  # one progress line per 10 s keeps the run log readable
     group_name="radiomics",
     kinds={"python", "parquet"},
     tags={INGEST_TAG: "ingest"},
+    metadata=reads("params"),
     deps=["cases"],
     description="pyradiomics features, one row per case x feature x params_id (long); extracted "
     "again only when the image, mask, label or parameter file changed.",
