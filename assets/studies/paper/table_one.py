@@ -77,9 +77,13 @@ def classify_columns(frame: pl.DataFrame) -> tuple[list[str], list[str], list[st
         levels = frame[name].drop_nulls().n_unique()
         if levels == 0:  # a column of other patients' files (no value in this study)
             skipped.append(name)
-        elif dtype == pl.Boolean or (
-            (dtype == pl.String or dtype == pl.Categorical or dtype.is_integer())
-            and levels <= MAX_LEVELS
+        elif (
+            dtype == pl.Boolean
+            or levels == 1  # a constant: one level, nothing to test
+            or (
+                (dtype == pl.String or dtype == pl.Categorical or dtype.is_integer())
+                and levels <= MAX_LEVELS
+            )
         ):
             categorical.append(name)
         elif dtype.is_numeric():
@@ -143,23 +147,32 @@ def build_table_one(
     if not variables:
         return pl.DataFrame(rows, schema=SCHEMA), skipped
     nonnormal = non_normal(data, continuous)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        table = TableOne(
-            data,
-            columns=variables,
-            categorical=categorical,
-            continuous=continuous,
-            nonnormal=nonnormal,
-            groupby="cohort",
-            order={"cohort": order},
-            pval=len(order) > 1,
-            htest_name=True,
-            missing=True,
-            overall=False,
-            decimals=decimals,
-        )
-    tests = table.htest_table if len(order) > 1 else None
+
+    def tabulate(pval: bool):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return TableOne(
+                data,
+                columns=variables,
+                categorical=categorical,
+                continuous=continuous,
+                nonnormal=nonnormal,
+                groupby="cohort",
+                order={"cohort": order},
+                pval=pval,
+                htest_name=True,
+                missing=True,
+                overall=False,
+                decimals=decimals,
+            )
+
+    tested = len(order) > 1
+    try:
+        table = tabulate(tested)
+    except ValueError as error:  # a test scipy refuses (e.g. identical values): summaries only
+        skipped.append(f"(no p-values: {str(error).splitlines()[0]})")
+        table, tested = tabulate(False), False
+    tests = table.htest_table if tested else None
     displayed = table.tableone
     top = displayed.columns.levels[0][0]
     for (label, level), values in displayed.iterrows():
