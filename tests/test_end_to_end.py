@@ -424,6 +424,11 @@ def test_report_shows_the_paper_sections_and_the_flow_diagram(demo_lake, browser
     card = demo_lake / "reports" / "gist_mitotic_index" / "model_card.html"
     browser.open(card.as_uri())
     browser.wait_for_text("Intended use", "Data manifest", "Known limits", "Research use only")
+    # printable: Chromium's own print-to-PDF of the card (print stylesheet applied)
+    import base64
+
+    pdf = base64.b64decode(browser.call("Page.printToPDF", session=True)["data"])
+    assert pdf.startswith(b"%PDF") and len(pdf) > 20_000
 
 
 def test_every_table_column_and_view_of_the_demo_catalog_is_described(demo_lake, catalog):
