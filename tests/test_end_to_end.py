@@ -448,3 +448,13 @@ def test_every_table_column_and_view_of_the_demo_catalog_is_described(demo_lake,
         "select view_name from duckdb_views() where not internal and comment is null"
     ).fetchall()
     assert undescribed == []
+
+
+def test_ui_shows_grant_study_paper_links_and_the_flow_diagram(demo_lake, webserver, browser):
+    """The Dagster UI: the study's grants as metadata of its study_references asset (fed by the
+    grants asset), and the flow diagram in the patient_flow asset's metadata."""
+    study = yaml.safe_load((demo_lake / "studies" / "gist_mitotic_index.yaml").read_text())
+    browser.open(f"{webserver}/assets/gist_mitotic_index/study_references")
+    browser.wait_for_text("study_references", "funding", *study["funding"])
+    browser.open(f"{webserver}/assets/gist_mitotic_index/patient_flow")
+    browser.wait_for_text("patient_flow", "flow_diagram", "landed")
