@@ -194,7 +194,7 @@ def flow_figure(flow: pl.DataFrame, title: str = "") -> Any:
 
     main_x, side_x, w, h = 2.9, 7.4, 3.6, 0.75
     y = height - 0.6
-    box(main_x, y, w, h, _wrap(f"Clinical records landed\nn = {start['patients']}", 40), "#e8f0fb")
+    box(main_x, y, w, h, f"Clinical records landed\nn = {start['patients']}", "#e8f0fb")
     if title:
         ax.text(0.2, height + 0.2, title, fontsize=11, weight="bold", va="center")
     for step in steps:
