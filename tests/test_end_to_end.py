@@ -365,7 +365,10 @@ def test_ui_shows_lineage_metadata_checks_and_schedule(webserver, browser, tmp_p
 
 
 def test_demo_checklist_items_come_from_imaging_and_extraction_tables(demo_lake, catalog):
-    """CLEAR 16 (protocol per center), 23 (binning) and 25 (software) against the lake's rows."""
+    """CLEAR 16 (protocol per center), 23 (binning) and 25 (software) against the lake's rows;
+    every item the lake can fill (``lake_fillable: yes`` in the checklist CSVs) is filled."""
+    from assets.studies.paper.checklists import CHECKLISTS, read_checklist
+
     items = {
         (c, i): (status, value)
         for c, i, status, value in catalog.execute(
@@ -390,6 +393,11 @@ def test_demo_checklist_items_come_from_imaging_and_extraction_tables(demo_lake,
         items[("CLEAR", "25")][0] == "filled"
         and f"pyradiomics {version[0]}" in items[("CLEAR", "25")][1]
     )
+    fillable = [
+        (c, i["item"]) for c in CHECKLISTS for i in read_checklist(c) if i["lake_fillable"] == "yes"
+    ]
+    assert len(fillable) > 25
+    assert [k for k in fillable if items[k][0] != "filled"] == []
     params = yaml.safe_load((REPO / "assets/radiomics/params/ct_default.yaml").read_text())
     assert items[("CLEAR", "23")] == (
         "filled",

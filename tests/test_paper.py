@@ -366,7 +366,12 @@ def test_data_dictionary_in_the_catalog_and_the_dagster_ui(real_lake):
 
 def test_survival_report_holds_the_paper_sections(real_lake):
     report = (real_lake["home"] / "reports" / "lung_os" / "report.html").read_text()
-    for heading in ("Patient flow", "Table 1: patient characteristics", "Reporting checklists"):
+    for heading in (
+        "Patient flow",
+        "Table 1: patient characteristics",
+        "Reporting checklists",
+        "Funding and publications",
+    ):
         assert f"<h2>{heading}" in report
     assert report.count("data:image/png;base64,") >= 2  # flow diagram and Kaplan-Meier
 

@@ -69,6 +69,24 @@ def paper_sections(home: Any, spec: Any, model_version: str) -> list:
                 tables=tables,
             )
         )
+    references = _part(home, "study_references", spec.name)
+    if references.height:
+        from assets.studies.paper.references import resolve_references
+
+        resolved = resolve_references(
+            references, home.read_table("grants"), home.read_table("publications")
+        )
+        sections.append(
+            Section(
+                "Funding and publications",
+                [
+                    "Grants that fund this study and papers that report it (study YAML funding: "
+                    "and publications:); found = in the lake's grants or publications table. "
+                    "Views grant_outputs, paper_provenance, study_funding."
+                ],
+                tables=[("", resolved.drop("study"))],
+            )
+        )
     card = report_dir / "model_card.html"
     if card.is_file():
         sections.append(
