@@ -17,13 +17,17 @@ from far smaller frames, still evaluated by GX:
   as pandas does) and GX validates those rows only (none: it passes). GX counts every row of a
   duplicated key as unexpected, so its count on those rows is its count on the table.
 
-An expectation with ``mostly`` or any other kind needs the whole table: ``NeedsWholeTable`` is
-raised and the caller uses ``run_suite``. ``tests/test_quality_gate.py`` checks both paths give
-the same outcome on a table with bad values, nulls and duplicates.
+A row-wise expectation with a ``row_condition`` (pandas syntax) also reads the columns its
+condition names: they join the distinct values, GX applies the condition to them, and the
+percentage is taken over the rows the condition keeps. An expectation with ``mostly`` or any
+other kind needs the whole table: ``NeedsWholeTable`` is raised and the caller uses
+``run_suite``. ``tests/test_quality_scaled.py`` checks both paths give the same outcome on tables
+with bad values, nulls and duplicates.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -85,9 +89,12 @@ def run_suite_scaled(table: str, scan: pl.LazyFrame, suites_dir=None) -> SuiteOu
     by_columns: dict[tuple[str, ...], list[int]] = defaultdict(list)
     unique: list[int] = []
     for index, (name, kwargs) in enumerate(pairs):
-        if "mostly" in kwargs or (name not in ROW_WISE and name not in UNIQUE):
+        conditional = "row_condition" in kwargs and (
+            name in UNIQUE or kwargs.get("condition_parser") != "pandas"
+        )
+        if "mostly" in kwargs or conditional or (name not in ROW_WISE and name not in UNIQUE):
             raise NeedsWholeTable(f"{name}({kwargs}) needs every row")
-        columns = columns_of(kwargs)
+        columns = columns_of(kwargs) + _condition_columns(kwargs, schema)
         absent = [c for c in columns if c not in schema]
         if absent:
             outcomes[index] = ExpectationOutcome(
@@ -114,9 +121,11 @@ def run_suite_scaled(table: str, scan: pl.LazyFrame, suites_dir=None) -> SuiteOu
             name, kwargs = pairs[index]
             failing = (res.result or {}).get("unexpected_index_list") or []
             rows = int(weights[np.asarray(failing, dtype=np.int64)].sum()) if failing else 0
-            ignored = distinct.select(_ignored(kwargs, columns).alias("x")).get_column("x")
-            ignored_rows = int(weights[ignored.to_numpy()].sum())
-            counted = total if name.endswith("_not_be_null") else total - ignored_rows
+            ignored = distinct.select(_ignored(kwargs, columns_of(kwargs)).alias("x"))
+            kept = _kept(kwargs, frame)  # rows the row_condition keeps (all without one)
+            ignored_rows = int(weights[kept & ignored.get_column("x").to_numpy()].sum())
+            considered = int(weights[kept].sum())
+            counted = considered if name.endswith("_not_be_null") else considered - ignored_rows
             percent = 100.0 * rows / counted if counted else 0.0
             outcome = outcome_of(res, rows, percent)
             outcomes[index] = _shortened(outcome)
@@ -166,6 +175,27 @@ def _ignored(kwargs: dict[str, Any], columns: list[str]) -> pl.Expr:
     if rule == "never":
         return pl.lit(False)
     return pl.all_horizontal(nulls)
+
+
+def _condition_columns(kwargs: dict[str, Any], schema) -> list[str]:
+    """The table columns a ``row_condition`` names (beyond the expectation's own columns)."""
+    condition = kwargs.get("row_condition")
+    if not condition:
+        return []
+    own = set(columns_of(kwargs))
+    return [
+        c
+        for c in schema
+        if c not in own and re.search(rf"(?<![\w.]){re.escape(c)}(?!\w)", condition)
+    ]
+
+
+def _kept(kwargs: dict[str, Any], frame) -> np.ndarray:
+    """Which rows of the (pandas) distinct frame the expectation's ``row_condition`` keeps."""
+    condition = kwargs.get("row_condition")
+    if not condition:
+        return np.ones(len(frame), dtype=bool)
+    return frame.index.isin(frame.query(condition).index)
 
 
 def _shortened(outcome: ExpectationOutcome) -> ExpectationOutcome:

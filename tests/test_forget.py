@@ -224,8 +224,9 @@ def test_a_file_deleted_from_landing_is_reported_and_leaves_every_table(lake):
     con = radlake.connect(home)
     try:
         left = {
-            table: con.execute(f"select count(*) from {table} where patient_key = ?", [key])
-            .fetchone()[0]
+            table: con.execute(
+                f"select count(*) from {table} where patient_key = ?", [key]
+            ).fetchone()[0]
             for table in ("imaging_series", "cases", "radiomics_features")
         }
         rejected = con.execute(

@@ -463,7 +463,7 @@ prostate/img.nii.gz,prostate/seg_dilated_10mm.nii.gz,1,PR-1
     }
 
 
-def test_paths_outside_landing_and_rtstruct_are_quarantined(tmp_path):
+def test_paths_outside_landing_and_rtstruct_without_series_are_quarantined(tmp_path):
     landing = tmp_path / "landing"
     land(landing, dicom("autoradiomics", "nifti", "prostate", "img.nii.gz"), "C1", "img.nii.gz")
     land(
@@ -497,7 +497,7 @@ img.nii.gz,../../etc/passwd,1,P1
         "row 1": "path_outside_landing",
         "row 2": "path_outside_landing",
         "row 3": "path_outside_landing",
-        "row 4": "rtstruct_unsupported",
+        "row 4": "rtstruct_series_mismatch",  # an RTSTRUCT needs the DICOM series it was drawn on
         "row 6": "missing_file",  # ../../ from imaging/C1/ is landing/etc/passwd: inside, absent
     }
     assert result.cases.height == 1
@@ -533,7 +533,7 @@ def test_naming_convention_pairs_volumes_and_seg_references(tmp_path):
     # by the convention the base name is the patient id, so it is replaced in stored paths
     assert rules == {
         f"{PSEUDONYMIZE('C3', 'lung1')}.nrrd": "mask_without_image",
-        "rtstruct.dcm": "rtstruct_unsupported",
+        "rtstruct.dcm": "rtstruct_series_not_landed",  # pydicom's file references an unlanded CT
         # labels 1, 7, 8, 9 and no cases.csv to name one
         f"{PSEUDONYMIZE('C3', 'prostate_phantom_subvolume')}.nrrd": "multilabel_without_label",
     }

@@ -54,26 +54,35 @@ def _radiomics(rows: int, defects: bool, seed: int = 3) -> pl.DataFrame:
 
 def _survival(rows: int, defects: bool, seed: int = 5) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
-    estimate = rng.normal(1.0, 0.3, rows)
-    low, high = estimate - rng.uniform(0, 0.5, rows), estimate + rng.uniform(0, 0.5, rows)
+    km = np.arange(rows) % 2 == 0
+    # Kaplan-Meier rows hold a survival probability (its range is checked under a
+    # row_condition), Cox rows a hazard ratio
+    estimate = np.where(km, rng.uniform(0.2, 0.9, rows), rng.lognormal(0.0, 0.3, rows))
+    low, high = estimate - rng.uniform(0, 0.1, rows), estimate + rng.uniform(0, 0.1, rows)
     p_value = rng.uniform(0, 1, rows)
     frame = pl.DataFrame(
         {
             "study": "gist",
             "model_version": [f"v{i % 7}" for i in range(rows)],
             "endpoint": "os",
-            "analysis": ["cox" if i % 2 else "km" for i in range(rows)],
+            "analysis": np.where(km, "km_survival", "cox_univariable").tolist(),
             "term": [f"t{i % 40}" for i in range(rows)],
             "estimate": np.round(estimate, 2),
             "ci_low": np.round(low, 2),
             "ci_high": np.round(high, 2),
             "p_value": np.round(p_value, 3),
+            "n": rng.integers(20, 40, rows),
+            "events": rng.integers(0, 20, rows),
+            "ci_flag": [None if i % 9 else "degenerate_ci" for i in range(rows)],
         }
     )
     if defects:
         frame = (
             frame.with_row_index("i")
             .with_columns(
+                estimate=pl.when((pl.col("i") % 503 == 0) & (pl.col("analysis") == "km_survival"))
+                .then(1.25)
+                .otherwise("estimate"),
                 p_value=pl.when(pl.col("i") % 211 == 0).then(1.5).otherwise("p_value"),
                 ci_low=pl.when(pl.col("i") % 307 == 0)
                 .then(pl.col("estimate") + 1)
@@ -122,6 +131,13 @@ def test_distinct_value_suite_equals_gx_on_every_row(table, make, defects):
         )
         for o in scaled.failed:  # samples are the failing values themselves
             assert o.sample_values, o
+        if table == "survival_results":  # a range checked under a row_condition
+            conditional = [o for o in scaled.failed if o.kwargs.get("row_condition")]
+            km_over_one = frame.filter(
+                (pl.col("analysis") == "km_survival") & (pl.col("estimate") > 1)
+            ).height
+            assert km_over_one > 0
+            assert [o.unexpected_count for o in conditional] == [km_over_one]
 
 
 def test_check_on_a_large_table_uses_distinct_values(lake_home, monkeypatch):

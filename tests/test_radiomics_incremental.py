@@ -268,6 +268,7 @@ def test_params_discovery_defaults_override_and_invalid(lake):
     assert {p.params_id: p.source for p in params} == {
         "ct_default": "shipped",
         "mr_default": "shipped",
+        "pt_default": "shipped",
     }
     assert all(p.path.parent == SHIPPED_DIR and len(p.sha256) == 64 for p in params)
 
@@ -277,6 +278,7 @@ def test_params_discovery_defaults_override_and_invalid(lake):
     assert {p.params_id: p.source for p in params} == {
         "ct_default": "lake",
         "mr_default": "shipped",
+        "pt_default": "shipped",
     }
     (reject,) = rejects
     assert reject.rule == "invalid_params" and reject.source_path == "../params/broken.yaml"

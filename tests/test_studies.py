@@ -351,15 +351,32 @@ def test_hn1_study_aucs_plausible_and_every_ci_contains_its_estimate(hn1_result)
     )
     assert pooled["value"].is_between(0.5, 1.0).all(), pooled
     assert auc["value"].is_between(0.3, 1.0).all()
-    with_ci = metrics.filter(
-        pl.col("ci_low").is_not_null() & (pl.col("ci_method") != "delong_paired")
+    interval_rows = metrics.filter(
+        pl.col("ci_method").is_in(["bootstrap_percentile", "delong", "wald"])
     )
     # 6 models x 5 cohorts x (7 bootstrap metrics + auc_delong + calibration slope and intercept)
-    assert with_ci.height == 6 * 5 * 10
+    assert interval_rows.height == 6 * 5 * 10
+    # a row without an interval says why: here only calibration slopes of apparent training
+    # probabilities that separate the classes (no finite maximum-likelihood slope)
+    missing = interval_rows.filter(pl.col("ci_low").is_null())
+    assert set(missing["ci_flag"]) <= {"not_estimable"} and set(missing["metric"]) <= {
+        "calibration_slope"
+    }
+    for model, cohort in missing.select("model", "cohort").rows():
+        part = hn1_result.predictions.filter(
+            (pl.col("model") == model) & (pl.col("cohort") == cohort)
+        )
+        negatives = part.filter(pl.col("label") == 0)["probability"]
+        positives = part.filter(pl.col("label") == 1)["probability"]
+        assert negatives.max() <= positives.min() or positives.max() <= negatives.min()
+    with_ci = interval_rows.filter(pl.col("ci_low").is_not_null())
     outside = with_ci.filter(
         (pl.col("ci_low") > pl.col("value") + 1e-12) | (pl.col("ci_high") < pl.col("value") - 1e-12)
     )
     assert outside.is_empty(), outside
+    # zero-width intervals are flagged (e.g. a training AUC of 1: every resample gives 1)
+    zero_width = with_ci.filter(pl.col("ci_high") - pl.col("ci_low") <= 1e-12)
+    assert (zero_width["ci_flag"] == "degenerate_ci").all(), zero_width
     # both CI methods reported and labelled; DeLong test of combined vs best radiomics model
     assert set(metrics.filter(pl.col("metric") == "auc")["ci_method"]) == {"bootstrap_percentile"}
     assert set(metrics.filter(pl.col("metric") == "auc_delong")["ci_method"]) == {"delong"}

@@ -18,6 +18,8 @@ Case rules (a patient with several lesions, sequences or phases needs one case):
   ``cases.qc_roi_voxels``; when none is there the lowest case_id is taken and the description
   SAYS so. Ties and cases without a size: lowest case_id.
 - ``first``: the lowest case_id (stable across runs; case ids are content hashes).
+- ``reader:<name>``, ``all_lesions``, ``per_lesion``: readers and lesions of ``cases``
+  (``assets.studies.case_rule``).
 - ``phase:<name>``: only cases of that contrast phase / sequence (``cases.phase``, else the
   ``phase`` of the case's ``imaging_series`` row; compared case-insensitively), then the largest
   ROI among them; patients without such a case are left out and counted in the description.
@@ -98,6 +100,14 @@ def pivot_features(
     """
     import duckdb
 
+    rule_text = (case_rule or "").strip()
+    if rule_text in ("all_lesions", "per_lesion") or rule_text.startswith("reader:"):
+        # readers and lesions (cases.reader / cases.lesion): assets.studies.case_rule
+        if isinstance(data, pl.DataFrame):
+            raise ValueError(f"case_rule {rule_text!r} needs a connection with the cases table")
+        from assets.studies.case_rule import pivot
+
+        return pivot(data, source, selector, rule_text)
     if source not in SOURCES:
         raise ValueError(f"source {source!r} is not allowed (allowed: {', '.join(SOURCES)})")
     if engine not in ENGINES:

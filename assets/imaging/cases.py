@@ -17,7 +17,16 @@ Where cases come from, per center ``landing/imaging/<center_id>/``:
      its sub-folders; the patient id is ``<base>`` (volume pairs) or the series' PatientID;
    - a DICOM SEG is paired with the series it references (ReferencedSeriesSequence), one case per
      segment (label = segment number);
-   - an RTSTRUCT is quarantined (``rtstruct_unsupported``).
+   - an RTSTRUCT is paired with the series it references, with the center's default ROI
+     (``rtstruct_roi`` in ``LAKE_HOME/centers.yaml``) or its only ROI.
+
+RTSTRUCT masks (``assets/imaging/rtstruct.py``): ``Label`` names the ROI (number, name or regular
+expression), else the center's ``rtstruct_roi``. A structure set that references an image series
+other than the case's Image is quarantined as ``rtstruct_series_not_landed`` (that series is not
+in landing/) or ``rtstruct_series_mismatch`` (it is, but the Image is another one).
+
+Readers and lesions: cases.csv may carry ``reader`` and ``lesion``; they enter the ``case_id``
+(two readers' masks of one image are two cases) and land in the columns of the same name.
 
 Path safety: an Image or Mask that resolves outside ``landing/`` (``..``, an absolute path, a
 symlink) is quarantined as ``path_outside_landing`` and never opened.
@@ -43,16 +52,20 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 
 from assets.imaging import layout
 from assets.imaging.io import (
     ImagingError,
+    folder_series,
+    kept_out,
     mask_source_of,
     read_header,
     series_files,
+    series_members,
     sop_kind,
 )
 from assets.imaging.layout import CaseLocator
@@ -60,11 +73,15 @@ from assets.imaging.mask_qc import (
     DEFAULT_MIN_VOXELS,
     DEFAULT_RESAMPLE_TOLERANCE,
     DEFAULT_TOLERANCE,
+    IMAGE_RULES,
     CaseRejected,
     prepare_case,
 )
 from dagster_project.lake import HashCache, file_sha256
 from dagster_project.quarantine import Reject
+
+if TYPE_CHECKING:
+    from assets.imaging.settings import CenterImaging
 
 TARGET = "cases"
 # read only to scrub paths (folders named after the patient, birth date or accession number)
@@ -98,11 +115,27 @@ CASES_SCHEMA: dict[str, Any] = {
     "qc_direction_delta": pl.Float64,
     "qc_max_shift_voxels": pl.Float64,
     "qc_settings": pl.String,
+    "reader": pl.String,
+    "lesion": pl.String,
+    "roi_volume_ml": pl.Float64,  # qc_roi_voxels x voxel volume: the tumour volume
+    "intensity_unit": pl.String,  # HU (CT), SUVbw (PET, converted from its own tags), else null
+    "suv_factor": pl.Float64,  # PET: stored values x suv_factor = SUVbw
+    "image_note": pl.String,  # a correction of the image's geometry (slice gaps, gantry tilt)
 }
 _QC_REUSED = [
     c
     for c in CASES_SCHEMA
-    if c.startswith("qc_") or c in ("mask_resampled", "label", "segment_label")
+    if c.startswith("qc_")
+    or c
+    in (
+        "mask_resampled",
+        "label",
+        "segment_label",
+        "roi_volume_ml",
+        "intensity_unit",
+        "suv_factor",
+        "image_note",
+    )
 ]
 
 
@@ -140,6 +173,9 @@ class _Candidate:
     phase: str | None = None
     modality: str | None = None
     series_uid: str | None = None
+    reader: str | None = None
+    lesion: str | None = None
+    kept_out: list[tuple[str, str, str]] = field(default_factory=list)  # (series key, rule, detail)
     tokens: set[str] = field(default_factory=set)  # identifiers found on the way (for reject paths)
 
 
@@ -163,6 +199,7 @@ def load_cases(
     tolerance: float = DEFAULT_TOLERANCE,
     resample_tolerance: float = DEFAULT_RESAMPLE_TOLERANCE,
     hashes: HashCache | None = None,
+    center_settings: dict[str, CenterImaging] | None = None,
 ) -> CasesResult:
     """Cases of every center (see the module doc).
 
@@ -170,7 +207,8 @@ def load_cases(
     hashes, QC settings) skip the pixel QC. ``scan_files`` (``ScanResult.files``) tells which
     files are DICOM SEG / RTSTRUCT without reading their headers again. ``hashes`` (loaded by the
     caller, saved after) gives the sha256 of unchanged image and mask files without reading them
-    again; without it every file is hashed.
+    again; without it every file is hashed. ``center_settings`` (``settings.load_imaging_settings``)
+    gives each center's default RTSTRUCT ROI.
     """
     landing = Path(landing)
     qc = {
@@ -189,8 +227,13 @@ def load_cases(
     locators: dict[str, CaseLocator] = {}
     stats: dict[str, int] = defaultdict(int)
 
+    from assets.imaging.settings import DEFAULT as DEFAULT_CENTER
+
+    center_settings = center_settings or {}
+    reported: set[str] = set()  # kept-out series already in quarantine
     for center_dir in layout.center_dirs(landing):
         candidates, early = _candidates(landing, center_dir, kinds)
+        settings = center_settings.get(center_dir.name, DEFAULT_CENTER)
         # every patient id of this center, to scrub the paths of rejects that have none of their own
         center_scrubber = layout.Scrubber()
         for cand in candidates:
@@ -214,9 +257,20 @@ def load_cases(
             stats["landed"] += 1
             try:
                 row, locator, reused = _case(
-                    landing, cand, pseudonymize, series_paths, before, qc, qc_settings, hash_file
+                    landing,
+                    cand,
+                    pseudonymize,
+                    series_paths,
+                    before,
+                    qc,
+                    qc_settings,
+                    hash_file,
+                    settings,
                 )
             except _Skip as skip:
+                _report_kept_out(
+                    landing, cand, reported, rejects, stats, pseudonymize, center_scrubber
+                )
                 item = _Early(
                     cand.origin,
                     skip.rule,
@@ -229,6 +283,7 @@ def load_cases(
                     _reject(landing, item, center_scrubber, pseudonymize, cand.center_id)
                 )
                 continue
+            _report_kept_out(landing, cand, reported, rejects, stats, pseudonymize, center_scrubber)
             if row["case_id"] in locators:
                 stats["merged"] += 1  # the same image/mask/label listed twice
                 continue
@@ -316,6 +371,8 @@ def _candidates(
                     sequence=row.sequence,
                     phase=row.phase,
                     modality=row.modality,
+                    reader=row.reader,
+                    lesion=row.lesion,
                 )
             )
     for path, kind in _mask_like_files(landing, center_dir, kinds):
@@ -416,14 +473,9 @@ def _convention_candidates(
             continue
         kind = kinds(landed)
         if kind == "rtstruct":
-            early.append(
-                _Early(
-                    landed.path,
-                    "rtstruct_unsupported",
-                    "is a DICOM RTSTRUCT (contours), not supported yet",
-                    "convert it to a NIfTI/NRRD label map or a DICOM SEG",
-                )
-            )
+            if image_series is None:
+                image_series = _image_series_folders(files, kinds)
+            candidates.extend(_rtstruct_candidates(center, landed.path, image_series, early))
         elif kind == "seg":
             if image_series is None:
                 image_series = _image_series_folders(files, kinds)
@@ -510,6 +562,36 @@ def _seg_candidates(
     ]
 
 
+def _rtstruct_candidates(
+    center: str, path: Path, image_series: dict[str, Path], early: list[_Early]
+) -> list[_Candidate]:
+    from assets.imaging.rtstruct import read_structure_set
+
+    try:
+        referenced = read_structure_set(path).referenced_series
+    except ImagingError:
+        early.append(
+            _Early(path, "unreadable_mask", "is an RTSTRUCT that cannot be read", "re-export it")
+        )
+        return []
+    found = sorted((uid, image_series[uid]) for uid in referenced if uid in image_series)
+    if not found:
+        early.append(
+            _Early(
+                path,
+                "rtstruct_series_not_landed",
+                f"is an RTSTRUCT whose {len(referenced)} referenced image series "
+                "is not landed in this center",
+                "land the referenced series or write a cases.csv",
+            )
+        )
+        return []
+    uid, folder = found[0]
+    return [
+        _Candidate(center, "rtstruct_reference", "RTSTRUCT", path, folder, path, series_uid=uid)
+    ]
+
+
 # --- one case ----------------------------------------------------------------------------------
 def _case(
     landing: Path,
@@ -520,7 +602,10 @@ def _case(
     qc: dict[str, Any],
     qc_settings: str,
     hash_file: Callable[[Path], str] = file_sha256,
+    settings: CenterImaging | None = None,
 ) -> tuple[dict[str, Any], CaseLocator, bool]:
+    if settings is None:
+        from assets.imaging.settings import DEFAULT as settings
     if cand.image is None or cand.mask is None:
         missing = "Image" if cand.image is None else "Mask"
         raise _Skip(
@@ -549,25 +634,18 @@ def _case(
     try:
         mask_source = mask_source_of(mask) if mask.is_file() else None
     except ImagingError as exc:
-        raise _Skip(
-            exc.rule if exc.rule == "rtstruct_unsupported" else "unreadable_mask",
-            f"{cand.where}: the mask {exc.detail}",
-        ) from exc
+        raise _Skip("unreadable_mask", f"{cand.where}: the mask {exc.detail}") from exc
     if mask_source is None:
         raise _Skip(
             "unreadable_mask",
             f"{cand.where}: the Mask is a folder, not a mask file",
             "point Mask at the file",
         )
-    if mask_source == "rtstruct":
-        raise _Skip(
-            "rtstruct_unsupported",
-            f"{cand.where}: the mask is a DICOM RTSTRUCT (contours), not supported yet",
-            "convert it to a NIfTI/NRRD label map or a DICOM SEG",
-        )
+    if mask_source == "rtstruct" and not (cand.label or "").strip() and settings.rtstruct_roi:
+        cand.label = settings.rtstruct_roi  # the center's default ROI pattern (centers.yaml)
     label = _requested_label(cand, mask_source)
 
-    image_files, series_uid, header = _image_files(image, cand.series_uid, cand.where)
+    image_files, series_uid, header = _image_files(image, cand.series_uid, cand.where, cand)
     patient_id = cand.patient_id or (_text(header.get("PatientID")) if header is not None else None)
     if not patient_id and layout.volume_format(image.name):
         patient_id = layout.image_base(image.name)
@@ -585,7 +663,11 @@ def _case(
         )
     cand.patient_id = patient_id
     patient_key = pseudonymize(cand.center_id, patient_id)
-    case_id = layout.case_id_for(pseudonymize, cand.center_id, image_rel, mask_rel, cand.label)
+    if mask_source == "rtstruct":
+        _check_rtstruct_series(mask, series_uid, cand, pseudonymize, series_paths)
+    case_id = layout.case_id_for(
+        pseudonymize, cand.center_id, image_rel, mask_rel, _case_label_key(cand)
+    )
     if series_uid:
         series_id = layout.dicom_series_id(pseudonymize, cand.center_id, series_uid)
     else:
@@ -607,7 +689,11 @@ def _case(
         series_uid=series_uid,
         image_sha256=image_sha,
         mask_sha256=mask_sha,
+        slice_gaps=settings.slice_gaps,
+        gantry_tilt=settings.gantry_tilt,
     )
+    if (settings.slice_gaps, settings.gantry_tilt) != ("quarantine", "quarantine"):
+        qc_settings += f";slice_gaps={settings.slice_gaps};gantry_tilt={settings.gantry_tilt}"
     row: dict[str, Any] = {
         "case_id": case_id,
         "patient_key": patient_key,
@@ -629,9 +715,15 @@ def _case(
         "case_source": cand.source,
         "cases_row": cand.row,
         "qc_settings": qc_settings,
+        "reader": cand.reader,
+        "lesion": cand.lesion,
     }
     old = before.get(case_id)
-    if old is not None and (old["image_sha256"], old["mask_sha256"]) == (image_sha, mask_sha):
+    if old is not None and (old["image_sha256"], old["mask_sha256"], old["qc_settings"]) == (
+        image_sha,
+        mask_sha,
+        qc_settings,
+    ):
         row.update({k: old[k] for k in _QC_REUSED})
         locator = _with_label(locator, row["label"])
         return row, locator, True
@@ -641,9 +733,14 @@ def _case(
     except CaseRejected as exc:
         raise _Skip(exc.rule, exc.reason) from exc
     info = prepared.info
+    spacing = prepared.image.GetSpacing()
     row.update(
         label=int(info["label"]),
         segment_label=info.get("segment_label"),
+        roi_volume_ml=info["qc_roi_voxels"] * float(np.prod(spacing)) / 1000.0,
+        intensity_unit=info.get("intensity_unit"),
+        image_note=info.get("image_note"),
+        suv_factor=info.get("suv_factor"),
         **{
             k: info[k]
             for k in (
@@ -668,24 +765,80 @@ def _requested_label(cand: _Candidate, mask_source: str) -> int | str | None:
         return None
     if re.fullmatch(r"[0-9]+(\.0+)?", raw):
         return int(float(raw))
-    if mask_source == "dicom_seg":
+    if mask_source in ("dicom_seg", "rtstruct"):
         return raw
     raise _Skip(
         "invalid_label",
-        f"{cand.where}: Label {raw[:40]!r} is not a whole number (names only select DICOM SEG segments)",
+        f"{cand.where}: Label {raw[:40]!r} is not a whole number "
+        "(names only select DICOM SEG segments and RTSTRUCT ROIs)",
         "write the label value",
     )
 
 
+def _case_label_key(cand: _Candidate) -> str | None:
+    """What, besides the image and mask paths, tells cases apart: the Label, and the reader and
+    lesion when given (ids of cases without them are unchanged)."""
+    if not cand.reader and not cand.lesion:
+        return cand.label
+    return f"{cand.label or ''}\x1freader={cand.reader or ''}\x1flesion={cand.lesion or ''}"
+
+
+def _check_rtstruct_series(
+    mask: Path,
+    series_uid: str | None,
+    cand: _Candidate,
+    pseudonymize: layout.Pseudonymize,
+    series_paths: dict[str, dict[str, Any]],
+) -> None:
+    """The structure set must reference the case's image series (when it names any)."""
+    from assets.imaging.rtstruct import read_structure_set
+
+    try:
+        structure = read_structure_set(mask)
+    except ImagingError as exc:
+        raise _Skip("unreadable_mask", f"{cand.where}: the mask {exc.detail}") from exc
+    referenced = structure.referenced_series
+    if not referenced or series_uid is None or series_uid in referenced:
+        return
+    contours = sum(len(v) for v in structure.contours.values())
+    ids = sorted(layout.dicom_series_id(pseudonymize, cand.center_id, u) for u in referenced)
+    landed = [i for i in ids if i in series_paths]
+    image_id = layout.dicom_series_id(pseudonymize, cand.center_id, series_uid)
+    numbers = (
+        f"{len(structure.rois)} ROIs, {contours} contours; referenced series "
+        f"{', '.join(i[:12] for i in ids)}, the Image is series {image_id[:12]}"
+    )
+    if landed:
+        raise _Skip(
+            "rtstruct_series_mismatch",
+            f"{cand.where}: the RTSTRUCT references another landed series than the Image ({numbers})",
+            "point Image at the referenced series",
+        )
+    raise _Skip(
+        "rtstruct_series_not_landed",
+        f"{cand.where}: the RTSTRUCT references an image series that is not in landing/ ({numbers})",
+        "land the referenced series",
+    )
+
+
 def _image_files(
-    image: Path, series_uid: str | None, where: str
+    image: Path, series_uid: str | None, where: str, cand: _Candidate | None = None
 ) -> tuple[list[Path], str | None, Any]:
-    """Files of the image, its SeriesInstanceUID (DICOM) and one DICOM header (or None)."""
+    """Files of the image, its SeriesInstanceUID (DICOM) and one DICOM header (or None).
+    Series of the folder kept out of cases (localizers, ...) are noted on ``cand``."""
     if layout.volume_format(image.name) and image.is_file():
         return [image], None, None
     try:
         if image.is_dir():
-            uid, files = series_files(image, series_uid)
+            groups = folder_series(image)
+            uid, members = series_members(image, series_uid, groups)
+            if cand is not None:
+                cand.kept_out = [
+                    (f"{image}\x1f{other}", rule, f"{detail}; {len(groups[other])} file(s)")
+                    for other, (rule, detail) in kept_out(groups).items()
+                    if other != uid
+                ]
+            files = [path for path, _ in members]
         else:
             dataset = read_header(image)
             if sop_kind(dataset) != "image":
@@ -693,7 +846,7 @@ def _image_files(
             uid, files = _text(dataset.get("SeriesInstanceUID")), [image]
         header = read_header(files[0], [*_IDENTIFYING_TAGS, "Modality"])
     except ImagingError as exc:
-        rule = exc.rule if exc.rule == "ambiguous_series" else "unreadable_image"
+        rule = exc.rule if exc.rule in IMAGE_RULES else "unreadable_image"
         raise _Skip(rule, f"{where}: the image {exc.detail}", "fix the Image path") from exc
     return files, uid, header
 
@@ -719,10 +872,34 @@ def _series_paths(series_df: pl.DataFrame | None) -> dict[str, dict[str, Any]]:
 
 
 def _previous(previous: pl.DataFrame | None, qc_settings: str) -> dict[str, dict[str, Any]]:
+    """Last run's rows by case_id (reused when hashes and QC settings, with the center's
+    geometry settings, are unchanged: ``_case`` compares them)."""
     if previous is None or previous.is_empty() or not set(CASES_SCHEMA) <= set(previous.columns):
         return {}
-    frame = previous.filter(pl.col("qc_settings") == qc_settings)
+    frame = previous.filter(pl.col("qc_settings").str.starts_with(qc_settings))
     return {row["case_id"]: row for row in frame.iter_rows(named=True)}
+
+
+def _report_kept_out(
+    landing: Path,
+    cand: _Candidate,
+    reported: set[str],
+    rejects: list[Reject],
+    stats: dict[str, int],
+    pseudonymize: layout.Pseudonymize,
+    center_scrubber: layout.Scrubber,
+) -> None:
+    """One quarantine row per series kept out of cases in a case's image folder (once each)."""
+    for key, rule, detail in cand.kept_out:
+        if key in reported:
+            continue
+        reported.add(key)
+        stats["landed"] += 1
+        folder = Path(key.split("\x1f")[0])
+        item = _Early(folder, rule, f"{cand.where}: a series in the Image folder {detail}")
+        item.patient_id, item.tokens = cand.patient_id, cand.tokens
+        item.todo = "kept out of cases; nothing to do unless it is the image you meant"
+        rejects.append(_reject(landing, item, center_scrubber, pseudonymize, cand.center_id))
 
 
 def _reject(
@@ -740,7 +917,11 @@ def _reject(
     safe = center_scrubber.scrub(own.scrub(rel))
     if item.detail.startswith(f"{item.rule}: "):  # a reason from mask QC: already complete
         return Reject(safe, TARGET, item.rule, item.detail, item.record)
-    where = "" if item.detail.startswith(("cases.csv", "DICOM SEG", "naming")) else f"{safe} "
+    where = (
+        ""
+        if item.detail.startswith(("cases.csv", "DICOM SEG", "RTSTRUCT", "naming"))
+        else f"{safe} "
+    )
     reason = f"{item.rule}: {where}{item.detail}" + (f" ({item.todo})" if item.todo else "")
     return Reject(safe, TARGET, item.rule, reason, item.record)
 
@@ -793,6 +974,9 @@ def case_tasks(
                 "mask_sha256": row["mask_sha256"],
                 "mask_source": locator.mask_source,
                 "series_uid": locator.series_uid,
+                "intensity_unit": row.get("intensity_unit"),
+                "slice_gaps": locator.slice_gaps,
+                "gantry_tilt": locator.gantry_tilt,
                 "landing": str(landing),
             }
         )

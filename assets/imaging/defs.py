@@ -30,6 +30,17 @@ class CasesConfig(dg.Config):
     resample_tolerance: float = 0.5
 
 
+def _center_settings(home) -> dict:
+    """Each center's imaging settings (``LAKE_HOME/centers.yaml``: default RTSTRUCT ROI, what to
+    do with slice gaps and gantry tilt); a bad value fails the asset naming it."""
+    from assets.imaging.settings import load_imaging_settings
+
+    try:
+        return load_imaging_settings(home.home)
+    except ValueError as exc:  # the group's configuration, not landed data
+        raise dg.Failure(str(exc)) from exc
+
+
 def _read_private(path: Path):
     import polars as pl
 
@@ -109,6 +120,7 @@ def cases(
         tolerance=config.tolerance,
         resample_tolerance=config.resample_tolerance,
         hashes=hashes,
+        center_settings=_center_settings(home),
     )
     try:
         hashes.save(home.state_dir / HASH_CACHE_FILE)

@@ -159,15 +159,25 @@ def _float_list(value) -> list[float] | None:
 def series_files(folder: Path, series_uid: str | None = None) -> tuple[str, list[Path]]:
     """(SeriesInstanceUID, files ordered by slice position) of the image series in a folder.
 
-    Only files directly in ``folder`` count. With several image series and no ``series_uid``
-    the choice is ambiguous and ``ImagingError('ambiguous_series')`` is raised.
+    Only files directly in ``folder`` count. Localizers, secondary captures, dose screens and
+    derived reformats are left out (``hospital.classify``); with several image series left and
+    no ``series_uid`` the choice is ambiguous and ``ImagingError('ambiguous_series')`` is raised.
     """
+    uid, members = series_members(folder, series_uid)
+    return uid, [path for path, _ in members]
+
+
+_SERIES_TAGS = (*HEADER_TAGS, "ImageType")
+
+
+def folder_series(folder: Path) -> dict[str, list[tuple[Path, Any]]]:
+    """Image series directly in ``folder``: SeriesInstanceUID -> [(file, header)], unordered."""
     groups: dict[str, list[tuple[Path, Any]]] = {}
     for path in sorted(
         p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")
     ):
         try:
-            dataset = read_header(path)
+            dataset = read_header(path, _SERIES_TAGS)
         except ImagingError:
             continue  # stray non-DICOM files in a series folder are the scan's business
         if sop_kind(dataset) != "image":
@@ -175,28 +185,70 @@ def series_files(folder: Path, series_uid: str | None = None) -> tuple[str, list
         uid = str(dataset.get("SeriesInstanceUID", "") or "")
         if uid:
             groups.setdefault(uid, []).append((path, dataset))
+    return groups
+
+
+def kept_out(groups: dict[str, list[tuple[Path, Any]]]) -> dict[str, tuple[str, str]]:
+    """SeriesInstanceUID -> (rule, detail) of the series of a folder that are no case image."""
+    from assets.imaging.hospital import classify, derived_beside_original
+
+    uids = list(groups)
+    firsts = [groups[u][0][1] for u in uids]
+    out = {}
+    for uid, first, beside in zip(uids, firsts, derived_beside_original(firsts), strict=True):
+        found = classify(first)
+        if found is None and beside:
+            found = ("derived_image", "is a DERIVED series beside the ORIGINAL series it came from")
+        if found is not None:
+            out[uid] = found
+    return out
+
+
+def series_members(
+    folder: Path,
+    series_uid: str | None = None,
+    groups: dict[str, list[tuple[Path, Any]]] | None = None,
+) -> tuple[str, list[tuple[Path, Any]]]:
+    """(SeriesInstanceUID, [(file, header)] in slice order) of the folder's case image series
+    (``groups``: ``folder_series(folder)`` when the caller has read it already)."""
+    groups = folder_series(folder) if groups is None else groups
     if series_uid is not None:
         if series_uid not in groups:
             raise ImagingError(
                 "unreadable_image", "the series named for this case is not in the folder"
             )
         chosen = series_uid
-    elif not groups:
-        raise ImagingError("unreadable_image", "the folder holds no DICOM image series")
-    elif len(groups) > 1:
-        raise ImagingError(
-            "ambiguous_series",
-            f"the folder holds {len(groups)} DICOM image series; put each series in its own folder",
-        )
     else:
-        chosen = next(iter(groups))
+        out = kept_out(groups)
+        images = [u for u in groups if u not in out]
+        if not groups:
+            raise ImagingError("unreadable_image", "the folder holds no DICOM image series")
+        if not images:
+            rule, detail = next(iter(out.values()))
+            raise ImagingError(
+                rule if len(out) == 1 else "unreadable_image",
+                f"is a folder without an image series for a case: its only series {detail}"
+                if len(out) == 1
+                else f"is a folder without an image series for a case, only {len(out)} series "
+                f"kept out ({', '.join(sorted({r for r, _ in out.values()}))})",
+            )
+        if len(images) > 1:
+            listing = ", ".join(
+                f"{groups[u][0][1].get('Modality', '?')} {len(groups[u])} files" for u in images
+            )
+            raise ImagingError(
+                "ambiguous_series",
+                f"the folder holds {len(images)} DICOM image series ({listing}); put each series "
+                "in its own folder or name the series",
+            )
+        chosen = images[0]
     members = groups[chosen]
     order, _ = order_slices(
         [_float_list(d.get("ImagePositionPatient")) for _, d in members],
         [_float_list(d.get("ImageOrientationPatient")) for _, d in members],
         [_int_or_none(d.get("InstanceNumber")) for _, d in members],
     )
-    return chosen, [members[i][0] for i in order]
+    return chosen, [members[i] for i in order]
 
 
 def _int_or_none(value) -> int | None:
@@ -207,17 +259,23 @@ def _int_or_none(value) -> int | None:
 
 
 # --- images ----------------------------------------------------------------------------------
-def read_image(path: Path, series_uid: str | None = None):
-    """A ``SimpleITK.Image`` from a NIfTI/NRRD file, a DICOM file, or a DICOM series folder."""
+def read_image(path: Path, series_uid: str | None = None, files: Sequence[Path] | None = None):
+    """A ``SimpleITK.Image`` from a NIfTI/NRRD file, a DICOM file, or a DICOM series folder
+    (``files``: the series' files in slice order, when the caller has listed them already)."""
     import SimpleITK as sitk
 
     path = Path(path)
     try:
         if path.is_dir():
-            _, files = series_files(path, series_uid)
+            if files is None:
+                _, files = series_files(path, series_uid)
+            if len(files) == 1 and _frames(files[0]) > 1:
+                return _read_multiframe(files[0])
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames([str(f) for f in files])
             image = reader.Execute()
+        elif not volume_format(path.name) and _frames(path) > 1:
+            return _read_multiframe(path)
         else:
             image = sitk.ReadImage(str(path))
     except ImagingError:
@@ -229,6 +287,36 @@ def read_image(path: Path, series_uid: str | None = None):
             "unreadable_image",
             f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; radiomics needs a scalar image",
         )
+    return image
+
+
+def _frames(path: Path) -> int:
+    try:
+        value = read_header(path, ["SOPClassUID", "NumberOfFrames"]).get("NumberOfFrames")
+        return int(value) if value not in (None, "") else 1
+    except (ImagingError, TypeError, ValueError):
+        return 1
+
+
+def _read_multiframe(path: Path):
+    """An enhanced (or legacy converted) multi-frame CT/MR/PET file as a 3D image. highdicom
+    places each frame by its own PlanePositionSequence (per-frame functional groups); a file
+    whose frames have no positions has no geometry and is refused (SimpleITK would silently
+    give it 1 mm spacing at the origin)."""
+    import highdicom as hd
+    import SimpleITK as sitk
+
+    try:
+        volume = hd.imread(str(path)).get_volume(dtype=np.float64)
+    except Exception as exc:  # highdicom raises RuntimeError/ValueError on missing geometry
+        raise ImagingError(
+            "multiframe_without_geometry",
+            f"is a multi-frame image whose frames cannot be placed in space ({_short(exc)})",
+        ) from exc
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array))  # (frame, row, column)
+    image.SetOrigin(tuple(float(v) for v in volume.position))
+    image.SetSpacing(tuple(float(v) for v in volume.spacing[::-1]))
+    image.SetDirection(tuple(np.asarray(volume.direction)[:, ::-1].ravel().tolist()))
     return image
 
 
@@ -253,24 +341,39 @@ def mask_source_of(path: Path) -> str:
     raise ImagingError("unreadable_mask", f"is a DICOM object of kind {sop!r}, not a segmentation")
 
 
-def read_mask(path: Path, reference, label: int | str | None = None) -> tuple[Any, dict]:
+def read_mask(
+    path: Path,
+    reference,
+    label: int | str | None = None,
+    image_files: Sequence[Path] | None = None,
+    series_uid: str | None = None,
+) -> tuple[Any, dict]:
     """The mask of a case and what was done to read it.
 
     NIfTI/NRRD: the label map as stored (``label`` is checked later by mask QC).
     DICOM SEG: the chosen segment (``label`` = segment number or segment label; ``None`` when the
     SEG has one segment) as a 0/1 mask on ``reference``'s grid; ``info`` holds
     ``segment_number``, ``segment_label``, ``resampled`` and ``label_value`` (always 1).
-    RTSTRUCT raises ``ImagingError('rtstruct_unsupported')``.
+    RTSTRUCT: the chosen ROI (``label`` = ROI number, name or pattern; see ``rtstruct``)
+    rasterized by MIRP on the grid of ``image_files`` (the reference's DICOM files, in order),
+    then placed on ``reference``; ``info`` as for a SEG, plus ``rtstruct_contours``.
     """
     import SimpleITK as sitk
 
     path = Path(path)
     source = mask_source_of(path)
     if source == "rtstruct":
-        raise ImagingError(
-            "rtstruct_unsupported",
-            "is a DICOM RTSTRUCT (contours); convert it to a label map (NIfTI/NRRD) or a DICOM SEG",
-        )
+        from assets.imaging import rtstruct
+
+        if not image_files:
+            raise ImagingError(
+                "rtstruct_series_mismatch",
+                "is a DICOM RTSTRUCT, and the case's Image is not a DICOM series to draw it on",
+            )
+        structure = rtstruct.read_structure_set(path)
+        number = rtstruct.choose_roi(structure, label)
+        rtstruct.check_references(structure, series_uid, None)
+        return rtstruct.rasterize(path, list(image_files), reference, number, structure)
     if source == "dicom_seg":
         return _read_seg(path, reference, label)
     try:

@@ -211,6 +211,8 @@ _COLUMNS = {
     "sequence": "sequence",
     "phase": "phase",
     "modality": "modality",
+    "reader": "reader",
+    "lesion": "lesion",
 }
 
 
@@ -229,6 +231,8 @@ class CasesRow:
     sequence: str | None = None
     phase: str | None = None
     modality: str | None = None
+    reader: str | None = None
+    lesion: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -280,14 +284,16 @@ class CaseLocator:
     center_id: str
     patient_key: str
     image: str  # relative to landing/, posix: a volume file, a DICOM file or a DICOM series folder
-    mask: str  # relative to landing/, posix: NIfTI/NRRD label map or DICOM SEG file
-    mask_source: str  # nifti / nrrd / dicom_seg
+    mask: str  # relative to landing/, posix: NIfTI/NRRD label map, DICOM SEG or RTSTRUCT file
+    mask_source: str  # nifti / nrrd / dicom_seg / rtstruct
     label: (
         int | str | None
     )  # label value, or DICOM SEG segment number (a segment label until resolved)
     series_uid: str | None = None  # which series of a DICOM folder is the image
     image_sha256: str | None = None
     mask_sha256: str | None = None
+    slice_gaps: str = "quarantine"  # or resample (the center's setting, centers.yaml)
+    gantry_tilt: str = "quarantine"
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

@@ -3,7 +3,14 @@
 Rules (each a quarantine ``rule`` id; the reason names the case and the numbers):
 
 - ``unreadable_image`` / ``unreadable_mask``: the file cannot be read (or is not a scalar volume).
-- ``rtstruct_unsupported``: the mask is a DICOM RTSTRUCT (contours are not rasterized yet).
+- ``localizer``, ``secondary_capture``, ``dose_report``, ``derived_image``: the Image folder holds
+  no series for a case; ``slice_gap``, ``gantry_tilt``: the series' geometry (``hospital``), unless
+  the center's settings say ``resample`` (then ``image_note`` records the correction).
+- ``pet_suv_missing_tag`` / ``pet_suv_unsupported``: a PET series that cannot be put in SUV
+  (body weight); the reason names the tag (``assets/imaging/suv.py``). PET images are handed
+  to pyradiomics in SUVbw; ``intensity_unit`` says so.
+- RTSTRUCT masks (``rtstruct``): ``roi_absent``, ``roi_ambiguous``, ``rtstruct_series_mismatch``,
+  ``contour_outside_image`` (see ``assets/imaging/rtstruct.py``).
 - ``geometry_mismatch``: size, spacing, origin or direction of mask and image differ beyond
   ``tolerance`` (mm for spacing/origin, unitless for direction cosines). When size and direction
   agree and the grids are only offset/scaled so little that no voxel centre moves by half a voxel
@@ -31,17 +38,31 @@ from typing import Any
 
 import numpy as np
 
-from assets.imaging.io import ImagingError, read_image, read_mask
-from assets.imaging.layout import CaseLocator, resolve_inside
+from assets.imaging.hospital import KEPT_OUT, check_geometry, read_regular
+from assets.imaging.io import ImagingError, read_header, read_image, read_mask, series_members
+from assets.imaging.layout import CaseLocator, resolve_inside, volume_format
 
 DEFAULT_MIN_VOXELS = 2
 DEFAULT_TOLERANCE = 1e-3
 DEFAULT_RESAMPLE_TOLERANCE = (
     0.5  # voxels: below this a nearest-neighbour resample moves no ROI voxel
 )
+IMAGE_RULES = {
+    "ambiguous_series",
+    "pet_suv_missing_tag",
+    "pet_suv_unsupported",
+    "slice_gap",
+    "gantry_tilt",
+    "multiframe_without_geometry",
+    *KEPT_OUT,
+}
 MASK_RULES = {
     "unreadable_mask",
-    "rtstruct_unsupported",
+    "roi_absent",
+    "roi_ambiguous",
+    "rtstruct_series_mismatch",
+    "contour_outside_image",
+    "empty_mask",
     "label_absent",
     "multilabel_without_label",
     "geometry_mismatch",
@@ -289,15 +310,27 @@ def prepare_case(
             "outside landing/ (refusing to read it; land the file and use a relative path)",
         )
     try:
-        image = read_image(image_path, locator.series_uid)
+        members = _dicom_members(image_path, locator.series_uid)
+        files = [path for path, _ in members] if members else None
+        fixes: list[str] = []
+        if members and len(members) > 2:
+            found, fixes = check_geometry(
+                [h for _, h in members], locator.slice_gaps, locator.gantry_tilt
+            )
+        if fixes:
+            image, note = read_regular(files, found, fixes)
+        else:
+            image, note = read_image(image_path, locator.series_uid, files), None
+        image, intensity = _intensity_unit(image, members)
+        intensity["image_note"] = note
     except ImagingError as exc:
-        rule = exc.rule if exc.rule == "ambiguous_series" else "unreadable_image"
+        rule = exc.rule if exc.rule in IMAGE_RULES else "unreadable_image"
         raise CaseRejected(
             rule, f"{rule}: {name}: the image {exc.detail} (fix or re-export the image)"
         ) from exc
     requested = locator.label
     try:
-        mask, info = read_mask(mask_path, image, requested)
+        mask, info = read_mask(mask_path, image, requested, files, locator.series_uid)
     except ImagingError as exc:
         rule = exc.rule if exc.rule in MASK_RULES else "unreadable_mask"
         raise CaseRejected(rule, f"{rule}: {name}: the mask {exc.detail}") from exc
@@ -317,11 +350,37 @@ def prepare_case(
     if not qc.ok:
         raise CaseRejected(qc.rule or "unreadable_mask", qc.reason)
     info = dict(info)
+    info.update(intensity)
     info.update(qc.qc_columns())
     info["mask_resampled"] = bool(qc.mask_resampled or info.get("resampled"))
     info["label"] = info.get("segment_number", qc.label)
     info["pyradiomics_label"] = roi_value
     return PreparedCase(image=image, mask=qc.mask, info=info)
+
+
+def _dicom_members(image: Path, series_uid: str | None) -> list[tuple[Path, Any]] | None:
+    """The image's DICOM files and headers in slice order (None for a NIfTI/NRRD volume)."""
+    if image.is_dir():
+        return series_members(image, series_uid)[1]
+    return None if volume_format(image.name) else [(image, None)]
+
+
+def _intensity_unit(image, members: list[tuple[Path, Any]] | None) -> tuple[Any, dict[str, Any]]:
+    """PET -> SUV (body weight) by ``suv``; the unit the image's values are in (HU for CT)."""
+    if not members:
+        return image, {"intensity_unit": None, "suv_factor": None}
+    files = [path for path, _ in members]
+    header = members[0][1] if members[0][1] is not None else read_header(files[0], ["Modality"])
+    modality = str(header.get("Modality", "") or "").upper()
+    if modality != "PT":
+        return image, {"intensity_unit": "HU" if modality == "CT" else None, "suv_factor": None}
+    import SimpleITK as sitk
+
+    from assets.imaging.suv import SUV_UNIT, read_pet_headers, suv_factor
+
+    factor = suv_factor(read_pet_headers(files))
+    suv = sitk.Cast(image, sitk.sitkFloat64) * factor.factor
+    return suv, {"intensity_unit": SUV_UNIT, "suv_factor": factor.factor}
 
 
 def load_case_task(task: Mapping[str, Any], **qc: Any) -> tuple[Any, Any]:
@@ -340,6 +399,8 @@ def load_case_task(task: Mapping[str, Any], **qc: Any) -> tuple[Any, Any]:
         mask_source=str(task.get("mask_source", "")),
         label=task.get("label"),
         series_uid=task.get("series_uid"),
+        slice_gaps=str(task.get("slice_gaps") or "quarantine"),
+        gantry_tilt=str(task.get("gantry_tilt") or "quarantine"),
     )
     prepared = prepare_case(landing, locator, roi_value=int(task.get("label") or 1), **qc)
     return prepared.image, prepared.mask

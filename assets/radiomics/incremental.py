@@ -66,6 +66,7 @@ FEATURES_SCHEMA = {
     "mask_sha256": pl.String,
     "label": pl.Int64,
     "extracted_at": pl.Datetime("us", "UTC"),
+    "intensity_unit": pl.String,  # the image's values: HU, SUVbw (PET), or null (unknown)
 }
 DIAGNOSTICS_SCHEMA = {
     "case_id": pl.String,
@@ -131,7 +132,8 @@ def _scan(lake: Lake, table: str, schema: dict) -> pl.LazyFrame:
     files = lake.table_files(table)
     if not files:
         return pl.LazyFrame(schema=schema)
-    return pl.scan_parquet([str(f) for f in files])
+    # parts written before a column was added read it as null
+    return pl.scan_parquet([str(f) for f in files], schema=schema, missing_columns="insert")
 
 
 def latest_per_key(frame: pl.LazyFrame, key: Sequence[str]) -> pl.LazyFrame:

@@ -5,7 +5,7 @@ A parameter set is one YAML file in pyradiomics' own format (``setting`` / ``ima
 Sources, in order of precedence:
 
 1. ``LAKE_HOME/params/*.yaml`` (and ``*.yml``): the user's files;
-2. ``assets/radiomics/params/*.yaml``: the shipped defaults ``ct_default`` and ``mr_default``.
+2. ``assets/radiomics/params/*.yaml``: the shipped defaults ``ct_default``, ``mr_default`` and ``pt_default`` (PET in SUV).
 
 ``params_id`` is the file stem; a user file with the same stem as a shipped one replaces it.
 ``params_sha256`` is the SHA-256 of the file's *parsed* content written as canonical JSON, so an
@@ -34,6 +34,7 @@ TARGET_TABLE = "radiomics_features"
 
 # DICOM modality codes a params_id prefix can name ("ct_default" -> CT cases only)
 MODALITY_PREFIXES = ("ct", "mr", "pt", "nm", "us", "mg", "cr", "dx")
+NUCLEAR_PREFIXES = ("pt", "nm")  # SUV-scaled settings: only for cases known to be PET/NM
 
 
 class ParamsError(ValueError):
@@ -119,12 +120,16 @@ def applies_to(params_id: str, modality: str | None) -> bool:
 
     A ``params_id`` starting with a modality code and ``_`` (``ct_default``, ``mr_prostate``)
     applies to cases of that modality only; any other ``params_id`` applies to every case. A case
-    whose modality is unknown (a bare NIfTI/NRRD volume) gets every parameter set: give it a
-    ``modality`` column in cases.csv to avoid extracting it with, say, MR settings.
+    whose modality is unknown (a bare NIfTI/NRRD volume) gets every parameter set but the
+    nuclear-medicine ones (``pt_*``, ``nm_*``: bins in SUV would make thousands of bins on other
+    values): give it a ``modality`` column in cases.csv to avoid extracting it with, say, MR
+    settings, or to extract a PET volume with ``pt_*``.
     """
     prefix = params_id.split("_", 1)[0].lower() if "_" in params_id else ""
-    if prefix not in MODALITY_PREFIXES or not modality:
+    if prefix not in MODALITY_PREFIXES:
         return True
+    if not modality:
+        return prefix not in NUCLEAR_PREFIXES
     return prefix == str(modality).strip().lower()
 
 

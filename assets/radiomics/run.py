@@ -167,6 +167,7 @@ class _BatchWriter:
                     "feature": feature,
                     "value": value,
                     "extractor_version": result.extractor_version,
+                    "intensity_unit": task.get("intensity_unit"),
                 }
             )
         for key, value in result.diagnostics.items():
@@ -187,6 +188,23 @@ class _BatchWriter:
             self.feature_rows += len(self.features)
         self.features, self.diagnostics, self.pairs = [], [], 0
         self.last_flush = time.monotonic()
+
+
+def _input_bytes(pair: Pair) -> int:
+    """Bytes of a pair's image (a file, or the files of a series folder) and mask: a cheap
+    stand-in for its extraction time."""
+    total = 0
+    for key in ("image_path", "mask_path"):
+        path = str(pair.task.get(key) or "")
+        try:
+            if os.path.isdir(path):
+                with os.scandir(path) as entries:
+                    total += sum(e.stat().st_size for e in entries if e.is_file())
+            elif path:
+                total += os.path.getsize(path)
+        except OSError:
+            continue
+    return total
 
 
 def run_extraction(
@@ -218,6 +236,7 @@ def run_extraction(
     writer = _BatchWriter(lake, batch_size, flush_seconds)
     extracted, failed, worker_seconds = 0, 0, 0.0
     extraction_started = time.perf_counter()
+    plan.todo.sort(key=_input_bytes, reverse=True)  # largest first: no big case left for last
     arguments = [(p.task, p.params_id, p.params_path, loader) for p in plan.todo]
     results = run_parallel(run_task, arguments, backend)
     try:

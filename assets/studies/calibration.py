@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from assets.studies.ci_flags import interval_flag
 from assets.studies.metrics import METRICS_SCHEMA, metric_cohorts
 
 DCA_THRESHOLDS = np.round(np.arange(1, 100) / 100, 2)
@@ -47,43 +48,80 @@ def logistic_newton(
     offset: np.ndarray | None = None,
     max_iter: int = 100,
     tol: float = 1e-10,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Maximum-likelihood logistic regression (with optional offset): (coefficients, covariance)."""
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Maximum-likelihood logistic regression (with optional offset): (coefficients, covariance,
+    converged)."""
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     offset = np.zeros(len(y)) if offset is None else np.asarray(offset, dtype=np.float64)
     beta = np.zeros(X.shape[1])
+    converged = False
     for _ in range(max_iter):
         mu = _sigmoid(X @ beta + offset)
         information = X.T @ (X * (mu * (1 - mu))[:, None])
         step = np.linalg.lstsq(information, X.T @ (y - mu), rcond=None)[0]
         beta = beta + step
         if np.max(np.abs(step)) < tol:
+            converged = True
             break
     mu = _sigmoid(X @ beta + offset)
     covariance = np.linalg.pinv(X.T @ (X * (mu * (1 - mu))[:, None]))
-    return beta, covariance
+    return beta, covariance, converged
 
 
-def calibration_slope_intercept(y, p) -> dict[str, float]:
-    """Calibration slope (with its intercept) and calibration-in-the-large, with Wald SEs."""
+def _wald_se(covariance: np.ndarray, index: int) -> float:
+    """sqrt of a variance; NaN when the information matrix was (numerically) singular."""
+    variance = covariance[index, index]
+    return float(math.sqrt(variance)) if variance > 0 else math.nan
+
+
+def calibration_slope_intercept(y, p) -> dict[str, Any]:
+    """Calibration slope (with its intercept) and calibration-in-the-large, with Wald SEs.
+
+    NaN, with the reason in ``slope_note`` / ``intercept_note``, where the maximum-likelihood
+    estimate does not exist: fewer than 3 patients or a single class; for the slope, logits that
+    separate the classes (or are all equal: the slope is then not identified); a fit that did
+    not converge. A Wald SE is NaN when the information matrix is singular (every probability
+    at 0 or 1).
+    """
     y = np.asarray(y, dtype=np.float64)
-    if len(y) < 3 or y.min() == y.max():
-        return {
-            "slope": math.nan,
-            "slope_se": math.nan,
-            "intercept": math.nan,
-            "intercept_se": math.nan,
-        }
-    lp = _logit(p)
-    beta, cov = logistic_newton(np.column_stack([np.ones(len(y)), lp]), y)
-    citl, citl_cov = logistic_newton(np.ones((len(y), 1)), y, offset=lp)
-    return {
-        "slope": float(beta[1]),
-        "slope_se": float(math.sqrt(max(cov[1, 1], 0.0))),
-        "intercept": float(citl[0]),
-        "intercept_se": float(math.sqrt(max(citl_cov[0, 0], 0.0))),
+    out: dict[str, Any] = {
+        "slope": math.nan,
+        "slope_se": math.nan,
+        "intercept": math.nan,
+        "intercept_se": math.nan,
+        "slope_note": None,
+        "intercept_note": None,
     }
+    n, n_pos = len(y), int(y.sum())
+    if n < 3 or y.min() == y.max():
+        note = (
+            f"logistic recalibration needs at least 3 patients of both classes ({n_pos} "
+            f"positive(s), {n - n_pos} negative(s))"
+        )
+        return {**out, "slope_note": note, "intercept_note": note}
+    lp = _logit(p)
+    low_pos, high_neg = lp[y == 1].min(), lp[y == 0].max()
+    high_pos, low_neg = lp[y == 1].max(), lp[y == 0].min()
+    if lp.max() == lp.min():
+        out["slope_note"] = "every patient has the same predicted probability: no slope to fit"
+    elif high_neg <= low_pos or high_pos <= low_neg:
+        out["slope_note"] = (
+            "the predicted probabilities separate the classes perfectly: the recalibration "
+            "slope has no finite maximum-likelihood estimate"
+        )
+    else:
+        beta, cov, converged = logistic_newton(np.column_stack([np.ones(n), lp]), y)
+        if converged:
+            out["slope"], out["slope_se"] = float(beta[1]), _wald_se(cov, 1)
+        else:
+            out["slope_note"] = "the recalibration fit did not converge"
+    citl, citl_cov, converged = logistic_newton(np.ones((n, 1)), y, offset=lp)
+    if converged:
+        out["intercept"], out["intercept_se"] = float(citl[0]), _wald_se(citl_cov, 0)
+    else:
+        out["intercept_note"] = "the calibration-in-the-large fit did not converge"
+    return out
 
 
 def quantile_groups(p: np.ndarray, g: int) -> np.ndarray:
@@ -245,6 +283,13 @@ def calibration_tables(
             ("hosmer_lemeshow_p", hl["p_value"], None, None, "none"),
         ]
         for metric, value, low, high, method in values:
+            reason = _undefined_reason(metric, fit, hl)
+            if method == "wald":
+                flag, note = interval_flag(value, low, high, reason=reason)
+            elif _finite(value) is None and metric != "hosmer_lemeshow_df":
+                flag, note = interval_flag(None, None, None, reason=reason)
+            else:
+                flag, note = None, None
             rows.append(
                 {
                     **base,
@@ -253,6 +298,8 @@ def calibration_tables(
                     "ci_low": _finite(low),
                     "ci_high": _finite(high),
                     "ci_method": method,
+                    "ci_flag": flag,
+                    "ci_note": note,
                 }
             )
     curve_frame = pl.concat(curves) if curves else pl.DataFrame()
@@ -261,6 +308,22 @@ def calibration_tables(
             "model", "cohort", *[c for c in curve_frame.columns if c not in ("model", "cohort")]
         )
     return curve_frame, pl.DataFrame(rows, schema=METRICS_SCHEMA).select(list(METRICS_SCHEMA))
+
+
+def _undefined_reason(metric: str, fit: dict[str, Any], hl: dict[str, float]) -> str:
+    """Why a calibration statistic (or its Wald interval) can be undefined on this cohort."""
+    if metric.startswith("hosmer_lemeshow"):
+        if hl["groups"] < 3:
+            return (
+                f"{hl['groups']:g} distinct probability group(s): Hosmer-Lemeshow needs at "
+                "least 3 (df = groups - 2)"
+            )
+        return (
+            "a group's expected count is 0 (predicted probabilities of exactly 0 or 1): the "
+            "statistic is infinite (p = 0, as R's hoslem.test)"
+        )
+    note = fit["slope_note"] if metric == "calibration_slope" else fit["intercept_note"]
+    return note or "the Wald standard error is undefined (every probability at 0 or 1)"
 
 
 def _finite(value: Any) -> float | None:

@@ -11,8 +11,9 @@ study is there only in a lake made by ``radlake demo-data``). For a study ``<nam
   folder already holds a complete training run the pipelines are loaded, not refitted, the
   original ``trained_at`` is kept (same data version) and the metadata says ``retrained: False``
 - ``<name>/model_metrics``: metrics with bootstrap and DeLong CIs, best model, combined model,
-  DeLong test -> lake ``model_metrics`` (part ``<name>-<version>``); ROC and nomogram PNGs;
-  check ``auc_drop_vs_previous_version`` (WARN, not blocking: the best model's external AUC fell
+  DeLong test -> lake ``model_metrics`` (part ``<name>-<version>``); each row's ``ci_flag`` /
+  ``ci_note`` (``assets.studies.ci_flags``), the flagged rows in the metadata; ROC and nomogram
+  PNGs; check ``auc_drop_vs_previous_version`` (WARN, not blocking: the best model's external AUC fell
   by more than ``auc_drop_warning`` since the previous version)
 - ``<name>/explanations``: SHAP / importances / coefficients, top features, PNGs
 - ``<name>/calibration``: curves, slope, intercept, Hosmer-Lemeshow -> lake ``model_metrics``
@@ -25,11 +26,12 @@ study is there only in a lake made by ``radlake demo-data``). For a study ``<nam
 Metrics parts are per version, so ``model_metrics`` keeps every version. A YAML that does not
 validate becomes the asset ``<file stem>/invalid_study``, which fails with the error (file, key,
 what is allowed) instead of silently disappearing. Data a valid study cannot use (a
-``StudyDataError``, e.g. too few patients of a class for the split or the cross-validation) fails
-``study_splits`` / ``models`` with that message as the failure description; reduced
-cross-validation folds are logged as warnings and listed in the ``models`` metadata (``cv_folds``,
-``notes``). ``RADLAKE_STUDY_JOBS`` (default 1) sets the
-parallel cross-validation fits.
+``StudyDataError``, e.g. too few patients of a class for the split or the cross-validation, a
+best-model rule on a cohort where every model's metric is undefined) fails ``study_splits`` /
+``models`` / ``model_metrics`` / ``survival_results`` with that message as the failure
+description; reduced cross-validation folds are logged as warnings and listed in the ``models``
+metadata (``cv_folds``, ``notes``). ``RADLAKE_STUDY_JOBS`` (default 1) sets the parallel
+cross-validation fits.
 """
 
 import base64
@@ -253,7 +255,7 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
         import polars as pl
 
         from assets.studies.pipeline import training_notes
-        from assets.studies.report import METHODS_TEXT, discrimination_table
+        from assets.studies.report import METHODS_TEXT, ci_flag_table, discrimination_table
         from assets.studies.store import read_current
         from assets.studies.train import (
             evaluate_study,
@@ -266,8 +268,9 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
         home = lake.lake()
         version, version_dir = read_current(home, spec)
         fitted, _ = load_fitted(version_dir)
-        data, prepared = _study_data(home, spec)
-        evaluation = evaluate_study(spec, data, _splits(home, name), fitted, version)
+        with _fail_on_study_data_error(context):
+            data, prepared = _study_data(home, spec)
+            evaluation = evaluate_study(spec, data, _splits(home, name), fitted, version)
         notes = [*data.notes, *training_notes(fitted)]
         save_evaluation(version_dir, evaluation, prepared.get("excluded", {}), notes)
         report_dir = home.reports_dir / name
@@ -281,6 +284,7 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
         for warning in evaluation.warnings:
             context.log.warning(warning)
         auc = discrimination_table(evaluation.metrics, ("auc", "auc_delong"))
+        flagged = ci_flag_table(evaluation.metrics)
         comparison = evaluation.metrics.filter(
             pl.col("metric").is_in(["auc_difference", "delong_z", "delong_p"])
         )
@@ -292,9 +296,11 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
                 "model_version": version,
                 "best_model": evaluation.best_model,
                 "best_model_rule": evaluation.best_model_rule,
+                "ci_flags": dict(flagged.group_by("ci_flag").len().sort("ci_flag").iter_rows()),
             },
             extra={
                 "ci_methods": dg.MetadataValue.md(METHODS_TEXT),
+                "flagged_intervals": dg.MetadataValue.md(_table(flagged)),
                 "auc": dg.MetadataValue.md(_table(auc)),
                 "delong_combined_vs_best": dg.MetadataValue.md(
                     _table(
@@ -490,26 +496,29 @@ def _survival_asset(spec, key, splits_key: dg.AssetKey):
         out_dir = home.reports_dir / name / "survival"
         tables, figures = [], []
         for entry in spec.survival:
-            rows, paths = run_survival(
-                frame,
-                entry.endpoint,
-                entry.time,
-                entry.event,
-                entry.groups,
-                entry.cox_terms,
-                entry.times,
-                "cohort",
-                entry.cutoff,
-                entry.reference_levels,
-                out_dir,
-                agreement=entry.agreement,
-                n_bootstrap=spec.bootstrap,
-                seed=spec.split.seed,
-            )
+            with _fail_on_study_data_error(context):
+                rows, paths = run_survival(
+                    frame,
+                    entry.endpoint,
+                    entry.time,
+                    entry.event,
+                    entry.groups,
+                    entry.cox_terms,
+                    entry.times,
+                    "cohort",
+                    entry.cutoff,
+                    entry.reference_levels,
+                    out_dir,
+                    agreement=entry.agreement,
+                    n_bootstrap=spec.bootstrap,
+                    seed=spec.split.seed,
+                )
             tables.append(rows)
             figures += [str(p) for p in paths]
         table = pl.from_pandas(pd.concat(tables, ignore_index=True)).with_columns(
-            pl.lit(name).alias("study"), pl.lit(version).alias("model_version")
+            pl.lit(name).alias("study"),
+            pl.lit(version).alias("model_version"),
+            pl.col("ci_flag", "ci_note").cast(pl.String),
         )
         table = table.select(
             "study",
@@ -633,8 +642,9 @@ def _table_schemas() -> dict:
         "survival_results": {
             **dict.fromkeys(survival, pl.String),
             **dict.fromkeys(("estimate", "ci_low", "ci_high", "p_value"), pl.Float64),
-            # every column a study writes (survival.RESULT_COLUMNS): a catalog view made over
-            # the placeholder keeps its types when the study's part lands (DuckDB 1.x checks)
+            **dict.fromkeys(("ci_flag", "ci_note"), pl.String),
+            # every other column a study writes (survival.RESULT_COLUMNS): a catalog view made
+            # over the placeholder keeps its types when the study's part lands (DuckDB 1.x checks)
             **dict.fromkeys(("statistic", "df"), pl.Float64),
             **dict.fromkeys(("n", "events"), pl.Int64),
             "note": pl.String,

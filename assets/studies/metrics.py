@@ -21,6 +21,10 @@ Which method produced which CI (also in the ``ci_method`` column of every row):
 
 Cohorts: ``train``, ``internal_validation``, ``external_validation`` (pooled) and, with several
 external centers, ``external_validation:<center>`` per center.
+
+Every row also has ``ci_flag`` and ``ci_note`` (``assets.studies.ci_flags``): an undefined
+estimate, a missing or degenerate interval, or an estimate outside its percentile bootstrap
+interval is said in the row, read off the resamples themselves, rather than treated as bad data.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+
+from assets.studies.ci_flags import interval_flag
 
 BOOTSTRAP_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "brier")
 COHORT_ORDER = ("train", "internal_validation", "external_validation")
@@ -46,6 +52,8 @@ METRICS_SCHEMA = {
     "ci_method": pl.String,
     "n": pl.Int64,
     "n_positive": pl.Int64,
+    "ci_flag": pl.String,
+    "ci_note": pl.String,
 }
 
 
@@ -300,7 +308,11 @@ def metric_cohorts(splits: pl.DataFrame) -> list[tuple[str, pl.Expr]]:
     return out
 
 
-def _row(study, version, model, cohort, metric, value, low, high, method, n, n_pos) -> dict:
+def _row(
+    study, version, model, cohort, metric, value, low, high, method, n, n_pos, flag=None
+) -> dict:
+    """One metrics row; ``flag`` is the (ci_flag, ci_note) pair of ``ci_flags.interval_flag``."""
+    ci_flag, ci_note = flag if flag is not None else (None, None)
     return {
         "study": study,
         "model_version": version,
@@ -313,7 +325,39 @@ def _row(study, version, model, cohort, metric, value, low, high, method, n, n_p
         "ci_method": method,
         "n": int(n),
         "n_positive": int(n_pos),
+        "ci_flag": ci_flag,
+        "ci_note": ci_note,
     }
+
+
+def undefined_reason(metric: str, n: int, n_pos: int) -> str:
+    """Why ``metric`` can be undefined on a cohort (or a resample) of ``n`` with ``n_pos`` positives."""
+    classes = f"{n_pos} positive(s), {n - n_pos} negative(s) in this cohort"
+    if metric in ("auc", "auc_delong"):
+        return f"the AUC needs patients of both classes ({classes})"
+    if metric == "sensitivity":
+        return f"no positive patient ({classes})"
+    if metric == "specificity":
+        return f"no negative patient ({classes})"
+    if metric == "ppv":
+        return "no patient predicted positive at the model's threshold"
+    if metric == "npv":
+        return "no patient predicted negative at the model's threshold"
+    return f"undefined on this cohort ({classes})"
+
+
+def _no_ci_flag(value: float | None, reason: str):
+    """A row without an interval by design: flagged only when its value is undefined."""
+    if value is None or not np.isfinite(value):
+        return interval_flag(None, None, None, reason=reason)
+    return None
+
+
+def _delong_reason(n: int, n_pos: int) -> str:
+    return (
+        "DeLong's variance needs at least 2 patients of each class "
+        f"({n_pos} positive(s), {n - n_pos} negative(s))"
+    )
 
 
 def metrics_table(
@@ -352,25 +396,54 @@ def metrics_table(
             threshold = thresholds[model]
             point = point_metrics(y, p, threshold)
             boot = bootstrap_metrics(y, p, threshold, counts) if counts is not None else {}
-            found = []  # (metric, value, ci_low, ci_high, ci_method)
+            found = []  # (metric, value, ci_low, ci_high, ci_method, (ci_flag, ci_note))
             for metric in BOOTSTRAP_METRICS:
-                low, high = percentile_ci(boot[metric], level) if boot else (math.nan, math.nan)
-                method = "bootstrap_percentile" if boot else "none"
-                found.append((metric, point[metric], low, high, method))
+                reason = undefined_reason(metric, n, n_pos)
+                if boot:
+                    low, high = percentile_ci(boot[metric], level)
+                    flag = interval_flag(point[metric], low, high, boot[metric], reason=reason)
+                    found.append((metric, point[metric], low, high, "bootstrap_percentile", flag))
+                else:
+                    flag = _no_ci_flag(point[metric], reason)
+                    found.append((metric, point[metric], math.nan, math.nan, "none", flag))
             auc, low, high, _ = delong_ci(y, p, level)
-            found.append(("auc_delong", auc, low, high, "delong"))
-            found.append(("threshold", threshold, None, None, "none"))
+            reason = (
+                undefined_reason("auc", n, n_pos)
+                if not np.isfinite(auc)
+                else _delong_reason(n, n_pos)
+            )
+            flag = interval_flag(auc, low, high, reason=reason)
+            found.append(("auc_delong", auc, low, high, "delong", flag))
+            found.append(("threshold", threshold, None, None, "none", None))
             if cohort == "train" and cv_auc and model in cv_auc:
                 mean, sd = cv_auc[model]
                 found += [
-                    ("cv_auc", mean, None, None, "none"),
-                    ("cv_auc_sd", sd, None, None, "none"),
+                    (
+                        "cv_auc",
+                        mean,
+                        None,
+                        None,
+                        "none",
+                        _no_ci_flag(mean, "no cross-validated AUC"),
+                    ),
+                    ("cv_auc_sd", sd, None, None, "none", None),
                 ]
             rows += [
                 _row(
-                    study, model_version, model, cohort, metric, value, low, high, method, n, n_pos
+                    study,
+                    model_version,
+                    model,
+                    cohort,
+                    metric,
+                    value,
+                    low,
+                    high,
+                    method,
+                    n,
+                    n_pos,
+                    flag,
                 )
-                for metric, value, low, high, method in found
+                for metric, value, low, high, method, flag in found
             ]
     return pl.DataFrame(rows, schema=METRICS_SCHEMA)
 
@@ -408,10 +481,28 @@ def comparison_table(
         y = a["label"].to_numpy().astype(int)
         test = delong_test(y, a["probability"].to_numpy(), b["probability"].to_numpy(), level)
         n, n_pos = len(y), int(y.sum())
+        if not np.isfinite(test["difference"]):
+            reason = undefined_reason("auc", n, n_pos)
+        elif not np.isfinite(test["se"]):
+            reason = _delong_reason(n, n_pos)
+        else:  # se 0: z and p from the sign of the difference alone
+            reason = "the DeLong standard error of the difference is 0"
         tests = (
-            ("auc_difference", test["difference"], test["ci_low"], test["ci_high"]),
-            ("delong_z", test["z"], None, None),
-            ("delong_p", test["p_value"], None, None),
+            (
+                "auc_difference",
+                test["difference"],
+                test["ci_low"],
+                test["ci_high"],
+                interval_flag(test["difference"], test["ci_low"], test["ci_high"], reason=reason),
+            ),
+            ("delong_z", test["z"], None, None, _no_ci_flag(test["z"], reason)),
+            (
+                "delong_p",
+                test["p_value"],
+                None,
+                None,
+                _no_ci_flag(test["p_value"], reason),
+            ),
         )
         rows += [
             _row(
@@ -426,7 +517,8 @@ def comparison_table(
                 "delong_paired",
                 n,
                 n_pos,
+                flag,
             )
-            for metric, value, low, high in tests
+            for metric, value, low, high, flag in tests
         ]
     return pl.DataFrame(rows, schema=METRICS_SCHEMA)

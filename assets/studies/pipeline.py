@@ -377,12 +377,20 @@ def select_best_model(
             r["model"]: r["value"] for r in rows.iter_rows(named=True) if r["model"] in fitted
         }
         if not scores:
-            raise ValueError(f"no {rule.metric} on cohort {cohort} to choose the best model by")
+            raise StudyDataError(
+                f"study {spec.name}: no {rule.metric} on cohort {cohort} to choose the best model "
+                "by (best_model.cohort names a cohort this study does not have)"
+            )
         metric_sign = -1.0 if rule.metric in _LOWER_IS_BETTER else 1.0
         direction = "lowest" if metric_sign < 0 else "highest"
         described = f"{direction} {rule.metric} on the {cohort} cohort"
-    order = [m for m in spec.models if m in scores and np.isfinite(scores[m])]
+    order = [m for m in spec.models if scores.get(m) is not None and np.isfinite(scores[m])]
     if not order:
-        raise ValueError(f"every model has an undefined {rule.metric} on {cohort}")
+        raise StudyDataError(
+            f"study {spec.name}: every model has an undefined {rule.metric} on the {cohort} cohort "
+            "(e.g. it has patients of one class only), so no best model can be chosen by it: "
+            "choose best_model by another cohort or metric (cohort: cv, the cross-validated "
+            "training AUC, is always defined), or add patients of the missing class"
+        )
     best = max(order, key=lambda m: (metric_sign * scores[m], -order.index(m)))
     return best, described

@@ -99,16 +99,27 @@ def write_report(path: str | Path, title: str, sections: list[Section], subtitle
     return path
 
 
-def _ci_text(value: Any, low: Any, high: Any) -> str:
+# the mark a flagged estimate carries in the report's tables (assets.studies.ci_flags)
+FLAG_MARKS = {
+    "estimate_outside_ci": "†",
+    "degenerate_ci": "‡",
+    "no_ci": "*",
+    "not_estimable": "n/e",
+}
+
+
+def _ci_text(value: Any, low: Any, high: Any, flag: str | None = None) -> str:
+    mark = FLAG_MARKS.get(flag, "") if flag else ""
     if value is None:
-        return ""
+        return mark
     if low is None or high is None:
-        return f"{value:.3f}"
-    return f"{value:.3f} [{low:.3f}-{high:.3f}]"
+        return f"{value:.3f}{mark}"
+    return f"{value:.3f} [{low:.3f}-{high:.3f}]{mark}"
 
 
 def discrimination_table(metrics: pl.DataFrame, metric_names: tuple[str, ...]) -> pl.DataFrame:
-    """Model x cohort rows with 'estimate [CI]' per metric (the paper's Table 2)."""
+    """Model x cohort rows with 'estimate [CI]' per metric (the paper's Table 2); a flagged
+    interval carries its ``FLAG_MARKS`` mark."""
     wanted = metrics.filter(pl.col("metric").is_in(list(metric_names)))
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for r in wanted.iter_rows(named=True):
@@ -117,7 +128,7 @@ def discrimination_table(metrics: pl.DataFrame, metric_names: tuple[str, ...]) -
             key,
             {"model": r["model"], "cohort": r["cohort"], "n": r["n"], "positives": r["n_positive"]},
         )
-        row[r["metric"]] = _ci_text(r["value"], r["ci_low"], r["ci_high"])
+        row[r["metric"]] = _ci_text(r["value"], r["ci_low"], r["ci_high"], r.get("ci_flag"))
     columns = ["model", "cohort", "n", "positives", *metric_names]
     return pl.DataFrame(
         [{c: row.get(c, "") for c in columns} for row in rows.values()],
@@ -131,8 +142,42 @@ METHODS_TEXT = (
     "CI clipped to [0, 1]. Threshold metrics at Youden's J of the out-of-fold training "
     "probabilities (positive when probability >= threshold), bootstrap CIs from the same "
     "resamples. Calibration slope/intercept: logistic recalibration, Wald CIs. Hosmer-Lemeshow: "
-    "10 quantile groups, df = g - 2. Decision curves: net benefit = TP/n - FP/n * pt/(1 - pt)."
+    "10 quantile groups, df = g - 2. Decision curves: net benefit = TP/n - FP/n * pt/(1 - pt). "
+    "Interval flags (ci_flag, ci_note): an undefined estimate, a missing or zero-width interval, "
+    "bootstrap resamples with fewer than 5 distinct values, or an estimate outside its percentile "
+    "interval (beyond float precision) is said in the row; marks: "
+    + ", ".join(f"{mark} {flag}" for flag, mark in FLAG_MARKS.items())
+    + "."
 )
+
+
+def ci_flag_table(rows: pl.DataFrame, keys: tuple[str, ...] = ("model", "cohort", "metric")):
+    """The rows of a metrics (or survival) table whose interval carries a flag or a note."""
+    value = "value" if "value" in rows.columns else "estimate"
+    columns = [*keys, value, "ci_low", "ci_high", "ci_flag", "ci_note"]
+    if "ci_flag" not in rows.columns:  # a model version written before the flags existed
+        return pl.DataFrame(schema={c: pl.String for c in columns})
+    flagged = rows.filter(pl.col("ci_flag").is_not_null() | pl.col("ci_note").is_not_null())
+    return flagged.select(columns)
+
+
+def ci_flag_paragraphs(flagged: pl.DataFrame) -> list[str]:
+    """What each flag present in ``flagged`` means (``ci_flags.CI_FLAG_TEXT``), with its mark."""
+    from assets.studies.ci_flags import CI_FLAG_TEXT, CI_FLAGS
+
+    present = set(flagged["ci_flag"].drop_nulls().to_list()) if flagged.height else set()
+    if not present:
+        return []
+    count = flagged["ci_flag"].drop_nulls().len()
+    lines = [
+        f"{count} estimate(s) below carry a flag on their interval (column ci_flag of "
+        "model_metrics / survival_results; ci_note says why, with the numbers). These are "
+        "properties of the interval method on this cohort, not errors in the data:"
+    ]
+    lines += [
+        f"{FLAG_MARKS[flag]} {flag}: {CI_FLAG_TEXT[flag]}" for flag in CI_FLAGS if flag in present
+    ]
+    return lines
 
 
 def study_sections(result: Any) -> list[Section]:
@@ -187,6 +232,15 @@ def study_sections(result: Any) -> list[Section]:
             figures=[("ROC curves per cohort", figures["roc"])] if "roc" in figures else [],
         ),
     ]
+    flagged = ci_flag_table(metrics)
+    if flagged.height:
+        sections.append(
+            Section(
+                "Intervals to read with care",
+                ci_flag_paragraphs(flagged),
+                tables=[("Flagged or annotated intervals (discrimination, calibration)", flagged)],
+            )
+        )
     if result.combined is not None:
         comparison = metrics.filter(
             pl.col("metric").is_in(["auc_difference", "delong_z", "delong_p"])
@@ -266,15 +320,19 @@ def survival_section(results: pl.DataFrame, figures: list[Path]) -> Section:
     """Survival rows (``survival_results``) and Kaplan-Meier figures of a study."""
     from assets.studies.survival import RESULT_COLUMNS
 
-    shown = [c for c in RESULT_COLUMNS if c not in ("statistic", "df", "note", "coef", "se")]
+    hidden = ("statistic", "df", "note", "coef", "se", "ci_note")
+    shown = [c for c in RESULT_COLUMNS if c not in hidden]
     columns = [c for c in shown if c in results.columns]
+    tables = [("", results.select(columns))] if columns else []
+    paragraphs = [
+        "Kaplan-Meier, log-rank, Cox and C-index per endpoint and cohort (see assets.studies.survival for the methods)."
+    ]
+    flagged = ci_flag_table(results, ("endpoint", "cohort", "analysis", "term"))
+    if flagged.height:
+        paragraphs += ci_flag_paragraphs(flagged)
+        tables.append(("Flagged or annotated intervals", flagged))
     return Section(
-        "Survival",
-        [
-            "Kaplan-Meier, log-rank, Cox and C-index per endpoint and cohort (see assets.studies.survival for the methods)."
-        ],
-        tables=[("", results.select(columns))] if columns else [],
-        figures=[(Path(p).stem, Path(p)) for p in figures],
+        "Survival", paragraphs, tables=tables, figures=[(Path(p).stem, Path(p)) for p in figures]
     )
 
 

@@ -61,7 +61,7 @@ SELECTION_METHODS = ("lasso", "mrmr", "univariate")
 BEST_MODEL_METRICS = ("auc", "brier", "accuracy", "sensitivity", "specificity", "ppv", "npv")
 BEST_MODEL_COHORTS = ("internal_validation", "cv", "train", "external_validation")
 CUTOFF_METHODS = ("maxstat", "median")
-CASE_RULES = ("largest_roi", "first", "phase:<name>")
+CASE_RULES = ("largest_roi", "first", "phase:<name>", "reader:<name>", "all_lesions")
 DEFAULT_CV_FOLDS = 5
 CLASSIFICATION_ONLY_KEYS = ("selection", "models", "grids", "best_model", "cv_folds")
 PAPER_KEYS = ("funding", "publications", "intended_use", "limitations")
@@ -251,7 +251,7 @@ _TOP_KEYS = {
     "cohort_query": "inline SQL returning patient_key",
     "label": "binary clinical column",
     "features": "{radiomics: {params_id}, external: {feature_set}, clinical: [...]}",
-    "case_rule": "largest_roi | first | phase:<name>",
+    "case_rule": "largest_roi | first | phase:<name> | reader:<name> | all_lesions",
     "split": "{development_centers, internal_validation_fraction, external_validation_centers, seed}",
     "selection": "{variance_min, max_correlation, method, n_features, lasso_c}",
     "models": f"list of {', '.join(MODEL_NAMES)}",
@@ -510,11 +510,18 @@ def _best_model(value: Any, source: str) -> BestModelRule:
 
 
 def _case_rule(value: Any, source: str) -> str:
+    from assets.studies import case_rule
+
     rule = _str(value, source, "case_rule", required=True)
-    if rule in ("largest_roi", "first") or (rule.startswith("phase:") and len(rule) > 6):
+    try:
+        kind, _ = case_rule.parse(rule)
+    except ValueError:
+        kind = None
+    if kind is not None and kind != "per_lesion":
         return rule
+    why = " (per_lesion gives several rows per patient; a model needs one)" if kind else ""
     raise StudySpecError(
-        source, "case_rule", f"{rule!r} is not allowed; allowed: {list(CASE_RULES)}"
+        source, "case_rule", f"{rule!r} is not allowed{why}; allowed: {list(CASE_RULES)}"
     )
 
 

@@ -40,6 +40,10 @@ Methods, stated once (they are repeated in the `note` of each row):
   `pmethod = "Lau92"`): p = 4 phi(M) / M + phi(M) (M - 1/M) log(e2 (1 - e1) / ((1 - e2) e1)),
   with e1 = minprop, e2 = maxprop, phi the standard normal density (p = 1 for M < 1).
   Or the median of the training values. Patients with value <= cut are `low`, > cut `high`.
+
+Every row has `ci_flag` and `ci_note` (`assets.studies.ci_flags`): a zero-width interval, an
+estimate outside its interval (the C-index's percentile bootstrap), or a bootstrap with fewer
+than a handful of distinct resample values is said in the row, not treated as bad data.
 """
 
 from __future__ import annotations
@@ -73,6 +77,8 @@ RESULT_COLUMNS = [
     "note",
     "coef",
     "se",
+    "ci_flag",
+    "ci_note",
 ]
 COHORT_ORDER = ["train", "internal_validation", "external_validation"]
 LOW, HIGH = "low", "high"
@@ -101,8 +107,11 @@ def result_row(
     note: str = "",
     coef: float = math.nan,
     se: float = math.nan,
+    ci_flag: str | None = None,
+    ci_note: str | None = None,
 ) -> dict[str, Any]:
-    """One estimate as a dict with the keys of `RESULT_COLUMNS`."""
+    """One estimate as a dict with the keys of `RESULT_COLUMNS` (`ci_flag`/`ci_note` left
+    None are filled in from the numbers by `results_frame`)."""
     return {
         "endpoint": endpoint,
         "cohort": cohort,
@@ -119,19 +128,37 @@ def result_row(
         "note": note,
         "coef": _float(coef),
         "se": _float(se),
+        "ci_flag": ci_flag,
+        "ci_note": ci_note,
     }
 
 
 def results_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Rows -> a DataFrame with exactly `RESULT_COLUMNS` (n and events as nullable ints)."""
+    """Rows -> a DataFrame with exactly `RESULT_COLUMNS` (n and events as nullable ints).
+
+    A row with an estimate and both interval ends but no `ci_flag` gets one from the numbers
+    (`ci_flags.interval_flag`: zero width, estimate outside); rows without an interval keep none.
+    """
     import pandas as pd
 
-    table = pd.DataFrame(list(rows), columns=RESULT_COLUMNS)
+    from assets.studies.ci_flags import interval_flag
+
+    rows = [dict(row) for row in rows]
+    for row in rows:
+        if row.get("ci_flag") is None and all(
+            math.isfinite(_float(row.get(k))) for k in ("estimate", "ci_low", "ci_high")
+        ):
+            row["ci_flag"], row["ci_note"] = interval_flag(
+                row["estimate"], row["ci_low"], row["ci_high"]
+            )
+    table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     for column in ("n", "events"):
         table[column] = pd.array(table[column].astype("float").round(), dtype="Int64")
     for column in ("estimate", "ci_low", "ci_high", "p_value", "statistic", "df", "coef", "se"):
         table[column] = table[column].astype("float64")
     table["note"] = table["note"].fillna("").astype(str)
+    for column in ("ci_flag", "ci_note"):
+        table[column] = table[column].astype(object).where(table[column].notna(), None)
     return table
 
 
@@ -928,6 +955,29 @@ def bootstrap_c_index(
     counts), the risk score held fixed; the CI is the alpha/2 and 1-alpha/2 quantiles of the
     resampled C (`weighted_c_index`).
     """
+    c, replicates = c_index_replicates(durations, events, risk, n_bootstrap=n_bootstrap, seed=seed)
+    return (c, *_percentile_interval(replicates, alpha))
+
+
+def _percentile_interval(replicates: np.ndarray, alpha: float) -> tuple[float, float]:
+    finite = replicates[np.isfinite(replicates)]
+    if len(finite) == 0:
+        return math.nan, math.nan
+    low, high = np.quantile(finite, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def c_index_replicates(
+    durations: Sequence[float],
+    events: Sequence[int],
+    risk: Sequence[float],
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 42,
+) -> tuple[float, np.ndarray]:
+    """Harrell's C and its `n_bootstrap` resampled values (NaN: no comparable pair), as
+    `bootstrap_c_index` draws them; (NaN, []) when C is undefined (fewer than 2 patients, no
+    event)."""
     t = np.asarray(durations, float)
     e = np.asarray(events, int)
     r = np.asarray(risk, float)
@@ -935,21 +985,16 @@ def bootstrap_c_index(
     t, e, r = t[keep], e[keep], r[keep]
     n = len(t)
     if n < 2 or e.sum() == 0:
-        return math.nan, math.nan, math.nan
+        return math.nan, np.array([])
     try:
         c = harrell_c(t, e, r)
     except ZeroDivisionError:
-        return math.nan, math.nan, math.nan
+        return math.nan, np.array([])
     if n_bootstrap <= 0:
-        return c, math.nan, math.nan
+        return c, np.array([])
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_bootstrap)
-    replicates = weighted_c_index(t, e, r, counts)
-    replicates = replicates[np.isfinite(replicates)]
-    if len(replicates) == 0:
-        return c, math.nan, math.nan
-    low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
-    return c, float(low), float(high)
+    return c, weighted_c_index(t, e, r, counts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1405,16 +1450,18 @@ def _c_index_row(
     """Harrell's C with its bootstrap CI for one training-fitted model on one cohort."""
     if fit is None:
         return result_row(analysis="c_index", term=name, note=basis_note, **common)
+    from assets.studies.ci_flags import interval_flag
+
     risk = cox_risk(fit, design, subset)
     usable = risk.notna()
-    c, low, high = bootstrap_c_index(
+    c, replicates = c_index_replicates(
         subset.loc[usable, _TIME],
         subset.loc[usable, _EVENT],
         risk[usable],
         n_bootstrap=n_bootstrap,
         seed=seed,
-        alpha=alpha,
     )
+    low, high = _percentile_interval(replicates, alpha)
     if math.isnan(c):
         return result_row(
             analysis="c_index",
@@ -1424,12 +1471,19 @@ def _c_index_row(
             note=f"not estimable: no comparable pairs (no events); {basis_note}",
             **common,
         )
+    flag, flag_note = (
+        interval_flag(c, low, high, replicates, reason="no comparable pair in the resample")
+        if len(replicates)
+        else (None, None)  # bootstrap: 0, no interval asked for
+    )
     return result_row(
         analysis="c_index",
         term=name,
         estimate=c,
         ci_low=low,
         ci_high=high,
+        ci_flag=flag,
+        ci_note=flag_note,
         n=int(usable.sum()),
         events=int(subset.loc[usable, _EVENT].sum()),
         note=(

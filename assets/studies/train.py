@@ -52,6 +52,7 @@ CODE_MODULES = (
     "transformers",
     "pipeline",
     "metrics",
+    "ci_flags",
     "combined",
     "explain",
     "calibration",
