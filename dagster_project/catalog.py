@@ -128,6 +128,7 @@ def create_views(
     con.execute(search_path_sql(lake.home))
     for table in lake.tables():
         con.execute(table_view_sql(lake, table))
+        comment_view(con, table)
         report.table_views.append(table)
     roots = sql_roots(lake) if sql_dir is None else sql_dir
     pending = {name: read_select(path) for name, path in sql_files(roots, layers).items()}
@@ -137,6 +138,9 @@ def create_views(
         for name, select in pending.items():
             try:
                 con.execute(f"create or replace view {quote_ident(name)} as {select}")
+                header = leading_comment(select)
+                if header:
+                    con.execute(f"comment on view {quote_ident(name)} is {quote_literal(header)}")
                 report.sql_views.append(name)
             except duckdb.Error as exc:
                 errors[name] = str(exc).splitlines()[0]
@@ -145,6 +149,34 @@ def create_views(
             break
         pending = {n: pending[n] for n in errors}
     return report
+
+
+def leading_comment(sql: str) -> str:
+    """The ``--`` comment lines at the top of a SQL file, joined (its description)."""
+    lines = []
+    for line in sql.strip().splitlines():
+        if not line.startswith("--"):
+            break
+        lines.append(line[2:].strip())
+    return " ".join(lines)
+
+
+def comment_view(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """The data dictionary (quality/dictionary.yaml) as COMMENT ON VIEW / COLUMN of a table view."""
+    from quality.dictionary import column_description, table_description
+
+    description = table_description(table)
+    if description:
+        con.execute(f"comment on view {quote_ident(table)} is {quote_literal(description)}")
+    for (column,) in con.execute(
+        "select column_name from duckdb_columns() where table_name = ?", [table]
+    ).fetchall():
+        text = column_description(table, column)
+        if text:
+            con.execute(
+                f"comment on column {quote_ident(table)}.{quote_ident(column)} is "
+                f"{quote_literal(text)}"
+            )
 
 
 def build_catalog(lake: Lake, sql_dir: Path | list[Path] | None = None) -> CatalogReport:

@@ -18,9 +18,15 @@ def frame_version(frame: pl.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-def _schema(frame: pl.DataFrame) -> dg.TableSchema:
+def _schema(frame: pl.DataFrame, table: str) -> dg.TableSchema:
+    """Columns with their types and data-dictionary descriptions (quality/dictionary.yaml)."""
+    from quality.dictionary import column_description
+
     return dg.TableSchema(
-        columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()]
+        columns=[
+            dg.TableColumn(name, str(dtype), description=column_description(table, name))
+            for name, dtype in frame.schema.items()
+        ]
     )
 
 
@@ -47,7 +53,7 @@ def table_result(
     """MaterializeResult for a table just written: ``stats`` holds landed/ingested/quarantined/merged."""
     metadata: dict = {
         "dagster/row_count": frame.height,
-        "dagster/column_schema": _schema(frame),
+        "dagster/column_schema": _schema(frame, table),
         "path": dg.MetadataValue.path(str(lake.table_dir(table))),
         "preview": dg.MetadataValue.md(_preview(frame)) if frame.height else "empty",
     }

@@ -1211,12 +1211,13 @@ def test_dagster_study_families_materialize_into_the_lake(lake, hn1_tables):
         "decision_curves",
         "report",
     ]
-    assert keys == {f"hn1_lymph_nodes/{leaf}" for leaf in family} | {
+    paper = ["table_one", "patient_flow", "reporting_checklist", "study_references"]
+    assert keys == {f"hn1_lymph_nodes/{leaf}" for leaf in [*family, *paper, "model_card"]} | {
         "rossi_recidivism/study_splits",
         "rossi_recidivism/survival_results",
         "rossi_recidivism/report",
         "broken/invalid_study",
-    }
+    } | {f"rossi_recidivism/{leaf}" for leaf in paper}
     valid = [a for a in defs.assets if a.key.path[0] != "broken"]
     run = dg.materialize(valid, resources={"lake": LakeResource(home=str(lake.home))})
     assert run.success

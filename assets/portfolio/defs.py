@@ -157,8 +157,56 @@ def funding_trends_figure(
     )
 
 
+@dg.asset(
+    group_name="portfolio",
+    kinds={"python", "html"},
+    deps=[
+        "grants_summary",
+        "grants_per_year",
+        "grants_by_fund_type",
+        "grants_by_region",
+        "grants_by_institution",
+        "grants_by_discipline",
+        "grants_imaging_share",
+    ],
+    description="The funding-landscape analysis (projects and amount per year with growth, fund "
+    "types, regions and institutions, disciplines, share of imaging) with its figures: "
+    "reports/portfolio/funding_landscape.html.",
+)
+def funding_landscape_report(
+    context: dg.AssetExecutionContext, lake: LakeResource
+) -> dg.MaterializeResult:
+    import base64
+
+    from assets.portfolio.landscape import QUERIES, write_landscape_report
+    from dagster_project.catalog import lake_connection, read_select
+
+    home = lake.lake()
+    con = lake_connection(home, with_sql_views=False)
+    try:
+        results = {name: con.sql(read_select(SQL_DIR / f"{name}.sql")).pl() for name in QUERIES}
+    finally:
+        con.close()
+    path, figures = write_landscape_report(results, home.reports_dir)
+    shown = {
+        f"figure_{name}": dg.MetadataValue.md(
+            f"![{name}](data:image/png;base64,{base64.b64encode(p.read_bytes()).decode('ascii')})"
+        )
+        for name, p in figures.items()
+    }
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "grants": int(results["grants_summary"]["n_projects"].sum())
+            if results["grants_summary"].height
+            else 0,
+            **shown,
+        }
+    )
+
+
 defs = dg.Definitions(
-    assets=[grants, publications, *SQL_ASSETS, funding_trends_figure],
+    assets=[grants, publications, *SQL_ASSETS, funding_trends_figure, funding_landscape_report],
     asset_checks=[
         *[suite_check(table) for table in TABLES],
         accounting_check("grants"),

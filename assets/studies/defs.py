@@ -175,6 +175,9 @@ def study_assets(spec) -> tuple[list, list]:
     if spec.survival:
         assets.append(_survival_asset(spec, key, study_splits.key))
         checks += _checks("survival_results", key("survival_results"))
+    paper, paper_checks = _paper_assets(spec, key, [a.key for a in assets])
+    assets += paper
+    checks += paper_checks
     assets.append(_report_asset(spec, key, [a.key for a in assets]))
     return assets, checks
 
@@ -581,13 +584,14 @@ def _report_asset(spec, key, deps: list[dg.AssetKey]):
                 version, _ = read_current(home, spec)
                 rows = rows.filter(pl.col("model_version") == version) if rows.height else rows
             extra.append(survival_section(rows, figures))
+        extra += _paper_report_sections(home, spec)
         if spec.is_classification:
             _, version_dir = read_current(home, spec)
             result = load_study_result(home, spec, version_dir, splits)
             write_study_report(result, path, extra_sections=extra)
         else:
             _, _, prepared = load_inputs(home, spec)
-            write_survival_report(spec, splits, prepared.get("excluded", {}), extra[0], path)
+            write_survival_report(spec, splits, prepared.get("excluded", {}), extra, path)
         # the catalog was built right after ingest, before this study wrote its tables: DuckDB 2
         # re-binds a view to new columns, DuckDB 1.x refuses ("contents of view were altered"),
         # so the study's last step builds the catalog again (the same atomic swap)
@@ -638,11 +642,16 @@ def _table_schemas() -> dict:
     import polars as pl
 
     from assets.studies.metrics import METRICS_SCHEMA
+    from assets.studies.paper import checklists, flow, references, table_one
     from assets.studies.split import SPLITS_SCHEMA
     from assets.studies.train import MODEL_VERSIONS_SCHEMA
 
     survival = ("study", "model_version", "endpoint", "cohort", "analysis", "term")
     return {
+        "table_one": table_one.SCHEMA,
+        "patient_flow": flow.SCHEMA,
+        "reporting_checklist": checklists.SCHEMA,
+        "study_references": references.SCHEMA,
         "study_splits": SPLITS_SCHEMA,
         "model_versions": MODEL_VERSIONS_SCHEMA,
         "model_metrics": METRICS_SCHEMA,
@@ -650,8 +659,231 @@ def _table_schemas() -> dict:
             **dict.fromkeys(survival, pl.String),
             **dict.fromkeys(("estimate", "ci_low", "ci_high", "p_value"), pl.Float64),
             **dict.fromkeys(("ci_flag", "ci_note"), pl.String),
+            # every other column a study writes (survival.RESULT_COLUMNS): a catalog view made
+            # over the placeholder keeps its types when the study's part lands (DuckDB 1.x checks)
+            **dict.fromkeys(("statistic", "df"), pl.Float64),
+            **dict.fromkeys(("n", "events"), pl.Int64),
+            "note": pl.String,
+            **dict.fromkeys(("coef", "se"), pl.Float64),
         },
     }
+
+
+def _paper_report_sections(home: Lake, spec) -> list:
+    """Patient flow, Table 1, checklists and the model card link (assets.studies.paper)."""
+    from assets.studies.paper.inputs import study_version
+    from assets.studies.paper.sections import paper_sections
+
+    version, _ = study_version(home, spec)
+    return paper_sections(home, spec, version)
+
+
+def _paper_assets(spec, key, upstream: list[dg.AssetKey]) -> tuple[list, list]:
+    """From lake to paper: ``table_one``, ``patient_flow`` (+ flow diagram),
+    ``reporting_checklist`` (TRIPOD+AI, CLEAR; + CSV) and, for a classification study, the
+    printable ``model_card`` (assets.studies.paper)."""
+    name = spec.name
+    splits_key = key("study_splits")
+    version_key = [key("models")] if spec.is_classification else [splits_key]
+    meta = {"funding": ", ".join(spec.funding), "publications": ", ".join(spec.publications)}
+    paper_meta = {k: v for k, v in meta.items() if v}  # grant -> study -> paper links in the UI
+
+    @dg.asset(
+        key=key("table_one"),
+        group_name=GROUP,
+        kinds=KINDS,
+        deps=[splits_key, *version_key],
+        description=f"{name}: Table 1, clinical characteristics per cohort (train, internal, each "
+        "external center) with missing counts and between-cohort tests (tableone).",
+    )
+    def table_one(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        from assets.studies.paper.inputs import paper_inputs, study_version
+        from assets.studies.paper.table_one import RULES_TEXT, build_table_one, table_one_wide
+
+        home = lake.lake()
+        splits, clinical, _ = paper_inputs(home, spec)
+        version, _ = study_version(home, spec)
+        table, skipped = build_table_one(splits, clinical, name, version)
+        home.write_part("table_one", f"{name}-{version}", table)
+        return table_result(
+            home,
+            "table_one",
+            table,
+            {"model_version": version, "skipped_columns": skipped},
+            extra={
+                "table_one": dg.MetadataValue.md(_table(table_one_wide(table))),
+                "rules": dg.MetadataValue.text(RULES_TEXT),
+            },
+        )
+
+    @dg.asset(
+        key=key("patient_flow"),
+        group_name=GROUP,
+        kinds={"python", "parquet", "png"},
+        deps=[splits_key, dg.AssetKey("quarantine")],
+        description=f"{name}: patient flow from the clinical records landed through quarantine, "
+        "cohort SQL and eligibility to each cohort; flow diagram reports/<study>/patient_flow.png.",
+    )
+    def patient_flow(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        from assets.studies.paper.flow import build_flow, check_flow, save_flow_figure
+        from assets.studies.paper.inputs import paper_inputs
+        from dagster_project.quarantine import read_quarantine
+
+        home = lake.lake()
+        splits, _, prepared = paper_inputs(home, spec)
+        flow = build_flow(
+            spec, home.read_table("clinical"), read_quarantine(home), prepared, splits
+        )
+        home.write_part("patient_flow", name, flow)
+        png = save_flow_figure(flow, home.reports_dir / name, title=f"Patient flow: {name}")
+        landed, excluded, included = check_flow(flow)
+        return table_result(
+            home,
+            "patient_flow",
+            flow,
+            {"landed": landed, "excluded": excluded, "included": included},
+            extra={"flow_diagram": dg.MetadataValue.md(_image(png))},
+        )
+
+    checklist_deps = [*upstream, table_one.key, patient_flow.key]
+    checklist_deps += [dg.AssetKey("grants")] if spec.funding else []
+    checklist_deps += [dg.AssetKey("publications")] if spec.publications else []
+
+    @dg.asset(
+        key=key("reporting_checklist"),
+        group_name=GROUP,
+        kinds={"python", "parquet", "csv"},
+        deps=checklist_deps,
+        description=f"{name}: TRIPOD+AI (2024) and CLEAR (2023) items filled from the lake, each "
+        "with its value and source, or 'author to complete'; reports/<study>/reporting_checklist.csv.",
+        metadata=paper_meta,
+    )
+    def reporting_checklist(
+        context: dg.AssetExecutionContext, lake: LakeResource
+    ) -> dg.MaterializeResult:
+        import polars as pl
+
+        from assets.studies.paper.checklists import checklist_summary, fill_checklists, lake_facts
+        from assets.studies.paper.inputs import paper_inputs, study_version
+
+        home = lake.lake()
+        splits, _, _ = paper_inputs(home, spec)
+        version, version_dir = study_version(home, spec)
+        flow = pl.read_parquet(home.table_dir("patient_flow") / f"{name}.parquet")
+        t1 = pl.read_parquet(home.table_dir("table_one") / f"{name}-{version}.parquet")
+        facts = lake_facts(home, spec, version, splits, flow, t1, version_dir)
+        table = fill_checklists(facts, name, version)
+        home.write_part("reporting_checklist", f"{name}-{version}", table)
+        csv_path = home.reports_dir / name / "reporting_checklist.csv"
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        table.write_csv(csv_path)
+        return table_result(
+            home,
+            "reporting_checklist",
+            table,
+            {"model_version": version, "csv": str(csv_path)},
+            extra={"by_status": dg.MetadataValue.md(_table(checklist_summary(table)))},
+        )
+
+    @dg.asset(
+        key=key("study_references"),
+        group_name=GROUP,
+        kinds=KINDS,
+        deps=[
+            dg.AssetKey(t)
+            for t, refs in (("grants", spec.funding), ("publications", spec.publications))
+            if refs
+        ],
+        description=f"{name}: the grants that fund the study and the papers that report it "
+        "(study YAML funding: / publications:) -> lake study_references; views grant_outputs, "
+        "paper_provenance, study_funding.",
+        metadata=paper_meta,
+    )
+    def study_references(
+        context: dg.AssetExecutionContext, lake: LakeResource
+    ) -> dg.MaterializeResult:
+        from assets.studies.paper.references import reference_rows, resolve_references
+
+        home = lake.lake()
+        table = reference_rows(spec)
+        home.write_part("study_references", name, table)
+        resolved = resolve_references(
+            table, home.read_table("grants"), home.read_table("publications")
+        )
+        for row in resolved.filter(~resolved["found"]).iter_rows(named=True):
+            context.log.warning(
+                f"{name}: {row['kind']} {row['reference']} (study YAML) is not in the lake's "
+                f"{'grants' if row['kind'] == 'grant' else 'publications'} table"
+            )
+        return table_result(
+            home,
+            "study_references",
+            table,
+            {"unresolved": int((~resolved["found"]).sum())},
+            extra={"links": dg.MetadataValue.md(_table(resolved))},
+        )
+
+    assets = [table_one, patient_flow, reporting_checklist, study_references]
+    checks = (
+        _checks("table_one", table_one.key)
+        + _checks("patient_flow", patient_flow.key)
+        + _checks("reporting_checklist", reporting_checklist.key)
+        + _checks("study_references", study_references.key)
+    )
+    if spec.is_classification:
+        assets.append(_model_card_asset(spec, key, [reporting_checklist.key, *upstream]))
+    return assets, checks
+
+
+def _model_card_asset(spec, key, deps: list[dg.AssetKey]):
+    name = spec.name
+
+    @dg.asset(
+        key=key("model_card"),
+        group_name=GROUP,
+        kinds={"html"},
+        deps=deps,
+        description=f"{name}: the printable model card of the current version (intended use, data "
+        "manifest, metrics per cohort, calibration, known limits): reports/<study>/model_card.html.",
+    )
+    def model_card(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        import json
+        import shutil
+
+        import polars as pl
+
+        from assets.studies.paper.checklists import lake_facts
+        from assets.studies.paper.inputs import paper_inputs, study_version
+        from assets.studies.paper.model_card import model_card_sections, write_model_card
+
+        home = lake.lake()
+        splits, _, _ = paper_inputs(home, spec)
+        version, version_dir = study_version(home, spec)
+        flow = pl.read_parquet(home.table_dir("patient_flow") / f"{name}.parquet")
+        t1 = pl.read_parquet(home.table_dir("table_one") / f"{name}-{version}.parquet")
+        facts = lake_facts(home, spec, version, splits, flow, t1, version_dir)
+        metrics = home.read_table("model_metrics").filter(
+            (pl.col("study") == name) & (pl.col("model_version") == version)
+        )
+        summary = json.loads((version_dir / "summary.json").read_text(encoding="utf-8"))
+        hashes = json.loads((version_dir / "hashes.json").read_text(encoding="utf-8"))
+        figures = {p.stem: p for p in sorted((home.reports_dir / name).glob("*.png"))}
+        sections = model_card_sections(
+            spec, version, splits, metrics, facts, summary, hashes.get("data", {}), figures
+        )
+        path = write_model_card(
+            home.reports_dir / name / "model_card.html", spec, version, sections
+        )
+        shutil.copyfile(path, version_dir / "model_card.html")  # kept with its version
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(path)),
+                "model_version": version,
+                "intended_use": spec.intended_use or "author to complete",
+            }
+        )
+
+    return model_card
 
 
 TABLE_SCHEMAS = _table_schemas()

@@ -23,7 +23,8 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;mar
 h1{font-size:1.6rem}h2{font-size:1.25rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 table{border-collapse:collapse;font-size:.82rem;margin:.6rem 0}th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:.5rem 0}
-.note{color:#555;font-size:.85rem}.warn{color:#a33}pre{background:#f7f7f7;padding:.6rem;font-size:.8rem;overflow:auto}
+.note{color:#555;font-size:.85rem}td.text{text-align:left}.warn{color:#a33}pre{background:#f7f7f7;padding:.6rem;font-size:.8rem;overflow:auto}
+@media print{body{margin:0;max-width:none;font-size:9pt}h2{break-after:avoid}table,figure,img{break-inside:avoid}pre{white-space:pre-wrap}a{color:inherit}}
 """
 
 
@@ -53,7 +54,8 @@ def html_table(frame: pl.DataFrame, digits: int = 3) -> str:
                 )
             else:
                 text = str(value)
-            cells.append(f"<td>{html.escape(text)}</td>")
+            css = " class='text'" if isinstance(value, str) and len(value) > 24 else ""
+            cells.append(f"<td{css}>{html.escape(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -367,7 +369,11 @@ def write_study_report(
 
 
 def write_survival_report(
-    spec: Any, splits: pl.DataFrame, excluded: dict[str, int], section: Section, path: str | Path
+    spec: Any,
+    splits: pl.DataFrame,
+    excluded: dict[str, int],
+    sections: list[Section],
+    path: str | Path,
 ) -> Path:
     """The report of a survival-only study."""
     from assets.studies.split import cohort_counts
@@ -383,4 +389,4 @@ def write_survival_report(
         ],
     )
     methods = Section("Study", preformatted=spec.resolved_yaml())
-    return write_report(path, f"Study {spec.name}", [counts, section, methods])
+    return write_report(path, f"Study {spec.name}", [counts, *sections, methods])

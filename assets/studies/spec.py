@@ -39,6 +39,11 @@ wrong type is a ``StudySpecError`` whose message names the file, the key (dotted
   version to the latest one. Without it there are no such warnings (the check passes with a
   note)
 
+Paper metadata (``PAPER_KEYS``; left out of the resolved YAML, so they never change a model
+version): ``funding`` (grant ids, ``grants.grant_id``; view ``grant_outputs``), ``publications``
+(DOIs, normalised to lower case without a doi.org prefix, or PMIDs), ``intended_use`` (text) and
+``limitations`` (list of text) for the model card (``assets.studies.paper.model_card``).
+
 Survival entries (``survival:`` list; consumed by ``assets.studies.survival``) are
 ``SurvivalSpec`` dataclasses with exactly the fields ``endpoint, time, event, groups, cox_terms,
 times, cutoff, reference_levels, agreement``; ``cutoff`` is a ``CutoffSpec(method, variable)``
@@ -84,6 +89,7 @@ CLASSIFICATION_ONLY_KEYS = (
     "harmonization",
     "validation",
 )
+PAPER_KEYS = ("funding", "publications", "intended_use", "limitations")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -253,6 +259,11 @@ class StudySpec:
     cv_folds: int = DEFAULT_CV_FOLDS
     harmonization: HarmonizationSpec = field(default_factory=HarmonizationSpec)
     validation: ValidationSpec = field(default_factory=ValidationSpec)
+    # paper metadata (never part of the model version: see PAPER_KEYS)
+    funding: tuple[str, ...] = ()
+    publications: tuple[str, ...] = ()
+    intended_use: str | None = None
+    limitations: tuple[str, ...] = ()
 
     @property
     def is_classification(self) -> bool:
@@ -262,6 +273,8 @@ class StudySpec:
         """The resolved study (defaults filled in) as plain YAML-able data."""
         data = _plain(asdict(self))
         data.pop("source")
+        for key in PAPER_KEYS:  # who paid and where it was published do not change a model
+            data.pop(key, None)
         if not self.is_classification:
             for key in CLASSIFICATION_ONLY_KEYS:
                 data.pop(key)
@@ -320,6 +333,10 @@ _TOP_KEYS = {
     "auc_drop_warning": "AUC drop that triggers a warning",
     "cv_folds": "folds of the stratified cross-validation on training (integer >= 2)",
     "survival": "list of survival analyses",
+    "funding": "list of grant ids (grants.grant_id) that fund the study",
+    "publications": "list of DOIs or PMIDs of the papers that report the study",
+    "intended_use": "free text: the model's intended use (model card)",
+    "limitations": "list of known limits (model card)",
 }
 
 
@@ -382,6 +399,26 @@ def parse_study(data: Any, source: str = "<study>") -> StudySpec:
         cv_folds=cv_folds,
         harmonization=_harmonization(top.get("harmonization"), source, label),
         validation=_validation(top.get("validation"), source),
+        funding=tuple(_str_list(top.get("funding", []), source, "funding")),
+        publications=tuple(
+            _publication(p, source, f"publications[{i}]")
+            for i, p in enumerate(_str_list(top.get("publications", []), source, "publications"))
+        ),
+        intended_use=_str(top.get("intended_use"), source, "intended_use"),
+        limitations=tuple(_str_list(top.get("limitations", []), source, "limitations")),
+    )
+
+
+_DOI = re.compile(r"^10\.\d{4,9}/\S+$")
+
+
+def _publication(value: str, source: str, key: str) -> str:
+    """A DOI (lower-cased, without a https://doi.org/ prefix) or a PMID (digits)."""
+    text = re.sub(r"^(https?://(dx\.)?doi\.org/|doi:\s*)", "", value.strip(), flags=re.IGNORECASE)
+    if text.isdigit() or _DOI.match(text):
+        return text.lower()
+    raise StudySpecError(
+        source, key, f"{value!r} is neither a DOI (10.xxxx/...) nor a PMID (digits)"
     )
 
 

@@ -669,8 +669,19 @@ def generate_demo(
             landing / "portfolio" / "publications" / "group_export.txt", cited, seed
         )
     )
-    counts["demo_definitions"] = len(write_demo_definitions(home, force=force))
+    written = write_demo_definitions(home, force=force)
+    counts["demo_definitions"] = len(written)
+    _add_demo_funding([p for p in written if p.suffix == ".yaml"], sorted(cited))
     return counts
+
+
+def _add_demo_funding(studies: list[Path], grant_ids: list[str]) -> None:
+    """The demo study is funded by the grants its papers acknowledge (ids are drawn per seed, so
+    they are appended to the copied study YAML: ``funding:``, view ``grant_outputs``)."""
+    for path in studies:
+        if grant_ids and "\nfunding:" not in path.read_text(encoding="utf-8"):
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(f"funding: [{', '.join(repr(g) for g in grant_ids[:2])}]\n")
 
 
 DEMO_DIR = Path(__file__).resolve().parent
