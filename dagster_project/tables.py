@@ -19,9 +19,9 @@ EMPTY_PART = "empty-schema"  # the part name of a table's empty, typed placehold
 
 def ensure_tables(lake: Lake, schemas: dict[str, dict[str, pl.DataType]]) -> list[str]:
     """Write an empty typed part for every table of ``schemas`` that has no Parquet yet."""
-    created = []
-    for table, schema in schemas.items():
-        if not lake.has_table(table):
-            lake.write_part(table, EMPTY_PART, pl.DataFrame(schema=schema))
-            created.append(table)
+    created = [table for table in schemas if not lake.has_table(table)]
+    if created:  # zero rows: nothing to audit (a suite may name columns only a study writes)
+        with lake.transaction(audit=False) as tx:
+            for table in created:
+                tx.write_part(table, EMPTY_PART, pl.DataFrame(schema=schemas[table]))
     return created

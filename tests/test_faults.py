@@ -163,6 +163,7 @@ def test_audit_failure_keeps_version_out_with_its_reasons(lake_home):
             "mask_sha256": ["e" * 64],
             "label": [1],
             "extracted_at": [datetime(2026, 1, 1, tzinfo=UTC)],
+            "intensity_unit": ["HU"],
         }
     )
     lake.write_table("radiomics_features", good)
