@@ -71,7 +71,10 @@ def suite_check(
         ),
     ]
 
-    @dg.multi_asset_check(specs=specs, name=f"{table}_{name}")
+    # one op per (asset, check): two studies' assets check the same table under their own names
+    op_name = f"{asset_key.to_python_identifier()}_{name}"
+
+    @dg.multi_asset_check(specs=specs, name=op_name)
     def _suite_check(context: dg.AssetCheckExecutionContext, lake: LakeResource):
         home = lake.lake()
         if not home.has_table(table):
