@@ -273,7 +273,7 @@ def test_selection_min_icc_keeps_robust_features_only(lake, two_reader_lake):
 
     cases, features = two_reader_lake
     long = features.join(cases.select("case_id", "patient_key"), on="case_id").with_columns(
-        pl.lit("C1").alias("center_id")
+        pl.lit("C1").alias("center_id"), pl.lit("pyradiomics v3.1.4").alias("extractor_version")
     )
     lake.write_table("cases", cases.with_columns(pl.lit("C1").alias("center_id")))
     lake.write_table("radiomics_features", long)

@@ -78,6 +78,8 @@ def test_referential_integrity_is_checked_on_the_staged_lake(lake_home):
             "image_sha256": ["d" * 64],
             "mask_sha256": ["e" * 64],
             "qc_roi_voxels": [100],
+            "roi_volume_ml": [0.1],
+            "intensity_unit": ["HU"],
             "image_ref": ["imaging/C1/x.nii.gz"],
             "mask_ref": ["imaging/C1/x_mask.nii.gz"],
         }

@@ -153,6 +153,7 @@ class _Sheet:
     mapping: str | None = None
     landed: list[str] = field(default_factory=list)  # the columns as the file names them
     other_sheets: list[str] = field(default_factory=list)  # worksheets with data not read
+    ragged: dict[int, int] = field(default_factory=dict)  # CSV row number -> its field count
 
 
 class _FileProblem(Exception):
@@ -190,6 +191,11 @@ def _read_sheet(path: Path, shown: str, mappings: list[Mapping] | None = None) -
     sheet = _patient_sheet(sheets, shown, mappings)
     mapping = mapping_for(mappings, shown, sheet.header)
     body = sheet.rows
+    ragged: dict[int, int] = {}
+    if kind == "CSV":  # a row with more or fewer fields than the header is not guessed at
+        fields = len(sheet.header)
+        ragged = {n: len(c) for n, _l, c in body if len(c) < fields or _fields(c) > fields}
+        body = [row for row in body if row[0] not in ragged]
     width = max([len(sheet.header)] + [len(cells) for _p, _l, cells in body])
     header = sheet.header + [""] * (width - len(sheet.header))
     # Unnamed columns: kept as column_<n> when they hold data, dropped when empty (Excel leftovers).
@@ -219,7 +225,7 @@ def _read_sheet(path: Path, shown: str, mappings: list[Mapping] | None = None) -
     for number, _line, cells in body:
         padded = cells + [None] * (width - len(cells))
         rows.append((number, plan.apply([_numeric_text(padded[i]) for i in keep])))
-    if not rows:
+    if not rows and not ragged:
         raise _FileProblem(
             "empty_file",
             f"empty_file: {shown} has a header but no data rows; land a file with data",
@@ -232,7 +238,16 @@ def _read_sheet(path: Path, shown: str, mappings: list[Mapping] | None = None) -
         mapping=mapping.path if mapping else None,
         landed=landed_names,
         other_sheets=sheet.other_parts,
+        ragged=ragged,
     )
+
+
+def _fields(cells: list[str | None]) -> int:
+    """Fields of a CSV row, trailing empty ones not counted."""
+    n = len(cells)
+    while n and not cells[n - 1]:
+        n -= 1
+    return n
 
 
 def _patient_sheet(sheets: list, shown: str, mappings: list[Mapping]):
@@ -524,6 +539,16 @@ def load_clinical(
     findings = _screen_identifiers(loaded)
     for order, shown, schema, sheet, pid_col, center_col in loaded:
         schemas[order] = schema
+        for number, fields in sheet.ragged.items():
+            stats["landed"] += 1
+            reason = (
+                f"ragged_row: {shown} row {number} has {fields} fields but the header has "
+                f"{len(sheet.header)} (a missing or extra separator); fix the row and land the "
+                "file again"
+            )
+            rejects.append(
+                Reject(shown, TARGET_TABLE, "ragged_row", reason, record=f"row {number}")
+            )
         index = {name: i for i, name in enumerate(sheet.header)}
         shown = _safe_name(shown, sheet, index, [pid_col, *findings], pseudonymize)
         flagged = _flagged_in_file(findings, sheet, index, (pid_col, center_col), shown, stats)
