@@ -4,13 +4,16 @@ The limit of a parallel extraction on C cores is the sum of the single-case time
 warm process, divided by C: no parallel run can do better without making a single case faster.
 This script measures
 
-- ``limit``: one process extracts every (case, parameter set) pair alone, one after the other,
-  after a warm-up pair (imports, pyradiomics' extractor, the first read), through the lake's own
-  loader (``mask_qc.load_case_task``: DICOM series, RTSTRUCT rasterization, PET in SUV, mask QC);
-  ``limit = sum of the pair times / jobs``;
-- ``lake``: ``run_extraction`` (what the ``radiomics_features`` asset runs) over the same pairs on
-  the local process pool of ``jobs`` workers, cold (empty lake), in a fresh process; its in-process
-  step time and the wall time, with the peak memory of the process tree (sampled every 0.1 s);
+- ``limit``: one process extracts every case alone (all its parameter sets: ``run_case``, the
+  case read once and its preprocessing shared between parameter sets that allow it), one after
+  the other, after an untimed warm-up case (imports, pyradiomics' extractors, the first read),
+  through the lake's own loader (``mask_qc.load_case_task``: DICOM series, RTSTRUCT
+  rasterization, PET in SUV, mask QC); ``limit = sum of the case times / jobs``;
+- ``lake``: ``run_extraction`` (what the ``radiomics_features`` asset runs) over the same cases
+  on the local process pool of ``jobs`` workers, cold (empty lake), in a fresh process: largest
+  cases first, a case that dominates the run split by image type across the workers
+  (``assets/radiomics/schedule.py``); its in-process step time and the wall time, with the peak
+  memory of the process tree (sampled every 0.1 s);
 
 and reports ``lake step / limit`` (target <= 1.1) and the largest relative difference between the
 lake's values and the single-case values (they must be identical).
@@ -24,12 +27,13 @@ hard links, so case ids differ while the files are the same):
 - autoradiomics' CT_head DICOM series with its NIfTI mask.
 
 Parameters: pyradiomics' ``exampleSettings/exampleCT.yaml`` (Original, LoG at five sigmas,
-wavelet: ~1,200 features a case) as ``ct_bench``, and the same with ``binWidth: 0.25`` as
-``pt_bench`` for PET (SUV).
+wavelet: ~1,200 features a case) as ``ct_bench``, the same with ``binWidth: 0.25`` as
+``pt_bench`` for PET (SUV), and with ``--bin-width-variant`` also ``ct_bench_bw10`` (binWidth 10:
+a bin-width sensitivity analysis, which shares the read and the resampling with ``ct_bench``).
 
 Usage::
 
-    .venv/bin/python bench/bench_extraction_limit.py --copies 2 --jobs 2 --json out.json
+    .venv/bin/python bench/bench_extraction_limit.py --copies 1 --jobs 2 --bin-width-variant --json out.json
 
 The machine may be shared: the load average is recorded before and after each step.
 """
@@ -66,7 +70,7 @@ def _link_tree(source: Path, target: Path) -> None:
             shutil.copyfile(path, target / path.name)
 
 
-def prepare(home: Path, copies: int, params_source: Path) -> None:
+def prepare(home: Path, copies: int, params_source: Path, variant: bool) -> None:
     """The landing zone (one center per copy) and the two parameter files (untimed)."""
     import yaml
 
@@ -97,6 +101,9 @@ def prepare(home: Path, copies: int, params_source: Path) -> None:
     pet = yaml.safe_load(params_source.read_text())
     pet.setdefault("setting", {})["binWidth"] = 0.25
     (params / "pt_bench.yaml").write_text(yaml.safe_dump(pet))
+    if variant:
+        ct["setting"]["binWidth"] = 10
+        (params / "ct_bench_bw10.yaml").write_text(yaml.safe_dump(ct))
 
 
 def make_tasks(home: Path) -> list[dict]:
@@ -128,25 +135,35 @@ def make_tasks(home: Path) -> list[dict]:
 
 # --- the two timed sides, each in its own process ------------------------------------------------
 def limit_run(home: Path, tasks_json: Path) -> dict:
-    """Every pair alone, one after the other, in this (warm) process."""
+    """Every case alone (all its parameter sets), one after the other, in this (warm) process."""
     from assets.imaging.mask_qc import load_case_task
-    from assets.radiomics.extract import quiet_radiomics, run_task
+    from assets.radiomics.extract import quiet_radiomics, run_case
 
     quiet_radiomics()
     tasks = json.loads(tasks_json.read_text())
     params = {p.stem: str(p) for p in sorted((home / "params").glob("*.yaml"))}
-    pairs = [(t, pid) for t in tasks for pid in t["params_ids"]]
-    warm = run_task(pairs[0][0], pairs[0][1], params[pairs[0][1]], load_case_task)  # untimed
-    assert warm.ok, warm.error
-    times, values = [], {}
-    for task, params_id in pairs:
-        result = run_task(task, params_id, params[params_id], load_case_task)
-        if not result.ok:
-            raise RuntimeError(f"{task['case_id']} {params_id}: {result.rule} {result.error}")
-        times.append(result.seconds)
-        for name, value in result.features:
-            values[f"{task['case_id']}|{params_id}|{name}"] = value
-    return {"pair_seconds": times, "values": values}
+
+    def jobs(task: dict) -> list[tuple[str, str]]:
+        return [(pid, params[pid]) for pid in task["params_ids"]]
+
+    smallest = min(
+        tasks,
+        key=lambda t: os.path.getsize(t["mask_path"]) if os.path.isfile(t["mask_path"]) else 0,
+    )
+    assert all(r.ok for r in run_case(smallest, jobs(smallest), load_case_task))  # warm-up, untimed
+    times, values = {}, {}
+    for task in tasks:
+        started = time.perf_counter()
+        results = run_case(task, jobs(task), load_case_task)
+        times[task["case_id"]] = time.perf_counter() - started
+        for result in results:
+            if not result.ok:
+                raise RuntimeError(
+                    f"{task['case_id']} {result.params_id}: {result.rule} {result.error}"
+                )
+            for name, value in result.features:
+                values[f"{task['case_id']}|{result.params_id}|{name}"] = value
+    return {"case_seconds": times, "values": values}
 
 
 def lake_run(home: Path, tasks_json: Path, jobs: int) -> dict:
@@ -184,12 +201,12 @@ def compare(home: Path, values: dict) -> tuple[float, int]:
     return worst, compared
 
 
-def run(copies: int, jobs: int, params_source: Path, workdir: Path) -> dict:
+def run(copies: int, jobs: int, params_source: Path, workdir: Path, variant: bool) -> dict:
     from bench_extraction import measure
     from benchlib import load, machine
 
     home = workdir / "lakehouse"
-    prepare(home, copies, params_source)
+    prepare(home, copies, params_source, variant)
     tasks = make_tasks(home)
     tasks_json = workdir / "tasks.json"
     tasks_json.write_text(json.dumps(tasks))
@@ -204,18 +221,20 @@ def run(copies: int, jobs: int, params_source: Path, workdir: Path) -> dict:
     )
     lake_stats = json.loads(lake.pop("stdout"))
     worst, compared = compare(home, limit_stats["values"])
-    pair_seconds = limit_stats["pair_seconds"]
-    limit_s = sum(pair_seconds) / jobs
+    case_seconds = limit_stats["case_seconds"]
+    limit_s = sum(case_seconds.values()) / jobs
     return {
         "machine": machine(),
         "load": {"before": load_before, "between": load_between, "after": load()},
         "cases": len(tasks),
-        "pairs": len(pair_seconds),
+        "pairs": sum(len(t["params_ids"]) for t in tasks),
         "jobs": jobs,
         "params": params_source.name,
-        "limit_sum_pair_s": sum(pair_seconds),
+        "bin_width_variant": variant,
+        "limit_sum_case_s": sum(case_seconds.values()),
         "limit_s": limit_s,
-        "largest_pair_s": max(pair_seconds),
+        "case_seconds": case_seconds,
+        "largest_case_s": max(case_seconds.values()),
         "lake_step_s": lake_stats["step_s"],
         "lake_wall_s": lake["wall_s"],
         "lake_over_limit": lake_stats["step_s"] / limit_s,
@@ -236,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--params", type=Path, default=SHARED / "pyradiomics" / "exampleSettings" / "exampleCT.yaml"
     )
+    parser.add_argument("--bin-width-variant", action="store_true", help="add ct_bench_bw10")
     parser.add_argument("--workdir", type=Path, default=None, help="kept after the run when given")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--limit-run", nargs=2, help=argparse.SUPPRESS)
@@ -250,15 +270,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="radlake-limit-"))
     try:
-        result = run(args.copies, args.jobs, args.params.resolve(), workdir)
+        result = run(args.copies, args.jobs, args.params.resolve(), workdir, args.bin_width_variant)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     print(
         f"{result['cases']} cases, {result['pairs']} case x params pairs, {result['jobs']} jobs "
         f"({result['params']}); load {result['load']}\n"
-        f"  limit (sum of single pairs / jobs) {result['limit_s']:8.1f} s  "
-        f"(largest pair {result['largest_pair_s']:.1f} s)\n"
+        f"  limit (sum of single cases / jobs) {result['limit_s']:8.1f} s  "
+        f"(largest case {result['largest_case_s']:.1f} s)\n"
         f"  lake run_extraction step          {result['lake_step_s']:8.1f} s  "
         f"(wall {result['lake_wall_s']:.1f} s, peak RSS {result['lake_peak_rss_tree_mb']:.0f} MB tree)\n"
         f"  lake / limit                      {result['lake_over_limit']:8.3f}    (target <= 1.1)\n"

@@ -992,6 +992,7 @@ def case_tasks(
                 "mask_source": locator.mask_source,
                 "series_uid": locator.series_uid,
                 "intensity_unit": row.get("intensity_unit"),
+                "roi_volume_ml": row.get("roi_volume_ml"),  # the extraction's cost estimate
                 "slice_gaps": locator.slice_gaps,
                 "gantry_tilt": locator.gantry_tilt,
                 "landing": str(landing),

@@ -58,6 +58,15 @@ class Backend:
         cores = os.cpu_count() or 1
         return max(1, min(self.max_workers or cores, n_tasks))
 
+    def parallelism(self) -> int:
+        """How many extractions run at once: local workers, or a ``local:N`` dask cluster's N
+        (a remote cluster's size is not known in advance: every core of this machine)."""
+        if self.kind == "local":
+            return self.max_workers or os.cpu_count() or 1
+        if self.address.startswith("local:"):
+            return int(self.address.split(":", 1)[1] or 1)
+        return os.cpu_count() or 1
+
     def describe(self) -> str:
         if self.kind == "local":
             return f"local process pool ({self.max_workers or os.cpu_count()} workers)"

@@ -11,8 +11,13 @@ files with ``SimpleITK.ReadImage`` (NRRD, NIfTI, ...). The imaging domain plugs 
 and ``reason`` attributes (``CaseRejected``), which becomes a quarantine row with that rule.
 
 ``extract_case`` returns pyradiomics' features (``original_firstorder_Mean`` -> float) and its
-``diagnostics_*`` entries (as strings) separately. ``run_task`` is what a worker runs: it never
-raises, it returns a ``CaseResult`` carrying either the features or the error.
+``diagnostics_*`` entries (as strings) separately. ``run_case`` is what a worker runs: one case
+under every parameter set it needs, the case read once (one loader call) and its normalization /
+resampling (pyradiomics' ``loadImage``) done once per group of parameter sets whose preprocessing
+settings are equal (``preprocessing_key``); the other steps run per parameter set exactly as
+``RadiomicsFeatureExtractor.execute`` runs them, so values and diagnostics equal one ``execute``
+per pair. It never raises: it returns one ``CaseResult`` per parameter set carrying either the
+features or the error.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -94,15 +99,100 @@ def extractor_version() -> str:
     )
 
 
+def _extractor_for(params_path: str | os.PathLike):
+    path = Path(params_path).resolve()
+    stat = path.stat()
+    return _extractor(str(path), (stat.st_mtime_ns, stat.st_size))
+
+
+# Settings pyradiomics reads only after ``loadImage`` (discretization, texture matrices, filters,
+# resegmentation): parameter sets that differ only in these share one preprocessed image. Every
+# other setting (normalize*, removeOutliers, resampledPixelSpacing, interpolator, padDistance,
+# preCrop, label*, correctMask, minimumROI*, geometryTolerance, additionalInfo, and any setting
+# this list does not know) keeps parameter sets apart: unknown means not shared.
+AFTER_LOAD_SETTINGS = frozenset(
+    {
+        "binWidth", "binCount", "voxelArrayShift", "symmetricalGLCM", "weightingNorm",
+        "distances", "gldm_a", "force2D", "force2Ddimension", "resegmentRange",
+        "resegmentMode", "resegmentShape", "kernelRadius", "maskedKernel", "initValue",
+        "voxelBatch", "sigma", "start_level", "level", "wavelet", "gradientUseSpacing",
+        "lbp2DRadius", "lbp2DSamples", "lbp2DMethod", "lbp3DLevels", "lbp3DIcosphereRadius",
+        "lbp3DIcosphereSubdivision",
+    }
+)  # fmt: skip
+
+
+def preprocessing_key(settings: Mapping[str, Any], label: int) -> str:
+    """What ``loadImage`` depends on: equal keys give the same preprocessed image and mask."""
+    import json
+
+    kept = {k: v for k, v in settings.items() if k not in AFTER_LOAD_SETTINGS}
+    kept["label"] = int(label)
+    return json.dumps(kept, sort_keys=True, default=repr)
+
+
+class _Recorder:
+    """Forwards calls to pyradiomics' ``GeneralInfo`` and remembers them, so that a shared
+    preprocessing adds the same ``diagnostics_*`` entries to every parameter set's result."""
+
+    def __init__(self, target):
+        self.target, self.calls = target, []
+
+    def __getattr__(self, name):
+        method = getattr(self.target, name)
+
+        def call(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            return method(*args, **kwargs)
+
+        return call
+
+
+class _SharedLoad:
+    """``loadImage`` in place of pyradiomics' own: run once per preprocessing key, then replayed
+    (the same image and mask objects, the same diagnostics calls) for the other parameter sets."""
+
+    def __init__(self):
+        self.done: dict[str, tuple[Any, Any, list]] = {}
+        self.key = ""
+
+    def __call__(self, image, mask, generalInfo=None, **settings):
+        from radiomics.featureextractor import RadiomicsFeatureExtractor
+
+        if self.key not in self.done:
+            recorder = None if generalInfo is None else _Recorder(generalInfo)
+            loaded = RadiomicsFeatureExtractor.loadImage(image, mask, recorder, **settings)
+            self.done[self.key] = (*loaded, recorder.calls if recorder else [])
+            return loaded
+        image, mask, calls = self.done[self.key]
+        if generalInfo is not None:
+            for name, args, kwargs in calls:
+                getattr(generalInfo, name)(*args, **kwargs)
+        return image, mask
+
+
+def _execute(extractor, image, mask, label: int, shared: _SharedLoad | None):
+    """``extractor.execute`` with ``loadImage`` shared through ``shared`` (when given)."""
+    if shared is None:
+        return extractor.execute(image, mask, label=label)
+    shared.key = preprocessing_key(extractor.settings, label)
+    extractor.loadImage = shared  # the instance attribute shadows the static method ...
+    try:
+        return extractor.execute(image, mask, label=label)
+    finally:
+        del extractor.loadImage  # ... for this call only: the extractor is cached per worker
+
+
 def extract_case(
     task: Mapping[str, Any], params_path: str | os.PathLike, loader: Loader | None = None
 ) -> tuple[list[tuple[str, float]], dict[str, str]]:
     """Features ``[(name, value)]`` and diagnostics ``{key: str}`` of one case; raises on failure."""
-    path = Path(params_path).resolve()
-    stat = path.stat()
-    extractor = _extractor(str(path), (stat.st_mtime_ns, stat.st_size))
+    extractor = _extractor_for(params_path)
     image, mask = (loader or read_image_mask)(task)
-    result = extractor.execute(image, mask, label=int(task["label"]))
+    return _split(extractor.execute(image, mask, label=int(task["label"])))
+
+
+def _split(result: Mapping[str, Any]) -> tuple[list[tuple[str, float]], dict[str, str]]:
     features: list[tuple[str, float]] = []
     diagnostics: dict[str, str] = {}
     for name, value in result.items():
@@ -134,10 +224,106 @@ class CaseResult:
     error: str = ""
     seconds: float = 0.0
     extractor_version: str = ""
+    retry: bool = False  # the machinery failed (a worker died), not the case: try again next run
 
     @property
     def ok(self) -> bool:
         return not self.rule
+
+
+def _fail(result: CaseResult, error: Exception, task: Mapping[str, Any]) -> None:
+    result.features, result.diagnostics = [], {}
+    result.rule = str(getattr(error, "rule", "") or EXTRACTION_FAILED)
+    message = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
+    result.error = scrub_paths(str(message), task)
+
+
+ENABLED_IMAGE_TYPES_KEY = "diagnostics_Configuration_EnabledImageTypes"
+
+
+def _part_of(full, image_types: dict[str, dict], shape: bool):
+    """The extractor ``full`` restricted to some of its image types (and without the shape
+    features unless ``shape``): one part of a case split across workers (``schedule``)."""
+    import copy
+
+    part = copy.copy(full)  # the attributes replaced below are new objects: ``full`` is untouched
+    part.enabledImagetypes = copy.deepcopy(image_types)
+    if not shape:
+        part.enabledFeatures = {
+            name: features
+            for name, features in full.enabledFeatures.items()
+            if name not in ("shape", "shape2D")
+        }
+    return part
+
+
+def run_case(
+    task: Mapping[str, Any],
+    params: Sequence[tuple],
+    loader: Loader | None = None,
+) -> list[CaseResult]:
+    """Worker entry point: one case under every parameter set of ``params``; never raises.
+
+    ``params`` holds ``(params_id, params_path)`` or, for a part of a case split across workers
+    (``schedule``), ``(params_id, params_path, image_types, shape)``: only those image types,
+    the shape features only if ``shape``, and ``diagnostics_*`` only with the shape part (with
+    the whole parameter set's image types, as one ``execute`` records them).
+
+    The case is read once; parameter sets with equal ``preprocessing_key`` share one
+    ``loadImage`` (normalization, resampling, pre-crop). A loader refusal fails every parameter
+    set with the loader's rule; a pyradiomics error fails only its own parameter set. ``seconds``
+    of a result counts its own work, plus the read for the first one.
+    """
+    results = [CaseResult(case_id=str(task["case_id"]), params_id=job[0]) for job in params]
+    start = time.perf_counter()
+    try:
+        version = extractor_version()
+        image, mask = (loader or read_image_mask)(task)
+    except Exception as error:  # the loader's refusal (mask QC, RTSTRUCT, SUV tags) or a bad file
+        for result in results:
+            _fail(result, error, task)
+        results[0].seconds = time.perf_counter() - start
+        return results
+    shared = _SharedLoad()
+    for result, (_, params_path, *part) in zip(results, params, strict=True):
+        try:
+            result.extractor_version = version
+            extractor = full = _extractor_for(params_path)
+            image_types, shape = part if part else (None, True)
+            if image_types is not None:
+                extractor = _part_of(full, image_types, shape)
+            result.features, result.diagnostics = _split(
+                _execute(extractor, image, mask, int(task["label"]), shared)
+            )
+            if image_types is not None and not shape:
+                result.diagnostics = {}
+            elif image_types is not None and ENABLED_IMAGE_TYPES_KEY in result.diagnostics:
+                result.diagnostics[ENABLED_IMAGE_TYPES_KEY] = str(full.enabledImagetypes)
+            if not result.features:
+                result.rule = EXTRACTION_FAILED
+                result.error = "pyradiomics computed no feature (check featureClass and imageType in the params file)"
+        except Exception as error:  # one bad parameter set must never stop the others
+            _fail(result, error, task)
+        now = time.perf_counter()
+        result.seconds, start = now - start, now
+    return results
+
+
+def merge_parts(parts: Sequence[CaseResult]) -> CaseResult:
+    """One (case, parameter set) result from the results of its parts (one part: itself): the
+    features of every part, the diagnostics of the shape part; the first failure fails it."""
+    if len(parts) == 1:
+        return parts[0]
+    failed = [part for part in parts if not part.ok]
+    if failed:
+        return failed[0]
+    merged = CaseResult(parts[0].case_id, parts[0].params_id)
+    merged.extractor_version = parts[0].extractor_version
+    for part in parts:
+        merged.features.extend(part.features)
+        merged.diagnostics.update(part.diagnostics)
+        merged.seconds += part.seconds
+    return merged
 
 
 def run_task(
@@ -146,22 +332,8 @@ def run_task(
     params_path: str | os.PathLike,
     loader: Loader | None = None,
 ) -> CaseResult:
-    """Worker entry point: extract one case and never raise (a failure is part of the result)."""
-    start = time.perf_counter()
-    result = CaseResult(case_id=str(task["case_id"]), params_id=params_id)
-    try:
-        result.extractor_version = extractor_version()
-        result.features, result.diagnostics = extract_case(task, params_path, loader)
-        if not result.features:
-            result.rule = EXTRACTION_FAILED
-            result.error = "pyradiomics computed no feature (check featureClass and imageType in the params file)"
-    except Exception as error:  # one bad case must never stop the run
-        result.features, result.diagnostics = [], {}
-        result.rule = str(getattr(error, "rule", "") or EXTRACTION_FAILED)
-        message = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
-        result.error = scrub_paths(str(message), task)
-    result.seconds = time.perf_counter() - start
-    return result
+    """One case under one parameter set (``run_case`` with one parameter set)."""
+    return run_case(task, [(params_id, params_path)], loader)[0]
 
 
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s'\"]+/)*[^\s'\"]+")

@@ -6,8 +6,9 @@ pieces together (see ``incremental`` for the storage design):
 1. pairs = every case task x every parameter set; pairs already stored with the same image,
    mask, label and parameter hashes are *unchanged*; pairs that failed before with the same
    hashes are re-reported as rejects without being retried;
-2. the rest runs on the backend (``local`` process pool or ``dask``); results stream back to this
-   process, which writes a batch part every ``batch_size`` finished pairs or ``flush_seconds``;
+2. the rest runs on the backend (``local`` process pool or ``dask``), one unit of work per case
+   with all its parameter sets (the case read once, see ``extract.run_case``); results stream
+   back to this process, which writes a batch part every ``batch_size`` finished pairs or ``flush_seconds``;
 3. the tables are compacted to one file each (latest row per key, current pairs only).
 
 The unit of the returned stats is a pair (case x params_id):
@@ -20,6 +21,7 @@ import contextlib
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +36,8 @@ from assets.radiomics.extract import (
     CaseResult,
     Loader,
     extractor_version,
-    run_task,
+    merge_parts,
+    run_case,
 )
 from assets.radiomics.incremental import (
     FAILURES_SCHEMA,
@@ -52,6 +55,7 @@ from assets.radiomics.incremental import (
     write_failures,
 )
 from assets.radiomics.params import TARGET_TABLE, ParamsFile, params_file
+from assets.radiomics.schedule import plan_units
 from dagster_project.lake import Lake
 from dagster_project.quarantine import Reject
 
@@ -213,23 +217,6 @@ class _BatchWriter:
         self.last_flush = time.monotonic()
 
 
-def _input_bytes(pair: Pair) -> int:
-    """Bytes of a pair's image (a file, or the files of a series folder) and mask: a cheap
-    stand-in for its extraction time."""
-    total = 0
-    for key in ("image_path", "mask_path"):
-        path = str(pair.task.get(key) or "")
-        try:
-            if os.path.isdir(path):
-                with os.scandir(path) as entries:
-                    total += sum(e.stat().st_size for e in entries if e.is_file())
-            elif path:
-                total += os.path.getsize(path)
-        except OSError:
-            continue
-    return total
-
-
 def run_extraction(
     lake: Lake,
     tasks: Sequence[Mapping[str, Any]],
@@ -259,25 +246,36 @@ def run_extraction(
     writer = _BatchWriter(lake, batch_size, flush_seconds)
     extracted, failed, worker_seconds = 0, 0, 0.0
     extraction_started = time.perf_counter()
-    plan.todo.sort(key=_input_bytes, reverse=True)  # largest first: no big case left for last
-    arguments = [(p.task, p.params_id, p.params_path, loader) for p in plan.todo]
-    results = run_parallel(run_task, arguments, backend)
+    # one unit of work per case (read once, preprocessing shared: extract.run_case), largest
+    # first, a dominant case split by image type across workers (schedule.plan_units)
+    units = plan_units(plan.todo, backend.parallelism())
+    parts_left = Counter((job.pair.case_id, job.pair.params_id) for u in units for job in u.jobs)
+    pending: dict[tuple[str, str], list[CaseResult]] = {}
+    arguments = [(u.task, [job.worker_args() for job in u.jobs], loader) for u in units]
+    results = run_parallel(run_case, arguments, backend)
     try:
         for index, outcome in results:
-            pair = plan.todo[index]
-            if isinstance(outcome, CaseResult):
-                worker_seconds += outcome.seconds
-                if outcome.ok:
-                    writer.add(pair, outcome)
+            for position, job in enumerate(units[index].jobs):
+                pair, key = job.pair, (job.pair.case_id, job.pair.params_id)
+                if isinstance(outcome, list):
+                    worker_seconds += outcome[position].seconds
+                    pending.setdefault(key, []).append(outcome[position])
+                else:  # the worker itself failed (died, result lost): report, retry next run
+                    message = f"the worker running it failed ({type(outcome).__name__}: {outcome})"
+                    lost = CaseResult(*key, rule=EXTRACTION_FAILED, error=message, retry=True)
+                    pending.setdefault(key, []).append(lost)
+                parts_left[key] -= 1
+                if parts_left[key]:
+                    continue  # other parts of a split case are still running
+                result = merge_parts(pending.pop(key))
+                if result.ok:
+                    writer.add(pair, result)
                     extracted += 1
                 else:
                     failed += 1
-                    rejects.append(_reject(pair, outcome.rule, outcome.error))
-                    ledger.append(_ledger_row(pair, outcome.rule, outcome.error))
-            else:  # the worker itself failed (died, result lost): report, retry next run
-                failed += 1
-                message = f"the worker running it failed ({type(outcome).__name__}: {outcome})"
-                rejects.append(_reject(pair, EXTRACTION_FAILED, message))
+                    rejects.append(_reject(pair, result.rule, result.error))
+                    if not result.retry:  # a lost worker's pair is tried again next run
+                        ledger.append(_ledger_row(pair, result.rule, result.error))
             if progress is not None:
                 elapsed = time.perf_counter() - extraction_started
                 progress(Progress(extracted + failed, len(plan.todo), extracted, failed, elapsed))
