@@ -131,7 +131,8 @@ def test_loader_refusal_fails_every_parameter_set_of_the_case(tmp_path):
     assert all(str(tmp_path) not in r.error for r in results)  # paths scrubbed
 
 
-def test_lake_run_on_two_workers_equals_direct_pyradiomics(tmp_path):
+def _land(tmp_path) -> tuple[Lake, Path, list[dict]]:
+    """brain1 and breast1 (pyradiomics' NRRD) landed in C1 with a cases.csv; the case tasks."""
     lake = Lake.at(tmp_path / "home")
     folder = lake.landing / "imaging" / "C1"
     folder.mkdir(parents=True)
@@ -144,10 +145,19 @@ def test_lake_run_on_two_workers_equals_direct_pyradiomics(tmp_path):
             )
         rows.append({"Image": f"{case}_image.nrrd", "Mask": f"{case}_label.nrrd", "Label": 1, "patient_id": f"P-{case}", "study_id": case})  # fmt: skip
     cases_csv = write_cases_csv(folder, rows)
-    paths = _params(lake.params_dir)
+    return lake, folder, tasks_from_cases_csv(lake, cases_csv, Pseudonymizer(b"test"))
+
+
+def _discover(lake: Lake) -> list:
     params, rejects = discover_params(lake.params_dir, include_shipped=False)
     assert rejects == []
-    tasks = tasks_from_cases_csv(lake, cases_csv, Pseudonymizer(b"test"))
+    return params
+
+
+def test_lake_run_on_two_workers_equals_direct_pyradiomics(tmp_path):
+    lake, folder, tasks = _land(tmp_path)
+    paths = _params(lake.params_dir)
+    params = _discover(lake)
     stats, quarantined = run_extraction(lake, tasks, params, backend="local:2")
     assert stats["extracted"] == 6 and stats["quarantined"] == 2
     assert {r.record.split(", params ")[1] for r in quarantined} == {"d_tiny_roi"}
@@ -192,36 +202,13 @@ def test_settings_outside_the_known_after_load_list_keep_parameter_sets_apart(ch
 
 
 # --- a dominant case split by image type across workers (schedule.plan_units) -------------------
-FILTERED = {
-    "imageType": {"Original": {}, "LoG": {"sigma": [2.0, 3.0]}, "Wavelet": {}},
-    "featureClass": {"firstorder": None, "glcm": None, "shape": None},
-    "setting": {
-        "binWidth": 25,
-        "interpolator": "sitkBSpline",
-        "resampledPixelSpacing": [2, 2, 2],
-        "padDistance": 5,
-        "additionalInfo": True,
-    },
-}
+FILTERED = {**BASE, "imageType": {"Original": {}, "LoG": {"sigma": [2.0, 3.0]}, "Wavelet": {}}}
 
 
 def _landed_pair(tmp_path) -> tuple[Lake, list[dict], list, Path, Path]:
-    lake = Lake.at(tmp_path / "home")
-    folder = lake.landing / "imaging" / "C1"
-    folder.mkdir(parents=True)
-    rows = []
-    for case in ("brain1", "breast1"):
-        for suffix in ("image", "label"):
-            shutil.copyfile(
-                shared_path("pyradiomics", f"{case}_{suffix}.nrrd"),
-                folder / f"{case}_{suffix}.nrrd",
-            )
-        rows.append({"Image": f"{case}_image.nrrd", "Mask": f"{case}_label.nrrd", "Label": 1, "patient_id": f"P-{case}", "study_id": case})  # fmt: skip
-    cases_csv = write_cases_csv(folder, rows)
+    lake, folder, tasks = _land(tmp_path)
     (lake.params_dir / "filtered.yaml").write_text(yaml.safe_dump(FILTERED))
-    params, rejects = discover_params(lake.params_dir, include_shipped=False)
-    assert rejects == []
-    tasks = tasks_from_cases_csv(lake, cases_csv, Pseudonymizer(b"test"))
+    params = _discover(lake)
     for task in tasks:  # what the cases table gives: brain1 dominates the run
         task["roi_volume_ml"] = 100.0 if "brain1" in task["image_path"] else 1.0
     return lake, tasks, params, folder, lake.params_dir / "filtered.yaml"
