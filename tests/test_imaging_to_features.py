@@ -8,14 +8,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import dagster as dg
 import polars as pl
 import pytest
 
-from dagster_project.lake import Lake
 from dagster_project.quarantine import read_quarantine
-from dagster_project.resources import ExtractionBackend, LakeResource
 from tests.conftest import shared_path
+from tests.imaging_run import lake_home, materialize_imaging
 
 CASES_C1 = """Image,Mask,Label,patient_id,phase
 head/CT,head/lesion.nii.gz,1,HEAD-01,non_contrast
@@ -49,42 +47,23 @@ def _copy(source: Path, dest: Path) -> None:
 
 @pytest.fixture(scope="module")
 def materialized(tmp_path_factory):
-    home = tmp_path_factory.mktemp("imaging") / "lakehouse"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LAKE_HOME", str(home))
-    mp.setenv("LAKE_PSEUDONYM_KEY", "imaging-to-features-secret")
-    lake = Lake.at(home)
-    imaging = lake.landing / "imaging"
-    auto = shared_path("dicom", "autoradiomics")
-    _copy(auto / "CT_head", imaging / "C1" / "head" / "CT")
-    _copy(auto / "nifti" / "CT_head_seg.nii.gz", imaging / "C1" / "head" / "lesion.nii.gz")
-    _copy(auto / "QIN-PROSTATE-001" / "ADC", imaging / "C1" / "qin" / "ADC")
-    _copy(auto / "QIN-PROSTATE-001" / "seg", imaging / "C1" / "qin" / "seg")
-    (imaging / "C1" / "cases.csv").write_text(CASES_C1)
-    for name in ("CT_small.dcm", "MR_small.dcm"):
-        _copy(shared_path("dicom", "pydicom", name), imaging / "C2" / "pydicom" / name)
-    for path in (auto / "nifti" / "prostate").iterdir():
-        _copy(path, imaging / "C3" / "prostate" / path.name)
-    (imaging / "C3" / "cases.csv").write_text(CASES_C3)
-    for stem in ("ct_default", "mr_default"):
-        (lake.params_dir / f"{stem}.yaml").write_text(LIGHT_PARAMS)
-
-    from assets.imaging.defs import defs as imaging_defs
-    from assets.radiomics.defs import defs as radiomics_defs
-
-    merged = dg.Definitions.merge(imaging_defs, radiomics_defs)
-    with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [*merged.assets, *merged.asset_checks],
-            instance=instance,
-            resources={"lake": LakeResource(), "extraction": ExtractionBackend(max_workers=2)},
-        )
-        checks = {
-            (e.asset_key.to_user_string(), e.check_name): e.passed
-            for e in result.get_asset_check_evaluations()
-        }
-    yield lake, result, checks
-    mp.undo()
+    with lake_home(tmp_path_factory, "imaging") as lake:
+        imaging = lake.landing / "imaging"
+        auto = shared_path("dicom", "autoradiomics")
+        _copy(auto / "CT_head", imaging / "C1" / "head" / "CT")
+        _copy(auto / "nifti" / "CT_head_seg.nii.gz", imaging / "C1" / "head" / "lesion.nii.gz")
+        _copy(auto / "QIN-PROSTATE-001" / "ADC", imaging / "C1" / "qin" / "ADC")
+        _copy(auto / "QIN-PROSTATE-001" / "seg", imaging / "C1" / "qin" / "seg")
+        (imaging / "C1" / "cases.csv").write_text(CASES_C1)
+        for name in ("CT_small.dcm", "MR_small.dcm"):
+            _copy(shared_path("dicom", "pydicom", name), imaging / "C2" / "pydicom" / name)
+        for path in (auto / "nifti" / "prostate").iterdir():
+            _copy(path, imaging / "C3" / "prostate" / path.name)
+        (imaging / "C3" / "cases.csv").write_text(CASES_C3)
+        for stem in ("ct_default", "mr_default"):
+            (lake.params_dir / f"{stem}.yaml").write_text(LIGHT_PARAMS)
+        result, checks = materialize_imaging(workers=2)
+        yield lake, result, checks
 
 
 def test_every_check_passes_and_real_series_land(materialized):

@@ -12,14 +12,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
 
-from dagster_project.lake import Lake
 from dagster_project.quarantine import read_quarantine
-from dagster_project.resources import ExtractionBackend, LakeResource
+from tests.imaging_run import lake_home, materialize_imaging
 
 FIXTURES = Path(__file__).parent / "fixtures" / "multiframe"
 PARAMS = """imageType:
@@ -52,36 +50,21 @@ def _threshold_mask(image_path: Path, target: Path) -> None:
 def materialized(tmp_path_factory):
     import SimpleITK as sitk
 
-    home = tmp_path_factory.mktemp("multiframe") / "lakehouse"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LAKE_HOME", str(home))
-    mp.setenv("LAKE_PSEUDONYM_KEY", "multiframe-test-secret")
-    lake = Lake.at(home)
-    c1 = lake.landing / "imaging" / "C1"
-    (c1 / "ect").mkdir(parents=True)
-    shutil.copy2(FIXTURES / "eCT_Supplemental.dcm", c1 / "ect" / "eCT_Supplemental.dcm")
-    _threshold_mask(FIXTURES / "eCT_Supplemental.dcm", c1 / "ect_mask.nii.gz")
-    (c1 / "emr").mkdir()
-    shutil.copy2(FIXTURES / "emri_small.dcm", c1 / "emr" / "emri_small.dcm")
-    emri = sitk.ReadImage(str(FIXTURES / "emri_small.dcm"))
-    sitk.WriteImage(sitk.Cast(emri > 100, sitk.sitkUInt8), str(c1 / "emr_mask.nii.gz"))
-    (c1 / "cases.csv").write_text(
-        "Image,Mask,Label,patient_id\nect,ect_mask.nii.gz,1,P1\nemr/emri_small.dcm,emr_mask.nii.gz,1,P2\n"
-    )
-    (lake.params_dir / "ct_default.yaml").write_text(PARAMS)
-    from assets.imaging.defs import defs as imaging_defs
-    from assets.radiomics.defs import defs as radiomics_defs
-
-    merged = dg.Definitions.merge(imaging_defs, radiomics_defs)
-    with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [*merged.assets, *merged.asset_checks],
-            instance=instance,
-            resources={"lake": LakeResource(), "extraction": ExtractionBackend(max_workers=1)},
+    with lake_home(tmp_path_factory, "multiframe") as lake:
+        c1 = lake.landing / "imaging" / "C1"
+        (c1 / "ect").mkdir(parents=True)
+        shutil.copy2(FIXTURES / "eCT_Supplemental.dcm", c1 / "ect" / "eCT_Supplemental.dcm")
+        _threshold_mask(FIXTURES / "eCT_Supplemental.dcm", c1 / "ect_mask.nii.gz")
+        (c1 / "emr").mkdir()
+        shutil.copy2(FIXTURES / "emri_small.dcm", c1 / "emr" / "emri_small.dcm")
+        emri = sitk.ReadImage(str(FIXTURES / "emri_small.dcm"))
+        sitk.WriteImage(sitk.Cast(emri > 100, sitk.sitkUInt8), str(c1 / "emr_mask.nii.gz"))
+        (c1 / "cases.csv").write_text(
+            "Image,Mask,Label,patient_id\nect,ect_mask.nii.gz,1,P1\nemr/emri_small.dcm,emr_mask.nii.gz,1,P2\n"
         )
-        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    yield lake, result, checks
-    mp.undo()
+        (lake.params_dir / "ct_default.yaml").write_text(PARAMS)
+        result, checks = materialize_imaging(workers=1)
+        yield lake, result, checks
 
 
 def test_enhanced_ct_is_one_case_with_features_equal_to_pyradiomics(materialized):

@@ -15,15 +15,13 @@ import datetime as dt
 import shutil
 from pathlib import Path
 
-import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
 
-from dagster_project.lake import Lake
 from dagster_project.quarantine import read_quarantine
-from dagster_project.resources import ExtractionBackend, LakeResource
 from tests.conftest import shared_path
+from tests.imaging_run import lake_home, materialize_imaging
 
 PARAMS = """imageType:
   Original: {}
@@ -75,43 +73,26 @@ def _derive_bqml(source: Path, target: Path, drop: str | None = None) -> None:
 
 @pytest.fixture(scope="module")
 def materialized(tmp_path_factory):
-    home = tmp_path_factory.mktemp("pet") / "lakehouse"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LAKE_HOME", str(home))
-    mp.setenv("LAKE_PSEUDONYM_KEY", "pet-test-secret")
-    lake = Lake.at(home)
-    c1 = lake.landing / "imaging" / "C1"
-    shutil.copytree(_pet("STS_041", "image"), c1 / "gml" / "PET")
-    _derive_bqml(_pet("STS_042", "image"), c1 / "bqml" / "PET")
-    _derive_bqml(_pet("STS_043", "image"), c1 / "noweight" / "PET", drop="PatientWeight")
-    for folder, patient in (("gml", "STS_041"), ("bqml", "STS_042"), ("noweight", "STS_043")):
-        shutil.copy2(_pet(patient, "mask", "RS.dcm"), c1 / folder / "RS.dcm")
-    (c1 / "cases.csv").write_text(
-        "Image,Mask,Label,patient_id\n"
-        + "".join(f"{f}/PET,{f}/RS.dcm,GTV_Mass_PET,{f}\n" for f in ("gml", "bqml", "noweight"))
-    )
-    c2 = lake.landing / "imaging" / "C2"  # the published SUV series of the BQML patient
-    shutil.copytree(_pet("STS_042", "image"), c2 / "p" / "PET")
-    shutil.copy2(_pet("STS_042", "mask", "RS.dcm"), c2 / "p" / "RS.dcm")
-    (c2 / "cases.csv").write_text("Image,Mask,Label,patient_id\np/PET,p/RS.dcm,GTV_Mass_PET,bqml\n")
-    (lake.params_dir / "pt_default.yaml").write_text(PARAMS)
-
-    from assets.imaging.defs import defs as imaging_defs
-    from assets.radiomics.defs import defs as radiomics_defs
-
-    merged = dg.Definitions.merge(imaging_defs, radiomics_defs)
-    with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [*merged.assets, *merged.asset_checks],
-            instance=instance,
-            resources={"lake": LakeResource(), "extraction": ExtractionBackend(max_workers=1)},
+    with lake_home(tmp_path_factory, "pet") as lake:
+        c1 = lake.landing / "imaging" / "C1"
+        shutil.copytree(_pet("STS_041", "image"), c1 / "gml" / "PET")
+        _derive_bqml(_pet("STS_042", "image"), c1 / "bqml" / "PET")
+        _derive_bqml(_pet("STS_043", "image"), c1 / "noweight" / "PET", drop="PatientWeight")
+        for folder, patient in (("gml", "STS_041"), ("bqml", "STS_042"), ("noweight", "STS_043")):
+            shutil.copy2(_pet(patient, "mask", "RS.dcm"), c1 / folder / "RS.dcm")
+        (c1 / "cases.csv").write_text(
+            "Image,Mask,Label,patient_id\n"
+            + "".join(f"{f}/PET,{f}/RS.dcm,GTV_Mass_PET,{f}\n" for f in ("gml", "bqml", "noweight"))
         )
-        checks = {
-            (e.asset_key.to_user_string(), e.check_name): e.passed
-            for e in result.get_asset_check_evaluations()
-        }
-    yield lake, result, checks
-    mp.undo()
+        c2 = lake.landing / "imaging" / "C2"  # the published SUV series of the BQML patient
+        shutil.copytree(_pet("STS_042", "image"), c2 / "p" / "PET")
+        shutil.copy2(_pet("STS_042", "mask", "RS.dcm"), c2 / "p" / "RS.dcm")
+        (c2 / "cases.csv").write_text(
+            "Image,Mask,Label,patient_id\np/PET,p/RS.dcm,GTV_Mass_PET,bqml\n"
+        )
+        (lake.params_dir / "pt_default.yaml").write_text(PARAMS)
+        result, checks = materialize_imaging(workers=1)
+        yield lake, result, checks
 
 
 def _case(lake, center, patient):

@@ -12,14 +12,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
 
-from dagster_project.lake import Lake
-from dagster_project.resources import ExtractionBackend, LakeResource
 from tests.conftest import shared_path
+from tests.imaging_run import lake_home, materialize_imaging
 
 PARAMS = """imageType:
   Original: {}
@@ -55,39 +53,25 @@ def _volume(path: Path, label: int = 1) -> float:
 
 @pytest.fixture(scope="module")
 def lake_with_readers(tmp_path_factory):
-    home = tmp_path_factory.mktemp("readers") / "lakehouse"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LAKE_HOME", str(home))
-    mp.setenv("LAKE_PSEUDONYM_KEY", "readers-test-secret")
-    lake = Lake.at(home)
-    c1 = lake.landing / "imaging" / "C1"
-    for name in (
-        "img.nii.gz",
-        "seg_one_label.nii.gz",
-        "seg_dilated_10mm.nii.gz",
-        "seg_two_labels.nii.gz",
-    ):
-        (c1 / "prostate").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(_prostate(name), c1 / "prostate" / name)
-    auto = shared_path("dicom", "autoradiomics")
-    shutil.copytree(auto / "CT_head", c1 / "head" / "CT")
-    shutil.copy2(auto / "nifti" / "CT_head_seg.nii.gz", c1 / "head" / "lesion.nii.gz")
-    (c1 / "cases.csv").write_text(CASES)
-    for stem in ("ct_default", "mr_default"):
-        (lake.params_dir / f"{stem}.yaml").write_text(PARAMS)
-    from assets.imaging.defs import defs as imaging_defs
-    from assets.radiomics.defs import defs as radiomics_defs
-
-    merged = dg.Definitions.merge(imaging_defs, radiomics_defs)
-    with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [*merged.assets, *merged.asset_checks],
-            instance=instance,
-            resources={"lake": LakeResource(), "extraction": ExtractionBackend(max_workers=1)},
-        )
-    assert result.success
-    yield lake
-    mp.undo()
+    with lake_home(tmp_path_factory, "readers") as lake:
+        c1 = lake.landing / "imaging" / "C1"
+        for name in (
+            "img.nii.gz",
+            "seg_one_label.nii.gz",
+            "seg_dilated_10mm.nii.gz",
+            "seg_two_labels.nii.gz",
+        ):
+            (c1 / "prostate").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(_prostate(name), c1 / "prostate" / name)
+        auto = shared_path("dicom", "autoradiomics")
+        shutil.copytree(auto / "CT_head", c1 / "head" / "CT")
+        shutil.copy2(auto / "nifti" / "CT_head_seg.nii.gz", c1 / "head" / "lesion.nii.gz")
+        (c1 / "cases.csv").write_text(CASES)
+        for stem in ("ct_default", "mr_default"):
+            (lake.params_dir / f"{stem}.yaml").write_text(PARAMS)
+        result, _ = materialize_imaging(workers=1)
+        assert result.success
+        yield lake
 
 
 def _key(lake, patient):

@@ -16,15 +16,13 @@ import re
 import shutil
 from pathlib import Path
 
-import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
 
-from dagster_project.lake import Lake
 from dagster_project.quarantine import read_quarantine
-from dagster_project.resources import ExtractionBackend, LakeResource
 from tests.conftest import shared_path
+from tests.imaging_run import lake_home, materialize_imaging
 
 PATIENTS = ("STS_041", "STS_042", "STS_043")
 EDGE_TOLERANCE = 0.01  # fraction of the reference voxels allowed to differ at contour edges
@@ -46,44 +44,28 @@ def _sts(patient: str, *parts: str) -> Path:
 
 @pytest.fixture(scope="module")
 def materialized(tmp_path_factory):
-    home = tmp_path_factory.mktemp("rtstruct") / "lakehouse"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LAKE_HOME", str(home))
-    mp.setenv("LAKE_PSEUDONYM_KEY", "rtstruct-test-secret")
-    lake = Lake.at(home)
-    c1 = lake.landing / "imaging" / "C1"
-    rows = ["Image,Mask,Label,patient_id"]
-    for patient in PATIENTS:  # the hospital's export: series folder + RS.dcm beside it
-        shutil.copytree(_sts(patient, "CT", "image"), c1 / patient / "CT")
-        shutil.copy2(_sts(patient, "CT", "mask", "RS.dcm"), c1 / patient / "RS.dcm")
-        rows.append(f"{patient}/CT,{patient}/RS.dcm,GTV_Mass_CT,{patient}")
-    rows.append("STS_041/CT,STS_041/RS.dcm,Liver,STS_041")  # wrong ROI name
-    shutil.copy2(_sts("STS_044", "CT", "mask", "RS.dcm"), c1 / "other_RS.dcm")
-    rows.append("STS_041/CT,other_RS.dcm,GTV_Mass_CT,STS_041")  # drawn on a series not landed
-    (c1 / "cases.csv").write_text("\n".join(rows) + "\n")
-    # C2: no cases.csv; the structure set is paired with the series it references, ROI by pattern
-    c2 = lake.landing / "imaging" / "C2"
-    shutil.copytree(_sts("STS_044", "CT", "image"), c2 / "export" / "CT")
-    shutil.copy2(_sts("STS_044", "CT", "mask", "RS.dcm"), c2 / "export" / "RS.dcm")
-    (home / "centers.yaml").write_text("centers:\n  C1: {}\n  C2: {rtstruct_roi: 'gtv_.*_ct'}\n")
-    (lake.params_dir / "ct_default.yaml").write_text(PARAMS)
-
-    from assets.imaging.defs import defs as imaging_defs
-    from assets.radiomics.defs import defs as radiomics_defs
-
-    merged = dg.Definitions.merge(imaging_defs, radiomics_defs)
-    with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [*merged.assets, *merged.asset_checks],
-            instance=instance,
-            resources={"lake": LakeResource(), "extraction": ExtractionBackend(max_workers=2)},
+    with lake_home(tmp_path_factory, "rtstruct") as lake:
+        home = lake.home
+        c1 = lake.landing / "imaging" / "C1"
+        rows = ["Image,Mask,Label,patient_id"]
+        for patient in PATIENTS:  # the hospital's export: series folder + RS.dcm beside it
+            shutil.copytree(_sts(patient, "CT", "image"), c1 / patient / "CT")
+            shutil.copy2(_sts(patient, "CT", "mask", "RS.dcm"), c1 / patient / "RS.dcm")
+            rows.append(f"{patient}/CT,{patient}/RS.dcm,GTV_Mass_CT,{patient}")
+        rows.append("STS_041/CT,STS_041/RS.dcm,Liver,STS_041")  # wrong ROI name
+        shutil.copy2(_sts("STS_044", "CT", "mask", "RS.dcm"), c1 / "other_RS.dcm")
+        rows.append("STS_041/CT,other_RS.dcm,GTV_Mass_CT,STS_041")  # drawn on a series not landed
+        (c1 / "cases.csv").write_text("\n".join(rows) + "\n")
+        # C2: no cases.csv; the structure set is paired with the series it references, ROI by pattern
+        c2 = lake.landing / "imaging" / "C2"
+        shutil.copytree(_sts("STS_044", "CT", "image"), c2 / "export" / "CT")
+        shutil.copy2(_sts("STS_044", "CT", "mask", "RS.dcm"), c2 / "export" / "RS.dcm")
+        (home / "centers.yaml").write_text(
+            "centers:\n  C1: {}\n  C2: {rtstruct_roi: 'gtv_.*_ct'}\n"
         )
-        checks = {
-            (e.asset_key.to_user_string(), e.check_name): e.passed
-            for e in result.get_asset_check_evaluations()
-        }
-    yield lake, result, checks
-    mp.undo()
+        (lake.params_dir / "ct_default.yaml").write_text(PARAMS)
+        result, checks = materialize_imaging(workers=2)
+        yield lake, result, checks
 
 
 def _reference_voxels(patient: str) -> int:
