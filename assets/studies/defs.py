@@ -77,8 +77,8 @@ def _splits(home: Lake, name: str):
 
 
 def _study_data(home: Lake, spec):
+    from assets.studies.data import assemble_study_data, harmonization_plan
     from assets.studies.store import load_inputs
-    from assets.studies.train import assemble_study_data, harmonization_plan
 
     features, clinical, prepared = load_inputs(home, spec)
     data = assemble_study_data(spec, features, clinical)
@@ -135,9 +135,9 @@ def study_assets(spec) -> tuple[list, list]:
         f"(seed {spec.split.seed}); excluded patients counted by reason.",
     )
     def study_splits(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        from assets.studies.data import prepare_study
         from assets.studies.split import cohort_counts, split_patients
         from assets.studies.store import save_inputs, study_inputs
-        from assets.studies.train import prepare_study
 
         home = lake.lake()
         with _fail_on_study_data_error(context):
@@ -196,8 +196,8 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
     def models(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         import polars as pl
 
+        from assets.studies.fit import train_study
         from assets.studies.store import write_current, write_provenance
-        from assets.studies.train import train_study
 
         home = lake.lake()
         with _fail_on_study_data_error(context):
@@ -258,16 +258,11 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
     ) -> dg.MaterializeResult:
         import polars as pl
 
+        from assets.studies.evaluate import evaluate_study
         from assets.studies.pipeline import training_notes
+        from assets.studies.plots import nomogram_png, roc_png
         from assets.studies.report import METHODS_TEXT, ci_flag_table, discrimination_table
-        from assets.studies.store import read_current
-        from assets.studies.train import (
-            evaluate_study,
-            load_fitted,
-            nomogram_png,
-            roc_png,
-            save_evaluation,
-        )
+        from assets.studies.store import load_fitted, read_current, save_evaluation
 
         home = lake.lake()
         version, version_dir = read_current(home, spec)
@@ -326,14 +321,9 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
         "coefficients; top features and summary plots.",
     )
     def explanations(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-        from assets.studies.store import read_current
-        from assets.studies.train import (
-            explain_models,
-            explanation_pngs,
-            load_fitted,
-            save_explanations,
-            top_features_table,
-        )
+        from assets.studies.explain import explain_models, top_features_table
+        from assets.studies.plots import explanation_pngs
+        from assets.studies.store import load_fitted, read_current, save_explanations
 
         home = lake.lake()
         version, version_dir = read_current(home, spec)
@@ -365,15 +355,14 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
     def calibration(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         import polars as pl
 
-        from assets.studies.calibration import calibration_tables
-        from assets.studies.store import read_current
-        from assets.studies.train import calibration_png, save_calibration, with_harmonization
+        from assets.studies.calibration import calibrate_study
+        from assets.studies.plots import calibration_png
+        from assets.studies.store import read_current, save_calibration
 
         home = lake.lake()
         version, version_dir = read_current(home, spec)
         predictions = pl.read_parquet(version_dir / "predictions.parquet")
-        curves, rows = calibration_tables(predictions, study=name, model_version=version)
-        rows = with_harmonization(rows, spec)
+        curves, rows = calibrate_study(spec, predictions, version)
         save_calibration(version_dir, curves, rows)
         png = calibration_png(home.reports_dir / name, predictions, curves)
         home.write_part("model_metrics", f"{name}-{version}-calibration", rows)
@@ -398,8 +387,8 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
         import polars as pl
 
         from assets.studies.calibration import dca_table
-        from assets.studies.store import read_current
-        from assets.studies.train import decision_curve_png, save_decision_curves
+        from assets.studies.plots import decision_curve_png
+        from assets.studies.store import read_current, save_decision_curves
 
         home = lake.lake()
         version, version_dir = read_current(home, spec)
@@ -484,7 +473,7 @@ def _survival_asset(spec, key, splits_key: dg.AssetKey):
 
         from assets.studies.store import load_inputs, read_current, survival_frame
         from assets.studies.survival import run_survival
-        from assets.studies.train import code_version, frame_sha256, model_version
+        from assets.studies.versioning import code_version, frame_sha256, model_version
 
         home = lake.lake()
         _, clinical, _ = load_inputs(home, spec)
@@ -644,7 +633,7 @@ def _table_schemas() -> dict:
     from assets.studies.metrics import METRICS_SCHEMA
     from assets.studies.paper import checklists, flow, references, table_one
     from assets.studies.split import SPLITS_SCHEMA
-    from assets.studies.train import MODEL_VERSIONS_SCHEMA
+    from assets.studies.versioning import MODEL_VERSIONS_SCHEMA
 
     survival = ("study", "model_version", "endpoint", "cohort", "analysis", "term")
     return {

@@ -20,13 +20,18 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from assets.studies.spec import StudySpec, StudySpecError, load_study
-from dagster_project.lake import write_file_atomic
+from dagster_project.lake import file_sha256, write_file_atomic
+
+if TYPE_CHECKING:
+    from assets.studies.evaluate import Evaluation
+    from assets.studies.report import StudyResult
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -342,7 +347,7 @@ def _model_outputs(
 def load_study_result(home: Any, spec: StudySpec, version_dir: Path, splits: pl.DataFrame) -> Any:
     """A ``StudyResult`` rebuilt from a version folder and the figures in ``reports/<study>/``."""
     from assets.studies.combined import build_nomogram
-    from assets.studies.train import StudyResult, load_fitted
+    from assets.studies.report import StudyResult
 
     fitted, combined = load_fitted(version_dir)
     summary = json.loads((version_dir / "summary.json").read_text(encoding="utf-8"))
@@ -377,3 +382,192 @@ def load_study_result(home: Any, spec: StudySpec, version_dir: Path, splits: pl.
         warnings=summary.get("warnings", []),
         notes=summary.get("notes", []),
     )
+
+
+# stage results: written by each stage, reloaded by the next --------------------
+COMPLETE_MARKER = "complete.json"
+
+
+def read_complete(version_dir: Path, spec: StudySpec, version: str) -> dict[str, Any] | None:
+    """The ``complete.json`` marker when ``version_dir`` holds a complete training run, else None.
+
+    ``train_study`` writes the marker last (atomically), after ``<model>.joblib`` for every model,
+    ``resolved.yaml`` and ``hashes.json``; it records each of those files' SHA-256. Complete means:
+    the marker parses and names this version and ``trained_at``, it lists a pipeline for every
+    model of the study, every listed file exists with its recorded SHA-256 (a file cut short or
+    replaced after the run does not count), and ``resolved.yaml`` is this study's resolved YAML.
+    A crash before the marker is written therefore never looks complete.
+    """
+    version_dir = Path(version_dir)
+    path = version_dir / COMPLETE_MARKER
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+        files = dict(marker["files"])
+        datetime.fromisoformat(marker["trained_at"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    needed = {f"{m}.joblib" for m in spec.models} | {"resolved.yaml", "hashes.json"}
+    if spec.harmonization.enabled and spec.harmonization.compare_raw:
+        needed |= {f"raw/{m}.joblib" for m in spec.models}
+    if marker.get("model_version") != version or not needed <= set(files):
+        return None
+    for name, sha in files.items():
+        file = version_dir / name
+        if not file.is_file() or file_sha256(file) != sha:
+            return None
+    if (version_dir / "resolved.yaml").read_text(encoding="utf-8") != spec.resolved_yaml():
+        return None
+    return marker
+
+
+def write_complete(
+    version_dir: Path, version: str, trained_at: datetime, files: list[Path]
+) -> None:
+    marker = {
+        "model_version": version,
+        "trained_at": trained_at.isoformat(),
+        "files": {p.relative_to(version_dir).as_posix(): file_sha256(p) for p in files},
+    }
+    payload = json.dumps(marker, indent=2, sort_keys=True).encode("utf-8")
+    write_file_atomic(version_dir / COMPLETE_MARKER, lambda handle: handle.write(payload), 0o644)
+
+
+def save_training(
+    version_dir: Path,
+    spec: StudySpec,
+    version: str,
+    code: str,
+    data_hashes: dict[str, str],
+    fitted: dict[str, Any],
+    raw: dict[str, Any],
+    trained_at: datetime,
+) -> None:
+    """Stage 2 files: the pipelines (``raw/`` too), resolved.yaml, hashes.json, then complete.json."""
+    from assets.studies.versioning import data_version
+
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (version_dir / COMPLETE_MARKER).unlink(missing_ok=True)  # incomplete until written again
+    files = save_fitted(fitted, None, version_dir)
+    if raw:
+        files += save_fitted(raw, None, version_dir / "raw")
+    (version_dir / "resolved.yaml").write_text(spec.resolved_yaml(), encoding="utf-8")
+    hashes = {
+        "data": data_hashes,
+        "data_version": data_version(data_hashes),
+        "code_version": code,
+    }
+    (version_dir / "hashes.json").write_text(
+        json.dumps(hashes, indent=2, sort_keys=True), encoding="utf-8"
+    )
+    write_complete(
+        version_dir,
+        version,
+        trained_at,
+        [*files, version_dir / "resolved.yaml", version_dir / "hashes.json"],
+    )
+
+
+def save_fitted(fitted: dict[str, Any], combined: Any | None, version_dir: Path) -> list[Path]:
+    """Fitted pipelines as ``<model>.joblib`` (+ ``combined.joblib``) in the version folder."""
+    import joblib
+
+    version_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, model in fitted.items():
+        path = version_dir / f"{name}.joblib"
+        joblib.dump(model, path, compress=3)
+        paths.append(path)
+    if combined is not None:
+        path = version_dir / "combined.joblib"
+        joblib.dump(combined, path, compress=3)
+        paths.append(path)
+    return paths
+
+
+def load_fitted(
+    version_dir: Path, models: tuple[str, ...] | list[str] | None = None
+) -> tuple[dict[str, Any], Any | None]:
+    """The fitted models (and combined model, if any) saved by ``save_fitted``.
+
+    ``models`` loads just those, in that order; by default every ``<model>.joblib`` of the folder.
+    """
+    import joblib
+
+    if models is None:
+        paths = [p for p in sorted(Path(version_dir).glob("*.joblib")) if p.stem != "combined"]
+    else:
+        paths = [Path(version_dir) / f"{m}.joblib" for m in models]
+    fitted = {p.stem: joblib.load(p) for p in paths}
+    combined_path = Path(version_dir) / "combined.joblib"
+    return fitted, joblib.load(combined_path) if combined_path.exists() else None
+
+
+CALIBRATION_METRICS = (
+    "calibration_slope",
+    "calibration_intercept",
+    "hosmer_lemeshow_chi2",
+    "hosmer_lemeshow_df",
+    "hosmer_lemeshow_p",
+)
+
+
+def save_evaluation(
+    version_dir: Path, evaluation: Evaluation, excluded: dict[str, int], notes: list[str]
+) -> None:
+    """Stage 3 files: combined.joblib, predictions.parquet, metrics.parquet, summary.json."""
+    if evaluation.combined is not None:
+        save_fitted({}, evaluation.combined, version_dir)
+    evaluation.predictions.write_parquet(version_dir / "predictions.parquet")
+    evaluation.metrics.write_parquet(version_dir / "metrics.parquet")
+    summary = {
+        "best_model": evaluation.best_model,
+        "best_model_rule": evaluation.best_model_rule,
+        "excluded": excluded,
+        "warnings": evaluation.warnings,
+        "notes": notes,
+    }
+    (version_dir / "summary.json").write_text(
+        json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8"
+    )
+
+
+def save_calibration(version_dir: Path, curves: pl.DataFrame, rows: pl.DataFrame) -> pl.DataFrame:
+    """Stage 5 files; the calibration rows replace earlier ones in metrics.parquet (returned)."""
+    curves.write_parquet(version_dir / "calibration_curves.parquet")
+    metrics = pl.read_parquet(version_dir / "metrics.parquet")
+    metrics = pl.concat(
+        [metrics.filter(~pl.col("metric").is_in(CALIBRATION_METRICS)), rows], how="diagonal_relaxed"
+    )
+    metrics.write_parquet(version_dir / "metrics.parquet")
+    return metrics
+
+
+def save_decision_curves(version_dir: Path, dca: pl.DataFrame) -> None:
+    dca.write_parquet(version_dir / "decision_curves.parquet")
+
+
+def save_explanations(version_dir: Path, top_features: pl.DataFrame) -> None:
+    top_features.write_parquet(version_dir / "top_features.parquet")
+
+
+def save_results(result: StudyResult, version_dir: Path) -> None:
+    """Everything ``run_study`` computed, as the separate stages would have written it."""
+    from assets.studies.evaluate import Evaluation
+
+    calibration = result.metrics.filter(pl.col("metric").is_in(CALIBRATION_METRICS))
+    discrimination = result.metrics.filter(~pl.col("metric").is_in(CALIBRATION_METRICS))
+    evaluation = Evaluation(
+        result.predictions,
+        discrimination,
+        result.best_model,
+        result.best_model_rule,
+        result.combined,
+        result.nomogram,
+        result.warnings,
+    )
+    save_evaluation(version_dir, evaluation, result.excluded, result.notes)
+    save_calibration(version_dir, result.calibration_curves, calibration)
+    save_decision_curves(version_dir, result.dca)
+    save_explanations(version_dir, result.top_features)

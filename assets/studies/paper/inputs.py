@@ -13,7 +13,7 @@ def study_version(home: Any, spec: Any) -> tuple[str, Path | None]:
     """(model version, its folder or None): the current trained version of a classification
     study; for a survival-only study the content version its survival asset computes."""
     from assets.studies.store import load_inputs, read_current
-    from assets.studies.train import code_version, frame_sha256, model_version
+    from assets.studies.versioning import code_version, frame_sha256, model_version
 
     if spec.is_classification:
         return read_current(home, spec)
