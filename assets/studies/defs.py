@@ -648,7 +648,7 @@ def _table_schemas() -> dict:
             **dict.fromkeys(survival, pl.String),
             **dict.fromkeys(("estimate", "ci_low", "ci_high", "p_value"), pl.Float64),
             **dict.fromkeys(("ci_flag", "ci_note"), pl.String),
-            # every other column a study writes (survival.RESULT_COLUMNS): a catalog view made
+            # every other column a study writes (results.RESULT_COLUMNS): a catalog view made
             # over the placeholder keeps its types when the study's part lands (DuckDB 1.x checks)
             **dict.fromkeys(("statistic", "df"), pl.Float64),
             **dict.fromkeys(("n", "events"), pl.Int64),

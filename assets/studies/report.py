@@ -375,7 +375,7 @@ def harmonization_text(result: Any) -> str:
 
 def survival_section(results: pl.DataFrame, figures: list[Path]) -> Section:
     """Survival rows (``survival_results``) and Kaplan-Meier figures of a study."""
-    from assets.studies.survival import RESULT_COLUMNS
+    from assets.studies.results import RESULT_COLUMNS
 
     hidden = ("statistic", "df", "note", "coef", "se", "ci_note")
     shown = [c for c in RESULT_COLUMNS if c not in hidden]
