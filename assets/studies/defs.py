@@ -471,22 +471,17 @@ def _survival_asset(spec, key, splits_key: dg.AssetKey):
         import pandas as pd
         import polars as pl
 
-        from assets.studies.store import load_inputs, read_current, survival_frame
+        from assets.studies.store import load_inputs, study_version, survival_frame
         from assets.studies.survival import run_survival
-        from assets.studies.versioning import code_version, frame_sha256, model_version
 
         home = lake.lake()
         _, clinical, _ = load_inputs(home, spec)
         splits = _splits(home, name)
         predictions = best = None
+        version, version_dir = study_version(home, spec)
         if spec.is_classification:
-            version, version_dir = read_current(home, spec)
             predictions = pl.read_parquet(version_dir / "predictions.parquet")
             best = json.loads((version_dir / "summary.json").read_text())["best_model"]
-        else:
-            version = model_version(
-                spec.resolved_yaml(), {"clinical": frame_sha256(clinical)}, code_version()
-            )
         frame = survival_frame(spec, clinical, splits, predictions, best)
         out_dir = home.reports_dir / name / "survival"
         tables, figures = [], []
@@ -660,8 +655,8 @@ def _table_schemas() -> dict:
 
 def _paper_report_sections(home: Lake, spec) -> list:
     """Patient flow, Table 1, checklists and the model card link (assets.studies.paper)."""
-    from assets.studies.paper.inputs import study_version
     from assets.studies.paper.sections import paper_sections
+    from assets.studies.store import study_version
 
     version, _ = study_version(home, spec)
     return paper_sections(home, spec, version)
@@ -686,8 +681,9 @@ def _paper_assets(spec, key, upstream: list[dg.AssetKey]) -> tuple[list, list]:
         "external center) with missing counts and between-cohort tests (tableone).",
     )
     def table_one(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-        from assets.studies.paper.inputs import paper_inputs, study_version
+        from assets.studies.paper.inputs import paper_inputs
         from assets.studies.paper.table_one import RULES_TEXT, build_table_one, table_one_wide
+        from assets.studies.store import study_version
 
         home = lake.lake()
         splits, clinical, _ = paper_inputs(home, spec)
@@ -750,17 +746,11 @@ def _paper_assets(spec, key, upstream: list[dg.AssetKey]) -> tuple[list, list]:
     def reporting_checklist(
         context: dg.AssetExecutionContext, lake: LakeResource
     ) -> dg.MaterializeResult:
-        import polars as pl
-
-        from assets.studies.paper.checklists import checklist_summary, fill_checklists, lake_facts
-        from assets.studies.paper.inputs import paper_inputs, study_version
+        from assets.studies.paper.checklists import checklist_summary, fill_checklists
+        from assets.studies.paper.inputs import paper_facts
 
         home = lake.lake()
-        splits, _, _ = paper_inputs(home, spec)
-        version, version_dir = study_version(home, spec)
-        flow = pl.read_parquet(home.table_dir("patient_flow") / f"{name}.parquet")
-        t1 = pl.read_parquet(home.table_dir("table_one") / f"{name}-{version}.parquet")
-        facts = lake_facts(home, spec, version, splits, flow, t1, version_dir)
+        version, _, _, facts = paper_facts(home, spec)
         table = fill_checklists(facts, name, version)
         home.write_part("reporting_checklist", f"{name}-{version}", table)
         csv_path = home.reports_dir / name / "reporting_checklist.csv"
@@ -841,16 +831,11 @@ def _model_card_asset(spec, key, deps: list[dg.AssetKey]):
 
         import polars as pl
 
-        from assets.studies.paper.checklists import lake_facts
-        from assets.studies.paper.inputs import paper_inputs, study_version
+        from assets.studies.paper.inputs import paper_facts
         from assets.studies.paper.model_card import model_card_sections, write_model_card
 
         home = lake.lake()
-        splits, _, _ = paper_inputs(home, spec)
-        version, version_dir = study_version(home, spec)
-        flow = pl.read_parquet(home.table_dir("patient_flow") / f"{name}.parquet")
-        t1 = pl.read_parquet(home.table_dir("table_one") / f"{name}-{version}.parquet")
-        facts = lake_facts(home, spec, version, splits, flow, t1, version_dir)
+        version, version_dir, splits, facts = paper_facts(home, spec)
         metrics = home.read_table("model_metrics").filter(
             (pl.col("study") == name) & (pl.col("model_version") == version)
         )

@@ -293,6 +293,20 @@ def read_current(home: Any, spec: StudySpec) -> tuple[str, Path]:
     return version, study_dir(home, spec) / version
 
 
+def study_version(home: Any, spec: StudySpec) -> tuple[str, Path | None]:
+    """(model version, its folder or None): the current trained version of a classification
+    study; for a survival-only study the content version its survival asset computes."""
+    from assets.studies.versioning import code_version, frame_sha256, model_version
+
+    if spec.is_classification:
+        return read_current(home, spec)
+    _, clinical, _ = load_inputs(home, spec)
+    version = model_version(
+        spec.resolved_yaml(), {"clinical": frame_sha256(clinical)}, code_version()
+    )
+    return version, None
+
+
 def version_best_model(home: Any, spec: StudySpec, version: str) -> str | None:
     """The best model recorded in a version folder's ``summary.json`` (None when there is none)."""
     path = study_dir(home, spec) / version / "summary.json"
