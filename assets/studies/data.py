@@ -1,5 +1,5 @@
-"""Stage 1, the data (asset ``study_splits``): ``prepare_study`` joins features to the clinical table
-and splits the patients into cohorts.
+"""Stage 1, the data (asset ``study_splits``): ``prepare_study`` joins the features to the
+clinical table and splits the patients into cohorts.
 
 ``assemble_study_data`` joins the wide features (``patient_key`` + numeric columns, from the
 shared pivot) to the clinical table and hashes both (``versioning.frame_sha256``);

@@ -1,5 +1,10 @@
 """Dagster layer of the studies domain: one family of thin assets per study YAML.
 
+Each asset calls one stage's entry point (``data.prepare_study``, ``fit.train_study``,
+``evaluate.evaluate_study``, ``explain.explain_models``, ``calibration.calibrate_study`` /
+``dca_table``, ``survival.run_survival``, ``report.write_study_report``) on what ``store``
+reloads from the previous stage, and saves the result through ``store``.
+
 Studies are found when the code location loads: every ``LAKE_HOME/studies/*.yaml`` (the demo's
 study is there only in a lake made by ``radlake demo-data``). For a study ``<name>`` (group
 ``studies``):

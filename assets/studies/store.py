@@ -1,4 +1,8 @@
-"""What a study's Dagster assets read from the lake and hand to each other on disk (pure, no Dagster).
+"""The one place a study's stage results are persisted and reloaded (pure, no Dagster).
+
+Each stage (``data``, ``fit``, ``evaluate``, ``explain``, ``calibration``, ``survival``,
+``report``) computes; its asset saves the result here and the next stage's asset loads it from
+here. What the stages read from the lake is here too.
 
 - ``discover_studies``: every ``LAKE_HOME/studies/*.yaml`` (a demo lake gets the demo's study
   there from ``radlake demo-data``). Files that do not validate are returned with their
@@ -9,12 +13,21 @@
   ``case_rule``) for the radiomics ``params_id`` and each external ``feature_set``; external
   feature columns are prefixed ``<feature_set>:`` so names never collide.
 - Hand-over files under ``models/<study>/``: ``inputs/`` (the features and clinical rows the split
-  saw, and ``prepared.json``), ``current.json`` (the version the last ``models`` run wrote) and
-  the version folder of ``train`` (pipelines and result tables).
-- ``survival_frame``: one row per patient for ``assets.studies.survival.run_survival`` (clinical
-  columns, cohort, and for classification studies the best radiomics model's probability and
+  saw, and ``prepared.json``; ``save_inputs`` / ``load_inputs``), ``current.json`` (the version
+  the last ``models`` run wrote; ``write_current`` / ``read_current``; ``study_version`` also
+  for survival-only studies) and the version folder:
+
+  - stage 2: ``save_training`` (``<model>.joblib``, ``raw/``, ``resolved.yaml``,
+    ``hashes.json``, then ``complete.json``; ``read_complete`` says whether a folder holds a
+    complete run), ``load_fitted``
+  - stage 3: ``save_evaluation`` (``combined.joblib``, ``predictions.parquet``,
+    ``metrics.parquet``, ``summary.json``)
+  - stages 4-5: ``save_explanations``, ``save_calibration``, ``save_decision_curves``
+  - ``save_results``: all of them from ``run.run_study``'s in-memory ``StudyResult``;
+    ``load_study_result`` rebuilds it from a version folder (for the report asset)
+- ``survival_frame``: one row per patient for ``survival.run_survival`` (clinical columns,
+  cohort, and for classification studies the best radiomics model's probability and
   ``predicted_label`` at its training threshold; out-of-fold ones for training patients).
-- ``load_study_result``: a ``StudyResult`` rebuilt from a version folder (for the report asset).
 """
 
 from __future__ import annotations
@@ -405,8 +418,8 @@ COMPLETE_MARKER = "complete.json"
 def read_complete(version_dir: Path, spec: StudySpec, version: str) -> dict[str, Any] | None:
     """The ``complete.json`` marker when ``version_dir`` holds a complete training run, else None.
 
-    ``train_study`` writes the marker last (atomically), after ``<model>.joblib`` for every model,
-    ``resolved.yaml`` and ``hashes.json``; it records each of those files' SHA-256. Complete means:
+    ``save_training`` writes the marker last (atomically), after ``<model>.joblib`` for every
+    model, ``resolved.yaml`` and ``hashes.json``; it records each of those files' SHA-256. Complete means:
     the marker parses and names this version and ``trained_at``, it lists a pipeline for every
     model of the study, every listed file exists with its recorded SHA-256 (a file cut short or
     replaced after the run does not count), and ``resolved.yaml`` is this study's resolved YAML.
