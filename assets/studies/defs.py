@@ -141,8 +141,9 @@ def study_assets(spec) -> tuple[list, list]:
     )
     def study_splits(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         from assets.studies.data import prepare_study
+        from assets.studies.lake_inputs import study_inputs
         from assets.studies.split import cohort_counts, split_patients
-        from assets.studies.store import save_inputs, study_inputs
+        from assets.studies.store import save_inputs
 
         home = lake.lake()
         with _fail_on_study_data_error(context):
@@ -614,7 +615,7 @@ def invalid_study_asset(stem: str, message: str):
 
 def build_study_defs(studies_dir: Path) -> dg.Definitions:
     """The Definitions of every study in ``studies_dir``."""
-    from assets.studies.store import discover_studies
+    from assets.studies.lake_inputs import discover_studies
 
     studies, errors = discover_studies(studies_dir)
     assets, checks = [], []

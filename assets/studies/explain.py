@@ -174,7 +174,7 @@ def plot_importance(explanation: Explanation, ax: Any, top: int = TOP_FEATURES) 
     return ax
 
 
-# the stage ------------------------------------------------------------------------------
+# the stage ---------------------------------------------------------------------------------
 def explain_models(
     spec: StudySpec, fitted: dict[str, Any], data: StudyData, splits: pl.DataFrame
 ) -> dict[str, Any]:

@@ -130,7 +130,7 @@ def roc_figure(
     return fig
 
 
-# the study's PNGs in reports/<study>/ ---------------------------------------------------------
+# the study's PNGs in reports/<study>/ ------------------------------------------------------
 def _cohorts_of(predictions: pl.DataFrame) -> list[tuple[str, pl.Expr]]:
     from assets.studies.metrics import metric_cohorts
 
