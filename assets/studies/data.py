@@ -162,6 +162,15 @@ def prepare_study(
     return data, splits, {**data.excluded, **excluded}
 
 
+def reload_study_data(
+    spec: StudySpec, features_df: pl.DataFrame, clinical_df: pl.DataFrame, splits: pl.DataFrame
+) -> StudyData:
+    """``prepare_study``'s StudyData again for a later stage, from the inputs and splits it saved."""
+    data = assemble_study_data(spec, features_df, clinical_df)
+    data.notes.extend(harmonization_plan(spec, data, splits))
+    return data
+
+
 def harmonization_plan(spec: StudySpec, data: StudyData, splits: pl.DataFrame) -> list[str]:
     """Notes on batch levels never seen in training; a StudyDataError when they are refused."""
     h = spec.harmonization

@@ -82,14 +82,11 @@ def _splits(home: Lake, name: str):
 
 
 def _study_data(home: Lake, spec):
-    from assets.studies.data import assemble_study_data, harmonization_plan
+    from assets.studies.data import reload_study_data
     from assets.studies.store import load_inputs
 
     features, clinical, prepared = load_inputs(home, spec)
-    data = assemble_study_data(spec, features, clinical)
-    if spec.harmonization.enabled:  # notes on batch levels estimated unlabeled
-        data.notes.extend(harmonization_plan(spec, data, _splits(home, spec.name)))
-    return data, prepared
+    return reload_study_data(spec, features, clinical, _splits(home, spec.name)), prepared
 
 
 @contextmanager
