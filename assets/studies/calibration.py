@@ -36,7 +36,7 @@ import numpy as np
 import polars as pl
 
 from assets.studies.ci_flags import interval_flag
-from assets.studies.metrics import METRICS_SCHEMA, metric_cohorts
+from assets.studies.metrics import METRICS_SCHEMA, metric_cohorts, with_harmonization
 
 if TYPE_CHECKING:
     from assets.studies.spec import StudySpec
@@ -401,7 +401,5 @@ def calibrate_study(
 
     The decision curves (asset ``decision_curves``) are ``dca_table`` of the same predictions.
     """
-    from assets.studies.evaluate import with_harmonization
-
     curves, rows = calibration_tables(predictions, study=spec.name, model_version=version)
     return curves, with_harmonization(rows, spec)

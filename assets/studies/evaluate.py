@@ -20,9 +20,8 @@ import numpy as np
 import polars as pl
 
 from assets.studies.data import StudyData, train_inputs
+from assets.studies.metrics import RAW_SUFFIX, with_harmonization
 from assets.studies.spec import StudySpec
-
-RAW_SUFFIX = ":raw"
 
 PREDICTIONS_SCHEMA = {
     "study": pl.String,
@@ -236,24 +235,3 @@ def auc_drop_warnings(spec: StudySpec, metrics: pl.DataFrame, model: str) -> lis
                 "overfitting or a center effect"
             )
     return out
-
-
-def harmonization_label(spec: StudySpec, raw: bool = False) -> str:
-    """What a ``model_metrics`` row's ``harmonization`` column says."""
-    h = spec.harmonization
-    if raw or not h.enabled:
-        return "none"
-    covariates = f", covariates={','.join(h.covariates)}" if h.covariates else ""
-    return f"{h.method}(batch={h.batch}{covariates}, external={h.external})"
-
-
-def with_harmonization(frame: pl.DataFrame, spec: StudySpec) -> pl.DataFrame:
-    """``model_metrics`` rows with their ``harmonization`` column (``:raw`` models: none)."""
-    if "harmonization" in frame.columns:
-        return frame
-    return frame.with_columns(
-        pl.when(pl.col("model").str.ends_with(RAW_SUFFIX))
-        .then(pl.lit("none"))
-        .otherwise(pl.lit(harmonization_label(spec)))
-        .alias("harmonization")
-    )
