@@ -7,8 +7,9 @@ patients beside the apparent ones), tidy metrics with bootstrap and DeLong CIs
 cross-validation only), the combined model with its nomogram and the DeLong test of combined vs
 best, the heterogeneity of the external centers' AUCs, optional per-center recalibration and
 Harrell's optimism correction, and ``auc_drop_warnings``. Every ``model_metrics`` row says the
-harmonization it was computed with (``metrics.with_harmonization``). The result, an ``Evaluation``, is
-what ``calibration.calibrate_study`` and the survival stage take (its predictions).
+harmonization it was computed with (``metrics.with_harmonization``). The result, an
+``Evaluation``, is what ``calibration.calibrate_study`` and the survival stage take (its
+predictions).
 """
 
 from __future__ import annotations
