@@ -165,7 +165,7 @@ def prepare_study(
 def reload_study_data(
     spec: StudySpec, features_df: pl.DataFrame, clinical_df: pl.DataFrame, splits: pl.DataFrame
 ) -> StudyData:
-    """``prepare_study``'s StudyData again for a later stage, from the inputs and splits it saved."""
+    """``prepare_study``'s StudyData again, for a later stage, from its saved inputs and splits."""
     data = assemble_study_data(spec, features_df, clinical_df)
     data.notes.extend(harmonization_plan(spec, data, splits))
     return data

@@ -1,4 +1,5 @@
-"""Stage 7, the report (asset ``report``): one self-contained HTML file (tables + PNGs embedded as base64).
+"""Stage 7, the report (asset ``report``): one self-contained HTML file (tables and PNGs
+embedded as base64).
 
 ``write_report(path, title, sections)`` writes any list of ``Section``s; ``write_study_report``
 builds the sections of a ``StudyResult`` (cohorts and exclusions, discrimination with both CI
