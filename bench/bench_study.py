@@ -16,7 +16,7 @@ and versioned artifacts.
 
 Two parts, each in its own fresh process (so peak RSS is that part's alone), same input files:
 
-- ``lake``: ``assets.studies.train.run_study``;
+- ``lake``: ``assets.studies.run.run_study``;
 - ``script_cached`` (optional): the script with ``Pipeline(memory=...)``, caching transformer fits
   across candidates and models as the lake does;
 - ``script``: the same computation written as a plain scikit-learn script (the way an analyst
@@ -140,8 +140,8 @@ def run_lake(
 ) -> dict:
     import polars as pl
 
+    from assets.studies.run import run_study
     from assets.studies.spec import parse_study
-    from assets.studies.train import run_study
 
     study = {**STUDY, "bootstrap": bootstrap, "validation": {"nested_cv": nested}}
     if harmonization != "none":  # C3..C7 are never in training: estimated from their features

@@ -143,7 +143,7 @@ def test_model_metrics_suite_accepts_method_properties_and_rejects_bad_data():
 
 
 def test_survival_rows_get_flags_from_their_numbers_and_the_suite_passes():
-    from assets.studies.survival import result_row, results_frame
+    from assets.studies.results import result_row, results_frame
     from quality.suites import run_suite
 
     rows = results_frame(
@@ -163,7 +163,7 @@ def test_survival_rows_get_flags_from_their_numbers_and_the_suite_passes():
 
 @pytest.mark.parametrize("n_bootstrap", [0, 300])
 def test_c_index_row_flags_its_bootstrap(n_bootstrap):
-    from assets.studies.survival import bootstrap_c_index, c_index_replicates
+    from assets.studies.survival_cox import bootstrap_c_index, c_index_replicates
 
     # three patients: few distinct resampled C values
     time, event, risk = [2.0, 5.0, 9.0], [1, 1, 0], [3.0, 1.0, 2.0]

@@ -268,8 +268,8 @@ def test_selection_min_icc_keeps_robust_features_only(lake, two_reader_lake):
     """A study with ``selection.min_icc`` reads feature_robustness and keeps the features whose
     ICC lower bound reaches it; without rows for its params_id it is a clear spec error."""
     from assets.radiomics.robustness import reader_robustness, robust_features
+    from assets.studies.lake_inputs import study_inputs
     from assets.studies.spec import StudySpecError, parse_study
-    from assets.studies.store import study_inputs
 
     cases, features = two_reader_lake
     long = features.join(cases.select("case_id", "patient_key"), on="case_id").with_columns(

@@ -183,8 +183,8 @@ def _shifted_hn1(flip_external_labels: bool = False) -> tuple[pl.DataFrame, pl.D
 
 
 def test_study_refuses_unseen_centers_by_default(tmp_path):
+    from assets.studies.data import prepare_study
     from assets.studies.split import StudyDataError
-    from assets.studies.train import prepare_study
 
     spec = parse_study(_hn1_study({"method": "combat"}), "hn1.yaml")
     with pytest.raises(StudyDataError) as error:
@@ -197,7 +197,8 @@ def test_study_refuses_unseen_centers_by_default(tmp_path):
 def test_validation_labels_never_reach_the_fitted_harmonizer(tmp_path):
     """Flip every external patient's label: the fitted transformer and the harmonized external
     features are identical; the metrics say which harmonization; raw runs beside it."""
-    from assets.studies.train import prepare_study, run_study
+    from assets.studies.data import prepare_study
+    from assets.studies.run import run_study
 
     study = _hn1_study({"method": "combat", "external": "estimate_unlabeled", "compare_raw": True})
     spec = parse_study(study, "hn1.yaml")

@@ -388,7 +388,7 @@ def test_a_version_folder_is_complete_only_with_its_marker_and_intact_files(tmp_
     from datetime import UTC, datetime
 
     from assets.studies.spec import parse_study
-    from assets.studies.train import COMPLETE_MARKER, _write_complete, read_complete
+    from assets.studies.store import COMPLETE_MARKER, read_complete, write_complete
 
     spec = parse_study(SPEC, f"{STUDY}.yaml")
     folder = tmp_path / "v1"
@@ -399,7 +399,7 @@ def test_a_version_folder_is_complete_only_with_its_marker_and_intact_files(tmp_
     (folder / "resolved.yaml").write_text(spec.resolved_yaml())
     assert read_complete(folder, spec, "v1") is None  # a crash before the marker: not complete
     at = datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
-    _write_complete(folder, "v1", at, [*files, folder / "resolved.yaml"])
+    write_complete(folder, "v1", at, [*files, folder / "resolved.yaml"])
     marker = read_complete(folder, spec, "v1")
     assert marker is not None and datetime.fromisoformat(marker["trained_at"]) == at
     assert read_complete(folder, spec, "v2") is None  # the marker names another version

@@ -95,7 +95,7 @@ def test_cases_keep_readers_and_lesions_apart(lake_with_readers):
 
 
 def _pivot(lake, rule):
-    """The shared pivot a study calls (``store.study_inputs``), over the lake's tables."""
+    """The shared pivot a study calls (``lake_inputs.study_inputs``), over the lake's tables."""
     from assets.clinical.pivot import pivot_features
     from dagster_project.catalog import lake_connection
 

@@ -97,7 +97,7 @@ HN1_STUDY = {
 
 @pytest.fixture(scope="module")
 def hn1_result(hn1_tables, tmp_path_factory):
-    from assets.studies.train import run_study
+    from assets.studies.run import run_study
 
     features, clinical = hn1_tables
     spec = parse_study(HN1_STUDY, "hn1_lymph_nodes.yaml")
@@ -386,7 +386,7 @@ def test_hn1_study_aucs_plausible_and_every_ci_contains_its_estimate(hn1_result)
 
 
 def test_hn1_rerun_gives_identical_metrics_and_version(hn1_tables, hn1_result, tmp_path):
-    from assets.studies.train import run_study
+    from assets.studies.run import run_study
 
     features, clinical = hn1_tables
     spec = parse_study(HN1_STUDY, "hn1_lymph_nodes.yaml")
@@ -406,7 +406,7 @@ def test_hn1_rerun_gives_identical_metrics_and_version(hn1_tables, hn1_result, t
         hn1_result.predictions.sort("model", "patient_key")
     )
     reseeded = parse_study({**HN1_STUDY, "split": {**HN1_STUDY["split"], "seed": 8}}, "x.yaml")
-    from assets.studies.train import model_version
+    from assets.studies.versioning import model_version
 
     assert (
         model_version(reseeded.resolved_yaml(), hn1_result.data_hashes, "test")
@@ -415,7 +415,7 @@ def test_hn1_rerun_gives_identical_metrics_and_version(hn1_tables, hn1_result, t
 
 
 def test_hn1_artifacts_versions_and_report(hn1_result):
-    from assets.studies.train import load_fitted
+    from assets.studies.store import load_fitted
 
     version_dir = hn1_result.artifact_dir
     assert (
@@ -528,9 +528,9 @@ def test_xgboost_shap_adds_up_to_xgboost_margin(hn1_result, hn1_tables):
 def test_changing_validation_patients_changes_nothing_in_the_fitted_pipeline(
     hn1_tables, hn1_result
 ):
+    from assets.studies.data import assemble_study_data
     from assets.studies.pipeline import fit_models
     from assets.studies.split import split_patients
-    from assets.studies.train import assemble_study_data
 
     features, clinical = hn1_tables
     spec = parse_study({**HN1_STUDY, "models": ["logistic_regression", "xgboost"]}, "leak.yaml")
@@ -646,7 +646,7 @@ def test_breast_cancer_logistic_auc_equals_plain_sklearn(tmp_path):
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
     from assets.studies.metrics import youden_threshold
-    from assets.studies.train import run_study
+    from assets.studies.run import run_study
 
     data = load_breast_cancer(as_frame=True)
     X = data.data
@@ -753,7 +753,7 @@ def test_small_cohort_trains_with_reduced_folds_equal_to_plain_sklearn(tmp_path,
     from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
     from sklearn.svm import SVC
 
-    from assets.studies.train import run_study
+    from assets.studies.run import run_study
 
     features, clinical = _pilot_cohort(6)
     spec = parse_study(PILOT_STUDY, "pilot.yaml")
@@ -836,8 +836,9 @@ def test_small_cohort_trains_with_reduced_folds_equal_to_plain_sklearn(tmp_path,
 
 
 def test_too_few_patients_of_a_class_is_a_clear_study_data_error(tmp_path):
+    from assets.studies.data import prepare_study
+    from assets.studies.run import run_study
     from assets.studies.split import StudyDataError, split_patients
-    from assets.studies.train import prepare_study, run_study
 
     spec = parse_study(PILOT_STUDY, "pilot.yaml")
     # 2 malignant in C1: the stratified split works, the training cohort gets 1 of them

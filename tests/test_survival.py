@@ -30,17 +30,11 @@ import pytest
 from scipy import stats
 
 from assets.studies.agreement import agreement_rows, clopper_pearson, cohen_kappa
-from assets.studies.survival import (
-    RESULT_COLUMNS,
-    bootstrap_c_index,
-    harrell_c,
-    lausen92_p,
-    logrank_trend,
-    maxstat_cutoff,
-    r_quantile_time,
-    run_survival,
-    weighted_c_index,
-)
+from assets.studies.results import RESULT_COLUMNS
+from assets.studies.survival import run_survival
+from assets.studies.survival_cox import bootstrap_c_index, harrell_c, weighted_c_index
+from assets.studies.survival_cutoff import lausen92_p, maxstat_cutoff
+from assets.studies.survival_km import logrank_trend, r_quantile_time
 
 Z975 = stats.norm.ppf(0.975)
 

@@ -107,7 +107,7 @@ def test_other_library_versions_re_extract(lake, monkeypatch):
     other versions are extracted again, and a study refuses a mix of versions."""
     import assets.radiomics.run as run_module
     from assets.radiomics.extract import extractor_version
-    from assets.studies.store import check_one_extractor
+    from assets.studies.lake_inputs import check_one_extractor
 
     cases_csv = land_cases(lake)
     first, _ = run_extraction(lake, *current(lake, cases_csv), backend="local:2")

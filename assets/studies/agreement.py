@@ -1,7 +1,7 @@
 """Agreement of a score (e.g. an AI grade) with one or more reference readers.
 
 Pure logic over pandas DataFrames. For each pair (score vs each reader, and readers vs each
-other) the rows hold, in the tidy shape of `assets.studies.survival.RESULT_COLUMNS`:
+other) the rows hold, in the tidy shape of `assets.studies.results.RESULT_COLUMNS`:
 
 - `agreement_accuracy`: proportion of patients with the same category; exact Clopper-Pearson
   95% CI (beta quantiles: lower B(a/2; x, n-x+1), upper B(1-a/2; x+1, n-x)).

@@ -22,18 +22,24 @@
 - Decision curve analysis (Vickers & Elkin, Med Decis Making 2006): at threshold pt in
   0.01..0.99, net benefit = TP/n - FP/n * pt/(1 - pt) treating patients with p >= pt;
   treat-all = prevalence - (1 - prevalence) * pt/(1 - pt); treat-none = 0.
+
+Stage 5: ``calibrate_study`` (asset ``calibration``) takes the evaluation's predictions;
+``dca_table`` (asset ``decision_curves``) the same predictions.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
 from assets.studies.ci_flags import interval_flag
-from assets.studies.metrics import METRICS_SCHEMA, metric_cohorts
+from assets.studies.metrics import METRICS_SCHEMA, metric_cohorts, with_harmonization
+
+if TYPE_CHECKING:
+    from assets.studies.spec import StudySpec
 
 DCA_THRESHOLDS = np.round(np.arange(1, 100) / 100, 2)
 
@@ -385,3 +391,15 @@ def plot_decision_curve(dca: pl.DataFrame, ax: Any) -> Any:
     ax.set_ylabel("Net benefit")
     ax.legend(fontsize=7, loc="upper right")
     return ax
+
+
+# the stage ---------------------------------------------------------------------------------
+def calibrate_study(
+    spec: StudySpec, predictions: pl.DataFrame, version: str
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Stage 5 (asset ``calibration``): curves and metric rows of the evaluation's predictions.
+
+    The decision curves (asset ``decision_curves``) are ``dca_table`` of the same predictions.
+    """
+    curves, rows = calibration_tables(predictions, study=spec.name, model_version=version)
+    return curves, with_harmonization(rows, spec)

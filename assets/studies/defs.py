@@ -1,5 +1,10 @@
 """Dagster layer of the studies domain: one family of thin assets per study YAML.
 
+Each asset calls one stage's entry point (``data.prepare_study``, ``fit.train_study``,
+``evaluate.evaluate_study``, ``explain.explain_models``, ``calibration.calibrate_study`` /
+``dca_table``, ``survival.run_survival``, ``report.write_study_report``) on what ``store``
+reloads from the previous stage, and saves the result through ``store``.
+
 Studies are found when the code location loads: every ``LAKE_HOME/studies/*.yaml`` (the demo's
 study is there only in a lake made by ``radlake demo-data``). For a study ``<name>`` (group
 ``studies``):
@@ -77,14 +82,11 @@ def _splits(home: Lake, name: str):
 
 
 def _study_data(home: Lake, spec):
+    from assets.studies.data import reload_study_data
     from assets.studies.store import load_inputs
-    from assets.studies.train import assemble_study_data, harmonization_plan
 
     features, clinical, prepared = load_inputs(home, spec)
-    data = assemble_study_data(spec, features, clinical)
-    if spec.harmonization.enabled:  # notes on batch levels estimated unlabeled
-        data.notes.extend(harmonization_plan(spec, data, _splits(home, spec.name)))
-    return data, prepared
+    return reload_study_data(spec, features, clinical, _splits(home, spec.name)), prepared
 
 
 @contextmanager
@@ -135,9 +137,10 @@ def study_assets(spec) -> tuple[list, list]:
         f"(seed {spec.split.seed}); excluded patients counted by reason.",
     )
     def study_splits(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        from assets.studies.data import prepare_study
+        from assets.studies.lake_inputs import study_inputs
         from assets.studies.split import cohort_counts, split_patients
-        from assets.studies.store import save_inputs, study_inputs
-        from assets.studies.train import prepare_study
+        from assets.studies.store import save_inputs
 
         home = lake.lake()
         with _fail_on_study_data_error(context):
@@ -196,8 +199,8 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
     def models(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         import polars as pl
 
+        from assets.studies.fit import train_study
         from assets.studies.store import write_current, write_provenance
-        from assets.studies.train import train_study
 
         home = lake.lake()
         with _fail_on_study_data_error(context):
@@ -258,16 +261,11 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
     ) -> dg.MaterializeResult:
         import polars as pl
 
+        from assets.studies.evaluate import evaluate_study
         from assets.studies.pipeline import training_notes
+        from assets.studies.plots import nomogram_png, roc_png
         from assets.studies.report import METHODS_TEXT, ci_flag_table, discrimination_table
-        from assets.studies.store import read_current
-        from assets.studies.train import (
-            evaluate_study,
-            load_fitted,
-            nomogram_png,
-            roc_png,
-            save_evaluation,
-        )
+        from assets.studies.store import load_fitted, read_current, save_evaluation
 
         home = lake.lake()
         version, version_dir = read_current(home, spec)
@@ -326,14 +324,9 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
         "coefficients; top features and summary plots.",
     )
     def explanations(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-        from assets.studies.store import read_current
-        from assets.studies.train import (
-            explain_models,
-            explanation_pngs,
-            load_fitted,
-            save_explanations,
-            top_features_table,
-        )
+        from assets.studies.explain import explain_models, top_features_table
+        from assets.studies.plots import explanation_pngs
+        from assets.studies.store import load_fitted, read_current, save_explanations
 
         home = lake.lake()
         version, version_dir = read_current(home, spec)
@@ -365,15 +358,14 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
     def calibration(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         import polars as pl
 
-        from assets.studies.calibration import calibration_tables
-        from assets.studies.store import read_current
-        from assets.studies.train import calibration_png, save_calibration, with_harmonization
+        from assets.studies.calibration import calibrate_study
+        from assets.studies.plots import calibration_png
+        from assets.studies.store import read_current, save_calibration
 
         home = lake.lake()
         version, version_dir = read_current(home, spec)
         predictions = pl.read_parquet(version_dir / "predictions.parquet")
-        curves, rows = calibration_tables(predictions, study=name, model_version=version)
-        rows = with_harmonization(rows, spec)
+        curves, rows = calibrate_study(spec, predictions, version)
         save_calibration(version_dir, curves, rows)
         png = calibration_png(home.reports_dir / name, predictions, curves)
         home.write_part("model_metrics", f"{name}-{version}-calibration", rows)
@@ -398,8 +390,8 @@ def _classification_assets(spec, key, splits_key: dg.AssetKey) -> tuple[list, li
         import polars as pl
 
         from assets.studies.calibration import dca_table
-        from assets.studies.store import read_current
-        from assets.studies.train import decision_curve_png, save_decision_curves
+        from assets.studies.plots import decision_curve_png
+        from assets.studies.store import read_current, save_decision_curves
 
         home = lake.lake()
         version, version_dir = read_current(home, spec)
@@ -482,22 +474,17 @@ def _survival_asset(spec, key, splits_key: dg.AssetKey):
         import pandas as pd
         import polars as pl
 
-        from assets.studies.store import load_inputs, read_current, survival_frame
+        from assets.studies.store import load_inputs, study_version, survival_frame
         from assets.studies.survival import run_survival
-        from assets.studies.train import code_version, frame_sha256, model_version
 
         home = lake.lake()
         _, clinical, _ = load_inputs(home, spec)
         splits = _splits(home, name)
         predictions = best = None
+        version, version_dir = study_version(home, spec)
         if spec.is_classification:
-            version, version_dir = read_current(home, spec)
             predictions = pl.read_parquet(version_dir / "predictions.parquet")
             best = json.loads((version_dir / "summary.json").read_text())["best_model"]
-        else:
-            version = model_version(
-                spec.resolved_yaml(), {"clinical": frame_sha256(clinical)}, code_version()
-            )
         frame = survival_frame(spec, clinical, splits, predictions, best)
         out_dir = home.reports_dir / name / "survival"
         tables, figures = [], []
@@ -625,7 +612,7 @@ def invalid_study_asset(stem: str, message: str):
 
 def build_study_defs(studies_dir: Path) -> dg.Definitions:
     """The Definitions of every study in ``studies_dir``."""
-    from assets.studies.store import discover_studies
+    from assets.studies.lake_inputs import discover_studies
 
     studies, errors = discover_studies(studies_dir)
     assets, checks = [], []
@@ -644,7 +631,7 @@ def _table_schemas() -> dict:
     from assets.studies.metrics import METRICS_SCHEMA
     from assets.studies.paper import checklists, flow, references, table_one
     from assets.studies.split import SPLITS_SCHEMA
-    from assets.studies.train import MODEL_VERSIONS_SCHEMA
+    from assets.studies.versioning import MODEL_VERSIONS_SCHEMA
 
     survival = ("study", "model_version", "endpoint", "cohort", "analysis", "term")
     return {
@@ -659,7 +646,7 @@ def _table_schemas() -> dict:
             **dict.fromkeys(survival, pl.String),
             **dict.fromkeys(("estimate", "ci_low", "ci_high", "p_value"), pl.Float64),
             **dict.fromkeys(("ci_flag", "ci_note"), pl.String),
-            # every other column a study writes (survival.RESULT_COLUMNS): a catalog view made
+            # every other column a study writes (results.RESULT_COLUMNS): a catalog view made
             # over the placeholder keeps its types when the study's part lands (DuckDB 1.x checks)
             **dict.fromkeys(("statistic", "df"), pl.Float64),
             **dict.fromkeys(("n", "events"), pl.Int64),
@@ -671,8 +658,8 @@ def _table_schemas() -> dict:
 
 def _paper_report_sections(home: Lake, spec) -> list:
     """Patient flow, Table 1, checklists and the model card link (assets.studies.paper)."""
-    from assets.studies.paper.inputs import study_version
     from assets.studies.paper.sections import paper_sections
+    from assets.studies.store import study_version
 
     version, _ = study_version(home, spec)
     return paper_sections(home, spec, version)
@@ -697,8 +684,9 @@ def _paper_assets(spec, key, upstream: list[dg.AssetKey]) -> tuple[list, list]:
         "external center) with missing counts and between-cohort tests (tableone).",
     )
     def table_one(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-        from assets.studies.paper.inputs import paper_inputs, study_version
+        from assets.studies.paper.inputs import paper_inputs
         from assets.studies.paper.table_one import RULES_TEXT, build_table_one, table_one_wide
+        from assets.studies.store import study_version
 
         home = lake.lake()
         splits, clinical, _ = paper_inputs(home, spec)
@@ -761,17 +749,11 @@ def _paper_assets(spec, key, upstream: list[dg.AssetKey]) -> tuple[list, list]:
     def reporting_checklist(
         context: dg.AssetExecutionContext, lake: LakeResource
     ) -> dg.MaterializeResult:
-        import polars as pl
-
-        from assets.studies.paper.checklists import checklist_summary, fill_checklists, lake_facts
-        from assets.studies.paper.inputs import paper_inputs, study_version
+        from assets.studies.paper.checklists import checklist_summary, fill_checklists
+        from assets.studies.paper.inputs import paper_facts
 
         home = lake.lake()
-        splits, _, _ = paper_inputs(home, spec)
-        version, version_dir = study_version(home, spec)
-        flow = pl.read_parquet(home.table_dir("patient_flow") / f"{name}.parquet")
-        t1 = pl.read_parquet(home.table_dir("table_one") / f"{name}-{version}.parquet")
-        facts = lake_facts(home, spec, version, splits, flow, t1, version_dir)
+        version, _, _, facts = paper_facts(home, spec)
         table = fill_checklists(facts, name, version)
         home.write_part("reporting_checklist", f"{name}-{version}", table)
         csv_path = home.reports_dir / name / "reporting_checklist.csv"
@@ -852,16 +834,11 @@ def _model_card_asset(spec, key, deps: list[dg.AssetKey]):
 
         import polars as pl
 
-        from assets.studies.paper.checklists import lake_facts
-        from assets.studies.paper.inputs import paper_inputs, study_version
+        from assets.studies.paper.inputs import paper_facts
         from assets.studies.paper.model_card import model_card_sections, write_model_card
 
         home = lake.lake()
-        splits, _, _ = paper_inputs(home, spec)
-        version, version_dir = study_version(home, spec)
-        flow = pl.read_parquet(home.table_dir("patient_flow") / f"{name}.parquet")
-        t1 = pl.read_parquet(home.table_dir("table_one") / f"{name}-{version}.parquet")
-        facts = lake_facts(home, spec, version, splits, flow, t1, version_dir)
+        version, version_dir, splits, facts = paper_facts(home, spec)
         metrics = home.read_table("model_metrics").filter(
             (pl.col("study") == name) & (pl.col("model_version") == version)
         )

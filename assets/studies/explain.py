@@ -14,15 +14,22 @@
 Each gives a tidy table ``model, feature, importance, signed_value, method, rank``; the summary
 plot is a beeswarm-like dot plot of SHAP values (top 15 features, colour = feature value rank)
 for XGBoost and a bar chart for the others.
+
+Stage 4 (asset ``explanations``): ``explain_models`` explains every fitted model on the training
+cohort; ``top_features_table`` is what ``store.save_explanations`` keeps.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
+
+if TYPE_CHECKING:
+    from assets.studies.data import StudyData
+    from assets.studies.spec import StudySpec
 
 TOP_FEATURES = 15
 
@@ -165,3 +172,23 @@ def plot_importance(explanation: Explanation, ax: Any, top: int = TOP_FEATURES) 
     ax.set_xlabel(explanation.method.replace("_", " "))
     ax.set_title(f"{explanation.model}: top features", fontsize=9)
     return ax
+
+
+# the stage ---------------------------------------------------------------------------------
+def explain_models(
+    spec: StudySpec, fitted: dict[str, Any], data: StudyData, splits: pl.DataFrame
+) -> dict[str, Any]:
+    """An ``Explanation`` per model on the training cohort (see ``explain``)."""
+    train = splits.filter(pl.col("cohort") == "train")
+    X = data.X(train["patient_key"].to_list())
+    y = train["label"].to_numpy().astype(int)
+    return {
+        name: explain_model(name, model.pipeline, X, y, spec.split.seed)
+        for name, model in fitted.items()
+    }
+
+
+def top_features_table(explanations: dict[str, Any], top: int = 15) -> pl.DataFrame:
+    if not explanations:
+        return pl.DataFrame()
+    return pl.concat([e.importance.head(top) for e in explanations.values()])

@@ -35,14 +35,19 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from assets.studies.ci_flags import interval_flag
 
+if TYPE_CHECKING:
+    from assets.studies.spec import StudySpec
+
 BOOTSTRAP_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "brier")
 COHORT_ORDER = ("train", "internal_validation", "external_validation")
+RAW_SUFFIX = ":raw"  # the models of harmonization.compare_raw, fitted without harmonization
 METRICS_SCHEMA = {
     "study": pl.String,
     "model_version": pl.String,
@@ -557,3 +562,24 @@ def comparison_table(
             for metric, value, low, high, flag in tests
         ]
     return pl.DataFrame(rows, schema=METRICS_SCHEMA)
+
+
+def harmonization_label(spec: StudySpec, raw: bool = False) -> str:
+    """What a ``model_metrics`` row's ``harmonization`` column says."""
+    h = spec.harmonization
+    if raw or not h.enabled:
+        return "none"
+    covariates = f", covariates={','.join(h.covariates)}" if h.covariates else ""
+    return f"{h.method}(batch={h.batch}{covariates}, external={h.external})"
+
+
+def with_harmonization(frame: pl.DataFrame, spec: StudySpec) -> pl.DataFrame:
+    """``model_metrics`` rows with their ``harmonization`` column (``:raw`` models: none)."""
+    if "harmonization" in frame.columns:
+        return frame
+    return frame.with_columns(
+        pl.when(pl.col("model").str.ends_with(RAW_SUFFIX))
+        .then(pl.lit("none"))
+        .otherwise(pl.lit(harmonization_label(spec)))
+        .alias("harmonization")
+    )

@@ -4,16 +4,23 @@ Each plot is a function ``(data, ax) -> ax`` (lifelines/scikit-learn style) so i
 any axes; ``cohort_figure`` lays one panel per cohort side by side, as in the papers, and
 ``save`` writes a PNG. Figures are made with ``matplotlib.figure.Figure`` (no pyplot state, Agg
 canvas), so plotting works in worker processes and without a display.
+
+The PNGs of a study in ``reports/<study>/`` (``roc_png``, ``calibration_png``,
+``decision_curve_png``, ``explanation_pngs``, ``nomogram_png``; ``write_figures`` all of them
+for a ``StudyResult``) are written by the asset of the stage that computed their data.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
+
+if TYPE_CHECKING:
+    from assets.studies.report import StudyResult
 
 COHORT_TITLES = {
     "train": "Training",
@@ -121,3 +128,77 @@ def roc_figure(
             title=cohort_title(cohort),
         )
     return fig
+
+
+# the study's PNGs in reports/<study>/ ------------------------------------------------------
+def _cohorts_of(predictions: pl.DataFrame) -> list[tuple[str, pl.Expr]]:
+    from assets.studies.metrics import metric_cohorts
+
+    return metric_cohorts(
+        predictions.select("patient_key", "cohort", "center_id").unique("patient_key")
+    )
+
+
+def roc_png(report_dir: Path, predictions: pl.DataFrame, metrics: pl.DataFrame) -> Path:
+    return save(roc_figure(predictions, metrics, _cohorts_of(predictions)), report_dir / "roc.png")
+
+
+def _per_cohort_png(
+    plot, table: pl.DataFrame, predictions: pl.DataFrame, path: Path
+) -> Path | None:
+    """One panel per cohort (in the predictions' cohort order) of a tidy table with a cohort column."""
+    if table.is_empty():
+        return None
+    frames = {c: table.filter(pl.col("cohort") == c) for c, _ in _cohorts_of(predictions)}
+    return save(cohort_figure(plot, frames), path)
+
+
+def calibration_png(
+    report_dir: Path, predictions: pl.DataFrame, curves: pl.DataFrame
+) -> Path | None:
+    from assets.studies.calibration import plot_calibration
+
+    return _per_cohort_png(plot_calibration, curves, predictions, report_dir / "calibration.png")
+
+
+def decision_curve_png(
+    report_dir: Path, predictions: pl.DataFrame, dca: pl.DataFrame
+) -> Path | None:
+    from assets.studies.calibration import plot_decision_curve
+
+    return _per_cohort_png(plot_decision_curve, dca, predictions, report_dir / "decision_curve.png")
+
+
+def explanation_pngs(report_dir: Path, explanations: dict[str, Any]) -> dict[str, Path]:
+    from assets.studies.explain import plot_shap_summary
+
+    paths = {}
+    for name, explanation in explanations.items():
+        fig, (ax,) = new_figure(1, panel_size=(7.0, 5.0))
+        plot_shap_summary(explanation, ax)
+        paths[f"explain_{name}"] = save(fig, report_dir / f"explain_{name}.png")
+    return paths
+
+
+def nomogram_png(report_dir: Path, nomogram: Any) -> Path:
+    from assets.studies.combined import plot_nomogram
+
+    rows = nomogram.points["predictor"].n_unique() + 3
+    fig, (ax,) = new_figure(1, panel_size=(10.0, 0.7 * rows + 1))
+    plot_nomogram(nomogram, ax)
+    return save(fig, report_dir / "nomogram.png")
+
+
+def write_figures(report_dir: Path, result: StudyResult) -> dict[str, Path]:
+    """Every PNG of a study result; returns name -> path."""
+    paths = {"roc": roc_png(report_dir, result.predictions, result.metrics)}
+    optional = {
+        "calibration": calibration_png(report_dir, result.predictions, result.calibration_curves),
+        "decision_curve": decision_curve_png(report_dir, result.predictions, result.dca),
+        "nomogram": nomogram_png(report_dir, result.nomogram)
+        if result.nomogram is not None
+        else None,
+    }
+    paths.update({k: v for k, v in optional.items() if v is not None})
+    paths.update(explanation_pngs(report_dir, result.explanations))
+    return paths

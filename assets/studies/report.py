@@ -1,4 +1,5 @@
-"""The study report: one self-contained HTML file (tables + PNGs embedded as base64).
+"""Stage 7, the report (asset ``report``): one self-contained HTML file (tables and PNGs
+embedded as base64).
 
 ``write_report(path, title, sections)`` writes any list of ``Section``s; ``write_study_report``
 builds the sections of a ``StudyResult`` (cohorts and exclusions, discrimination with both CI
@@ -12,11 +13,14 @@ import base64
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from dagster_project.lake import write_file_atomic
+
+if TYPE_CHECKING:
+    from assets.studies.spec import StudySpec
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2rem auto;max-width:1200px;color:#222}
@@ -26,6 +30,39 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-widt
 .note{color:#555;font-size:.85rem}td.text{text-align:left}.warn{color:#a33}pre{background:#f7f7f7;padding:.6rem;font-size:.8rem;overflow:auto}
 @media print{body{margin:0;max-width:none;font-size:9pt}h2{break-after:avoid}table,figure,img{break-inside:avoid}pre{white-space:pre-wrap}a{color:inherit}}
 """
+
+
+@dataclass
+class StudyResult:
+    """Every stage's result of one classification study: what the report (stage 7) is made of.
+
+    ``run.run_study`` builds it in one process; ``store.load_study_result`` rebuilds it from a
+    version folder for the ``report`` asset.
+    """
+
+    spec: StudySpec
+    model_version: str
+    code_version: str
+    data_hashes: dict[str, str]
+    splits: pl.DataFrame
+    excluded: dict[str, int]
+    fitted: dict[str, Any]
+    best_model: str
+    best_model_rule: str
+    predictions: pl.DataFrame
+    metrics: pl.DataFrame  # model_metrics rows (discrimination, calibration, comparison)
+    calibration_curves: pl.DataFrame
+    dca: pl.DataFrame
+    explanations: dict[str, Any]
+    top_features: pl.DataFrame
+    combined: Any | None = None
+    nomogram: Any | None = None
+    figures: dict[str, Path] = field(default_factory=dict)
+    artifact_dir: Path | None = None
+    report_path: Path | None = None
+    model_versions_row: pl.DataFrame | None = None
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -339,7 +376,7 @@ def harmonization_text(result: Any) -> str:
 
 def survival_section(results: pl.DataFrame, figures: list[Path]) -> Section:
     """Survival rows (``survival_results``) and Kaplan-Meier figures of a study."""
-    from assets.studies.survival import RESULT_COLUMNS
+    from assets.studies.results import RESULT_COLUMNS
 
     hidden = ("statistic", "df", "note", "coef", "se", "ci_note")
     shown = [c for c in RESULT_COLUMNS if c not in hidden]

@@ -31,7 +31,7 @@ wrong type is a ``StudySpecError`` whose message names the file, the key (dotted
   the folds are reduced to that count, with a note (``assets.studies.pipeline.training_cv``);
   below 2 training stops with a ``StudyDataError``
 - ``auc_drop_warning``: optional AUC drop that triggers a warning, used in two places: (1) by
-  ``assets.studies.train.auc_drop_warnings``, a validation cohort whose AUC is more than this
+  ``assets.studies.evaluate.auc_drop_warnings``, a validation cohort whose AUC is more than this
   below the apparent training AUC of the best model (run warnings, ``summary.json``); (2) by the
   non-blocking Dagster asset check ``auc_drop_vs_previous_version``
   (``assets.studies.history.auc_drop_outcome``): the best model's external-validation AUC
