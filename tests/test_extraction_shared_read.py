@@ -90,9 +90,23 @@ def test_run_case_reads_once_resamples_once_per_settings_and_equals_pyradiomics(
         reads.append(task["case_id"])
         return extract.read_image_mask(task)
 
+    from radiomics.featureextractor import RadiomicsFeatureExtractor
+
+    shapes = []
+    compute_shape = RadiomicsFeatureExtractor.computeShape
+
+    def counting_shape(self, *args, **kwargs):
+        shapes.append(self.settings.get("resampledPixelSpacing"))
+        return compute_shape(self, *args, **kwargs)
+
     monkeypatch.setattr(imageoperations, "resampleImage", counting_resample)
+    monkeypatch.setattr(RadiomicsFeatureExtractor, "computeShape", counting_shape)
     task = _task("brain1")
     results = extract.run_case(task, [(k, str(p)) for k, p in params.items()], counting_loader)
+    monkeypatch.setattr(RadiomicsFeatureExtractor, "computeShape", compute_shape)
+    # the shape features once per shape key: a_bw25 + b_bw10 share them (binWidth is not a
+    # geometry), c_3mm has its own, d_tiny_roi fails before shape
+    assert sorted(shapes) == [[2, 2, 2], [3, 3, 3]]
 
     assert reads == ["brain1"]
     # a_bw25 + b_bw10 share one; c_3mm and d_tiny_roi (minimumROISize is not on the after-load

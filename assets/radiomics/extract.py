@@ -14,7 +14,9 @@ and ``reason`` attributes (``CaseRejected``), which becomes a quarantine row wit
 ``diagnostics_*`` entries (as strings) separately. ``run_case`` is what a worker runs: one case
 under every parameter set it needs, the case read once (one loader call) and its normalization /
 resampling (pyradiomics' ``loadImage``) done once per group of parameter sets whose preprocessing
-settings are equal (``preprocessing_key``); the other steps run per parameter set exactly as
+settings are equal (``preprocessing_key``), and the shape features once per group whose shape
+settings are equal too (``shape_key``: a bin-width variant shares them); the other steps run
+per parameter set exactly as
 ``RadiomicsFeatureExtractor.execute`` runs them, so values and diagnostics equal one ``execute``
 per pair. It never raises: it returns one ``CaseResult`` per parameter set carrying either the
 features or the error.
@@ -150,11 +152,23 @@ class _Recorder:
 
 class _SharedLoad:
     """``loadImage`` in place of pyradiomics' own: run once per preprocessing key, then replayed
-    (the same image and mask objects, the same diagnostics calls) for the other parameter sets."""
+    (the same image and mask objects, the same diagnostics calls) for the other parameter sets;
+    and ``computeShape`` once per shape key (``shape``)."""
 
     def __init__(self):
         self.done: dict[str, tuple[Any, Any, list]] = {}
+        self.shapes: dict[str, Any] = {}
         self.key = ""
+
+    def shape(self, extractor, key: str, image, mask, boundingBox, **settings):
+        """``computeShape`` once per ``shape_key``; a copy of the same features after that."""
+        from radiomics.featureextractor import RadiomicsFeatureExtractor
+
+        if key not in self.shapes:
+            self.shapes[key] = RadiomicsFeatureExtractor.computeShape(
+                extractor, image, mask, boundingBox, **settings
+            )
+        return self.shapes[key].copy()
 
     def __call__(self, image, mask, generalInfo=None, **settings):
         from radiomics.featureextractor import RadiomicsFeatureExtractor
@@ -171,16 +185,42 @@ class _SharedLoad:
         return image, mask
 
 
+# settings that change the shape features beyond the preprocessing (resegmentation with
+# resegmentShape, 2D shape)
+SHAPE_SETTINGS = (
+    "resegmentRange",
+    "resegmentMode",
+    "resegmentShape",
+    "force2D",
+    "force2Ddimension",
+)
+
+
+def shape_key(extractor, label: int) -> str:
+    """What ``computeShape`` depends on: the preprocessing, the settings above and the enabled
+    shape features (shape features come from the mask's geometry, not from grey levels)."""
+    import json
+
+    extra = {k: extractor.settings.get(k) for k in SHAPE_SETTINGS}
+    extra["enabled"] = {k: extractor.enabledFeatures.get(k, "off") for k in ("shape", "shape2D")}
+    return preprocessing_key(extractor.settings, label) + json.dumps(extra, default=repr)
+
+
 def _execute(extractor, image, mask, label: int, shared: _SharedLoad | None):
-    """``extractor.execute`` with ``loadImage`` shared through ``shared`` (when given)."""
+    """``extractor.execute`` with ``loadImage`` and ``computeShape`` shared through ``shared``
+    (when given): the shape features (on a large ROI, the maximum-diameter search takes longer
+    than a filtered image's texture features) are computed once per ``shape_key``."""
     if shared is None:
         return extractor.execute(image, mask, label=label)
     shared.key = preprocessing_key(extractor.settings, label)
-    extractor.loadImage = shared  # the instance attribute shadows the static method ...
+    shape = shape_key(extractor, label)
+    # instance attributes shadow the class's methods ...
+    extractor.loadImage = shared
+    extractor.computeShape = functools.partial(shared.shape, extractor, shape)
     try:
         return extractor.execute(image, mask, label=label)
     finally:
-        del extractor.loadImage  # ... for this call only: the extractor is cached per worker
+        del extractor.loadImage, extractor.computeShape  # ... for this call only (cached)
 
 
 def extract_case(
