@@ -10,16 +10,14 @@ files with ``SimpleITK.ReadImage`` (NRRD, NIfTI, ...). The imaging domain plugs 
 (DICOM series, DICOM SEG, mask QC); a loader refuses a case by raising an exception with ``rule``
 and ``reason`` attributes (``CaseRejected``), which becomes a quarantine row with that rule.
 
-``extract_case`` returns pyradiomics' features (``original_firstorder_Mean`` -> float) and its
-``diagnostics_*`` entries (as strings) separately. ``run_case`` is what a worker runs: one case
-under every parameter set it needs, the case read once (one loader call) and its normalization /
-resampling (pyradiomics' ``loadImage``) done once per group of parameter sets whose preprocessing
-settings are equal (``preprocessing_key``), and the shape features once per group whose shape
-settings are equal too (``shape_key``: a bin-width variant shares them); the other steps run
-per parameter set exactly as
-``RadiomicsFeatureExtractor.execute`` runs them, so values and diagnostics equal one ``execute``
-per pair. It never raises: it returns one ``CaseResult`` per parameter set carrying either the
-features or the error.
+``run_case`` is what a worker runs: one case under every parameter set it needs, the case read
+once (one loader call) and its normalization / resampling (pyradiomics' ``loadImage``) done once
+per group of parameter sets whose preprocessing settings are equal (``preprocessing_key``), and
+the shape features once per group whose shape settings are equal too (``shape_key``: a
+bin-width variant shares them); the other steps run per parameter set exactly as
+``RadiomicsFeatureExtractor.execute`` runs them, so features (``original_firstorder_Mean`` ->
+float) and ``diagnostics_*`` (as strings) equal one ``execute`` per pair. It never raises: it
+returns one ``CaseResult`` per parameter set carrying either the features or the error.
 """
 
 from __future__ import annotations
@@ -223,16 +221,8 @@ def _execute(extractor, image, mask, label: int, shared: _SharedLoad | None):
         del extractor.loadImage, extractor.computeShape  # ... for this call only (cached)
 
 
-def extract_case(
-    task: Mapping[str, Any], params_path: str | os.PathLike, loader: Loader | None = None
-) -> tuple[list[tuple[str, float]], dict[str, str]]:
-    """Features ``[(name, value)]`` and diagnostics ``{key: str}`` of one case; raises on failure."""
-    extractor = _extractor_for(params_path)
-    image, mask = (loader or read_image_mask)(task)
-    return _split(extractor.execute(image, mask, label=int(task["label"])))
-
-
 def _split(result: Mapping[str, Any]) -> tuple[list[tuple[str, float]], dict[str, str]]:
+    """pyradiomics' result as features ``[(name, value)]`` and diagnostics ``{key: str}``."""
     features: list[tuple[str, float]] = []
     diagnostics: dict[str, str] = {}
     for name, value in result.items():
@@ -364,16 +354,6 @@ def merge_parts(parts: Sequence[CaseResult]) -> CaseResult:
         merged.diagnostics.update(part.diagnostics)
         merged.seconds += part.seconds
     return merged
-
-
-def run_task(
-    task: Mapping[str, Any],
-    params_id: str,
-    params_path: str | os.PathLike,
-    loader: Loader | None = None,
-) -> CaseResult:
-    """One case under one parameter set (``run_case`` with one parameter set)."""
-    return run_case(task, [(params_id, params_path)], loader)[0]
 
 
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s'\"]+/)*[^\s'\"]+")
