@@ -123,7 +123,7 @@ def plan_units(pairs: Sequence[Pair], workers: int) -> list[Unit]:
     use_volume = bool(tasks) and all(
         isinstance(t.get("roi_volume_ml"), int | float) and t["roi_volume_ml"] > 0 for t in tasks
     )
-    info = {p.params_path: params_parts(p.params_path) for p in pairs}
+    info = {path: params_parts(path) for path in {p.params_path for p in pairs}}  # once a file
     units = []
     for group in by_case.values():
         task = group[0].task
